@@ -1,0 +1,163 @@
+"""Runtime settings: one typed model, validated once at cold start.
+
+The same model is built from ``cdk.json`` context by the CDK app (per environment) and from a JSON file or the
+``SHARDRAG_SETTINGS`` variable by the handlers and the local runtime. Explicit argument beats environment
+variable beats default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shardrag import env
+from shardrag.errors import ConfigurationError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ShardEndpoint(_Model):
+    """One shard: a Milvus endpoint and a collection.
+
+    ``uri`` is a Milvus Lite data file (``…/shard-0.db``, the embedded default) or a server URL
+    (``http://host:19530``, a Zilliz endpoint). The token lives in Secrets Manager under ``token_secret`` and is
+    read at cold start: never put it in an environment variable.
+    """
+
+    uri: str = Field(min_length=1)
+    collection: str = Field(default="shardrag_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    db_name: str = ""
+    token_secret: str | None = None
+
+    @property
+    def is_lite(self) -> bool:
+        return self.uri.endswith(".db")
+
+
+class IndexSettings(_Model):
+    """Dense index. FLAT is exact, and on Milvus Lite no slower than the ANN indexes at shard sizes that
+    sharding keeps small (per-row dedup dominates a search there; see BENCHMARKS.md)."""
+
+    type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"] = "FLAT"
+    params: dict[str, Any] = Field(default_factory=dict)
+    search_params: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoreSettings(_Model):
+    shard_count: int = Field(default=4, ge=1, le=64)
+    #: Explicit endpoints, one per shard; empty means Milvus Lite files under the data directory.
+    shards: tuple[ShardEndpoint, ...] = ()
+    collection: str = Field(default="shardrag_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    dimension: int = Field(default=384, ge=8, le=4096)
+    index: IndexSettings = IndexSettings()
+    #: Bound on a chunk's text in the store (Milvus VARCHAR max_length, in bytes).
+    max_text_bytes: int = Field(default=8192, ge=256, le=65535)
+
+    @model_validator(mode="after")
+    def _shards_match_count(self) -> StoreSettings:
+        if self.shards and len(self.shards) != self.shard_count:
+            raise ValueError(
+                f"store.shards lists {len(self.shards)} endpoints but store.shard_count is {self.shard_count}"
+            )
+        return self
+
+    def endpoints(self, data_dir: Path) -> tuple[ShardEndpoint, ...]:
+        """The configured endpoints, or one Milvus Lite file per shard under ``data_dir``."""
+        if self.shards:
+            return self.shards
+        return tuple(
+            ShardEndpoint(uri=str(data_dir / "shards" / f"shard-{i}.db"), collection=self.collection)
+            for i in range(self.shard_count)
+        )
+
+
+class RoutingSettings(_Model):
+    mode: Literal["hash"] = "hash"
+
+
+class EmbeddingSettings(_Model):
+    #: Directory with ``model.onnx`` + ``tokenizer.json`` (``make model`` builds it).
+    model_dir: str = "build/model"
+    max_seq_length: int = Field(default=256, ge=16, le=512)
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    #: onnxruntime intra-op threads; 0 lets onnxruntime decide (all cores).
+    threads: int = Field(default=0, ge=0, le=64)
+
+
+class RetrievalSettings(_Model):
+    top_k: int = Field(default=8, ge=1, le=50)
+    #: Hits each shard returns: at least the requested top_k so that the merge is exact.
+    min_candidates_per_shard: int = Field(default=10, ge=1, le=200)
+
+
+class GeneratorSettings(_Model):
+    kind: Literal["extractive", "bedrock", "openai"] = "extractive"
+    #: Bedrock model id / inference profile, or the model name sent to an OpenAI-compatible endpoint.
+    model_id: str = "anthropic.claude-3-haiku-20240307-v1:0"
+    endpoint_url: str = ""
+    api_key_secret: str | None = None
+    region: str | None = None
+    max_tokens: int = Field(default=512, ge=16, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    #: Token budget for the retrieved context inside the prompt.
+    context_token_budget: int = Field(default=3000, ge=100, le=200_000)
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+    #: Passages quoted by the extractive generator.
+    extractive_passages: int = Field(default=3, ge=1, le=10)
+
+
+class Settings(_Model):
+    environment: str = "local"
+    data_dir: str = ".shardrag"
+    store: StoreSettings = StoreSettings()
+    routing: RoutingSettings = RoutingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+
+    def shard_endpoints(self) -> tuple[ShardEndpoint, ...]:
+        return self.store.endpoints(Path(self.data_dir))
+
+    def to_env_json(self) -> str:
+        return self.model_dump_json(exclude_defaults=True)
+
+
+def parse_settings(raw: dict[str, Any] | str) -> Settings:
+    """Validate settings from a mapping or JSON; raise :class:`ConfigurationError` saying what is wrong."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+        return Settings.model_validate(data)
+    except (ValidationError, ValueError) as exc:
+        raise ConfigurationError(f"invalid ShardRAG settings: {exc}") from None
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``SHARDRAG_SETTINGS`` (JSON) or ``SHARDRAG_SETTINGS_FILE``, else defaults.
+
+    ``SHARDRAG_MODEL_DIR`` and ``SHARDRAG_DATA_DIR`` override the matching fields.
+    """
+    source = os.environ if environ is None else environ
+    if raw := source.get(env.SETTINGS_JSON):
+        data: dict[str, Any] = json.loads(raw)
+    elif path := source.get(env.SETTINGS_FILE):
+        data = json.loads(Path(path).read_text())
+    else:
+        data = {}
+    if model_dir := source.get(env.MODEL_DIR):
+        data.setdefault("embedding", {})["model_dir"] = model_dir
+    if data_dir := source.get(env.DATA_DIR):
+        data["data_dir"] = data_dir
+    return parse_settings(data)
+
+
+@lru_cache(maxsize=1)
+def cached_settings() -> Settings:
+    """Settings for this process, parsed once (handlers call this at cold start)."""
+    return load_settings()

@@ -1,0 +1,24 @@
+"""Environment variable names shared by the CDK app, the local runtime and the handlers.
+
+One module so that a rename cannot leave a deployed function reading a variable nobody sets.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: JSON of :class:`shardrag.config.Settings` — the whole runtime configuration in one variable.
+SETTINGS_JSON: Final = "SHARDRAG_SETTINGS"
+#: Path of a JSON settings file (local runtime); ignored when ``SHARDRAG_SETTINGS`` is set.
+SETTINGS_FILE: Final = "SHARDRAG_SETTINGS_FILE"
+#: Directory holding ``model.onnx`` and ``tokenizer.json`` (overrides ``embedding.model_dir``).
+MODEL_DIR: Final = "SHARDRAG_MODEL_DIR"
+#: Root directory for local data (Milvus Lite shard directories, emulated AWS state).
+DATA_DIR: Final = "SHARDRAG_DATA_DIR"
+#: Name of the DynamoDB document registry table.
+REGISTRY_TABLE: Final = "SHARDRAG_REGISTRY_TABLE"
+#: Name of the documents bucket.
+DOCUMENTS_BUCKET: Final = "SHARDRAG_DOCUMENTS_BUCKET"
+#: Powertools service name / log level (standard Powertools variables).
+POWERTOOLS_SERVICE_NAME: Final = "POWERTOOLS_SERVICE_NAME"
+LOG_LEVEL: Final = "POWERTOOLS_LOG_LEVEL"

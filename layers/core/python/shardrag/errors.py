@@ -1,0 +1,63 @@
+"""Errors with a defined outcome.
+
+The class name of each error is what Step Functions reports as the ``Error`` of a failed task (Lambda's
+``errorType``), so the API front (API Gateway mapping template or the local HTTP server) maps it to a status
+code by name alone. Keep the names stable: they are part of the deployed contract.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ShardRagError(Exception):
+    """Base of every error the system reports to callers."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ShardRagError):
+    """The request is malformed or out of range (HTTP 400)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class ShardsUnavailable(ShardRagError):
+    """No shard answered: nothing can be retrieved (HTTP 503)."""
+
+    status = 503
+    code = "shards_unavailable"
+
+
+class ShardSearchFailed(ShardRagError):
+    """One shard's store failed; the Parallel branch catches it and the answer is degraded."""
+
+    status = 503
+    code = "shard_search_failed"
+
+
+class GenerationFailed(ShardRagError):
+    """The generator (Bedrock, an HTTP endpoint) failed or returned an unusable answer (HTTP 502)."""
+
+    status = 502
+    code = "generation_failed"
+
+
+class ConfigurationError(ShardRagError):
+    """Settings are invalid; raised at cold start, never per request."""
+
+    code = "configuration_error"
+
+
+#: Step Functions error name -> (HTTP status, public code). Unknown names map to a 500 without details.
+ERROR_STATUS: dict[str, tuple[int, str]] = {
+    cls.__name__: (cls.status, cls.code)
+    for cls in (BadRequest, ShardsUnavailable, ShardSearchFailed, GenerationFailed, ConfigurationError)
+}
+ERROR_STATUS["States.Timeout"] = (504, "timeout")

@@ -1,0 +1,98 @@
+"""Typed records passed between stages and across the Step Functions payload.
+
+Every record crossing a state boundary is a Pydantic model so that each handler validates what it receives
+(a malformed payload is a clear error, not a ``KeyError`` deep in a stage) and serialises what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Bound on the text each hit carries through the state machine: N shards x top_k hits must stay far below
+#: the 256 KiB Step Functions payload limit (50 hits x 8 shards x 2 KiB = 800 KiB would not; see fusion).
+MAX_HIT_TEXT_CHARS = 2000
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Chunk(Record):
+    """One retrievable unit as stored in a shard."""
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    source: str = ""
+    title: str = ""
+    position: int = 0
+    version: str = ""
+    tenant: str = "default"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class EmbeddedChunk(Record):
+    chunk: Chunk
+    vector: list[float]
+
+
+class Hit(Record):
+    """A ranked chunk returned by a shard search (score: cosine similarity, higher is better)."""
+
+    chunk_id: str
+    doc_id: str
+    score: float
+    text: str
+    source: str = ""
+    title: str = ""
+    position: int = 0
+    shard: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchRequest(Record):
+    """What one shard is asked: the query vector, how many hits, and an optional compiled filter."""
+
+    vector: list[float]
+    top_k: int
+    filter_expr: str = ""
+
+
+class ShardResult(Record):
+    """Outcome of one Parallel branch. ``status`` is set by the state machine, not by the handler."""
+
+    shard: int
+    status: Literal["ok", "failed", "skipped"]
+    hits: list[Hit] = Field(default_factory=list)
+    took_ms: float = 0.0
+    error: str | None = None
+
+
+class RoutePlan(Record):
+    """Which shards a query visits."""
+
+    shards: list[int]
+    shard_count: int
+
+    def selected_map(self) -> dict[str, bool]:
+        """The form the state machine's per-branch Choice reads (``$.route.shard_<i>``)."""
+        chosen = set(self.shards)
+        return {f"shard_{i}": i in chosen for i in range(self.shard_count)}
+
+
+class Citation(Record):
+    ref: int = Field(description="Number used in the answer text, e.g. [1]")
+    doc_id: str
+    chunk_id: str
+    source: str
+    title: str = ""
+    score: float
+    text: str
+
+
+class Answer(Record):
+    text: str
+    citations: list[Citation]
+    model: str

@@ -1,0 +1,74 @@
+"""The public query request: one model for the local API, the Embed handler and the API Gateway validator."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shardrag.errors import BadRequest
+
+MAX_QUESTION_CHARS = 2000
+MAX_TOP_K = 50
+#: Request bodies larger than this are refused before parsing (the question cap bounds the rest).
+MAX_BODY_BYTES = 64 * 1024
+
+FilterValue = str | int | float | bool | list[str | int | float] | dict[str, Any]
+
+
+class QueryRequest(BaseModel):
+    """``POST /query`` body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
+    generate: bool = True
+    filters: dict[str, FilterValue] | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("question must not be blank")
+        return value
+
+    def resolved_top_k(self, default: int) -> int:
+        return self.top_k if self.top_k is not None else default
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_query_request(payload: Any) -> QueryRequest:
+    """Validate an already-decoded JSON body; raise :class:`BadRequest` with a readable message."""
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return QueryRequest.model_validate(payload, strict=False)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc)) from None
+
+
+def parse_query_body(body: bytes | str | None) -> QueryRequest:
+    """Decode and validate a raw HTTP body."""
+    if body is None or len(body) == 0:
+        raise BadRequest("request body is empty; expected JSON with a 'question'")
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    return parse_query_request(payload)
+
+
+def query_request_schema() -> dict[str, Any]:
+    """JSON schema of the request (OpenAPI document and the API Gateway request model use it)."""
+    return QueryRequest.model_json_schema()

@@ -1,0 +1,47 @@
+"""The VectorStore interface: what a shard can do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from shardrag.records import EmbeddedChunk, Hit, SearchRequest
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """One shard's collection of chunks. Implementations: Milvus (Lite or server) and an exact in-memory store."""
+
+    def ensure_ready(self) -> None:
+        """Create the collection and index if missing and load it for search (idempotent)."""
+        ...
+
+    def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
+        """Insert or replace chunks by ``chunk_id``; returns how many were written."""
+        ...
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
+        """Delete chunks by id; returns how many ids were asked to be deleted."""
+        ...
+
+    def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
+        """Delete every chunk of ``doc_id`` (except those of ``keep_version``); returns how many were removed."""
+        ...
+
+    def chunk_ids(self, doc_id: str) -> list[str]:
+        """Ids of the chunks stored for ``doc_id``."""
+        ...
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        """Top ``request.top_k`` chunks by cosine similarity, best first."""
+        ...
+
+    def flush(self) -> None:
+        """Make written data durable and fast to search (seals growing segments on Milvus Lite)."""
+        ...
+
+    def count(self) -> int:
+        """Number of chunks stored."""
+        ...
+
+    def close(self) -> None: ...
