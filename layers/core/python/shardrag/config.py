@@ -95,6 +95,8 @@ class RetrievalSettings(_Model):
     top_k: int = Field(default=8, ge=1, le=50)
     #: Hits each shard returns: at least the requested top_k so that the merge is exact.
     min_candidates_per_shard: int = Field(default=10, ge=1, le=200)
+    #: Metadata fields that ``filters`` may name, with their type (anything else is a 400).
+    metadata_fields: dict[str, Literal["string", "number", "bool", "date"]] = Field(default_factory=dict)
 
 
 class GeneratorSettings(_Model):

@@ -1,0 +1,192 @@
+"""all-MiniLM-L6-v2 on onnxruntime + tokenizers: the embedder every Lambda function uses.
+
+No torch and no transformers here: the exported graph (``make model``) already contains mean pooling and L2
+normalisation, so a run of the session returns the final unit vectors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from shardrag.embedding.base import Matrix
+from shardrag.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from shardrag.config import EmbeddingSettings
+    from tokenizers import Encoding, Tokenizer
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+_OUTPUT = "sentence_embedding"
+
+__all__ = ["OnnxEmbedder"]
+
+
+class OnnxEmbedder:
+    """Sentence embeddings from an exported ONNX model (an :class:`~shardrag.embedding.base.Embedder`).
+
+    Nothing is loaded until :meth:`warm_up` (or the first :meth:`embed`); loading happens once per instance
+    and is safe to race from several threads (the local runtime runs Step Functions Parallel branches in
+    threads). After that, :meth:`embed` and :meth:`count_tokens` may be called concurrently: onnxruntime's
+    ``run`` and the tokenizers' ``encode`` are both thread-safe.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        *,
+        max_seq_length: int = 256,
+        batch_size: int = 32,
+        threads: int = 0,
+    ) -> None:
+        """Validate arguments only; files are read in :meth:`warm_up`.
+
+        ``threads`` is onnxruntime's intra-op thread count; 0 lets onnxruntime use every core.
+        """
+        if max_seq_length < 2:
+            raise ConfigurationError(
+                f"max_seq_length must be at least 2 ([CLS], [SEP]), got {max_seq_length}"
+            )
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
+        if threads < 0:
+            raise ConfigurationError(f"threads must be 0 (onnxruntime decides) or more, got {threads}")
+        self.model_dir = Path(model_dir)
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._input_names: frozenset[str] = frozenset()
+        self._tokenizer: Tokenizer | None = None
+        self._counter: Tokenizer | None = None
+        self._pad_id = 0
+        self._dimension = 0
+
+    @classmethod
+    def from_settings(cls, settings: EmbeddingSettings) -> OnnxEmbedder:
+        """An embedder from ``settings.embedding`` (which already applies ``SHARDRAG_MODEL_DIR``)."""
+        return cls(
+            settings.model_dir,
+            max_seq_length=settings.max_seq_length,
+            batch_size=settings.batch_size,
+            threads=settings.threads,
+        )
+
+    @property
+    def dimension(self) -> int:
+        """Width of the vectors (384 for all-MiniLM-L6-v2); loads the model if needed."""
+        self.warm_up()
+        return self._dimension
+
+    def warm_up(self) -> None:
+        """Load the ONNX session and the tokenizer once; :class:`ConfigurationError` if they are missing."""
+        if self._session is not None:
+            return
+        with self._lock:
+            if self._session is None:
+                self._load()
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        """Embed ``texts`` in batches of ``batch_size``: a ``(len(texts), dimension)`` float32 matrix.
+
+        Rows are unit vectors in input order. Texts are sorted by token count before batching so that each
+        batch pads to a similar length (padding is computed and thrown away). Texts longer than
+        ``max_seq_length`` tokens are truncated, as sentence-transformers does.
+        """
+        if isinstance(texts, str):
+            # A str is a Sequence[str]: without this check it would embed each character.
+            raise TypeError("embed() takes a sequence of texts, not a single str")
+        self.warm_up()
+        assert self._tokenizer is not None
+        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self._tokenizer.encode_batch(list(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        # Longest first: a batch that is too large for memory fails on the first call, not the last.
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = self._run([encodings[i] for i in rows])
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` including ``[CLS]`` and ``[SEP]``, before truncation to ``max_seq_length``."""
+        self.warm_up()
+        assert self._counter is not None
+        return len(self._counter.encode(text).ids)
+
+    def _run(self, batch: list[Encoding], session: Any = None) -> Matrix:
+        width = max(len(e.ids) for e in batch)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, encoding in enumerate(batch):
+            n = len(encoding.ids)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+            types[row, :n] = encoding.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        result: npt.NDArray[Any] = (session or self._session).run(
+            [_OUTPUT], {k: v for k, v in feeds.items() if k in self._input_names}
+        )[0]
+        return result.astype(np.float32, copy=False)
+
+    def _load(self) -> None:
+        model_path = self.model_dir / MODEL_FILE
+        tokenizer_path = self.model_dir / TOKENIZER_FILE
+        missing = [p.name for p in (model_path, tokenizer_path) if not p.is_file()]
+        if missing:
+            raise ConfigurationError(
+                f"embedding model not found: {self.model_dir.resolve()} lacks {', '.join(missing)}; "
+                "run `make model` (python -m shardrag_local.export_model --out build/model) "
+                "or point SHARDRAG_MODEL_DIR at an exported model"
+            )
+
+        # Imported here so that importing shardrag.embedding stays cheap for code that never embeds.
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        # Truncation and padding are set here rather than trusted from the file: the tokenizer.json shipped
+        # with the model pads to a fixed 128 and truncates at 128, which silently changes longer embeddings.
+        # Padding is done per batch in _run, after sorting by length.
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.max_seq_length)
+        counter = Tokenizer.from_file(str(tokenizer_path))
+        counter.no_padding()
+        counter.no_truncation()
+        pad_id = tokenizer.token_to_id("[PAD]")
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        # One graph, run sequentially: inter-op threads would only compete with the intra-op pool.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt or foreign files
+            raise ConfigurationError(f"cannot load {model_path}: {exc}; re-run `make model`") from exc
+
+        outputs = {o.name: o for o in session.get_outputs()}
+        if _OUTPUT not in outputs:
+            raise ConfigurationError(
+                f"{model_path} has no {_OUTPUT!r} output (found {sorted(outputs)}); re-run `make model`"
+            )
+        width = outputs[_OUTPUT].shape[-1]
+        self._input_names = frozenset(i.name for i in session.get_inputs())
+        self._tokenizer, self._counter = tokenizer, counter
+        self._pad_id = pad_id if pad_id is not None else 0
+        if isinstance(width, int):
+            self._dimension = width
+        else:  # a symbolic output width: ask the model once
+            self._dimension = int(self._run([tokenizer.encode("")], session).shape[1])
+        # Published last: warm_up's unlocked fast path treats a non-None session as "fully loaded".
+        self._session = session

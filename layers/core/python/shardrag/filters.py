@@ -1,0 +1,87 @@
+"""Compiling request ``filters`` into Milvus boolean expressions.
+
+Every value is emitted as an escaped literal: Milvus Lite rejects filter templates (``filter_params``), so the
+compiler is the injection boundary. Field names never come from the request verbatim — they are looked up in
+a fixed table — so a hostile key can only produce a 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from shardrag.errors import BadRequest
+from shardrag.store.schema import escape_string
+
+MAX_IN_VALUES: Final = 100
+_RANGE_OPS: Final = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_LIKE_SPECIALS: Final = ("\\", "%", "_")
+
+
+def _literal(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadRequest(f"filters.{where}: numbers must be finite")
+        return repr(value)
+    if isinstance(value, str):
+        return escape_string(value)
+    raise BadRequest(f"filters.{where}: expected a string, number or boolean, got {type(value).__name__}")
+
+
+def _like_prefix(prefix: str) -> str:
+    for ch in _LIKE_SPECIALS:
+        prefix = prefix.replace(ch, "\\" + ch)
+    return escape_string(prefix + "%")
+
+
+class FilterCompiler:
+    """Turns ``{"doc_id": "x", "source_prefix": "s3://b/a/", "year": {"gte": 2005}, "lang": ["en", "de"]}`` into a
+    Milvus expression. ``doc_id`` and ``source_prefix`` are built in; any other key must be a metadata field
+    declared in configuration (anything else is a 400, so a typo never silently matches everything)."""
+
+    def __init__(self, metadata_fields: Mapping[str, str] | None = None) -> None:
+        self._metadata_fields = dict(metadata_fields or {})
+
+    def _field(self, name: str) -> str:
+        if name == "doc_id":
+            return "doc_id"
+        if name in self._metadata_fields:
+            return f"metadata[{json.dumps(name)}]"
+        declared = ", ".join(sorted(["doc_id", "source_prefix", *self._metadata_fields]))
+        raise BadRequest(f"filters: unknown field {name!r}; filterable fields are: {declared}")
+
+    def run(self, filters: Mapping[str, Any] | None) -> str:
+        if not filters:
+            return ""
+        clauses: list[str] = []
+        for name in sorted(filters):
+            value = filters[name]
+            if name == "source_prefix":
+                if not isinstance(value, str) or not value:
+                    raise BadRequest("filters.source_prefix must be a non-empty string")
+                clauses.append(f"source like {_like_prefix(value)}")
+                continue
+            field = self._field(name)
+            if isinstance(value, list):
+                if not value or len(value) > MAX_IN_VALUES:
+                    raise BadRequest(f"filters.{name}: a list needs 1..{MAX_IN_VALUES} values")
+                # ``in [...]`` on a JSON path is rejected by Milvus Lite; an OR of equalities works everywhere.
+                ors = " or ".join(f"{field} == {_literal(v, name)}" for v in value)
+                clauses.append(f"({ors})")
+            elif isinstance(value, dict):
+                if not value or set(value) - set(_RANGE_OPS):
+                    raise BadRequest(f"filters.{name}: a range takes gt, gte, lt, lte")
+                for op in sorted(value):
+                    bound = value[op]
+                    if isinstance(bound, bool) or not isinstance(bound, int | float | str):
+                        raise BadRequest(f"filters.{name}.{op}: a bound must be a number or an ISO date string")
+                    clauses.append(f"{field} {_RANGE_OPS[op]} {_literal(bound, name)}")
+            else:
+                clauses.append(f"{field} == {_literal(value, name)}")
+        return " and ".join(clauses)

@@ -1,0 +1,134 @@
+"""Building the configured stages once per process (a Lambda container or the local runtime).
+
+Handlers reach everything through :func:`query_workflow` and :func:`shard_stores`; tests replace them with
+:func:`override` instead of patching modules.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+
+from shardrag.config import Settings, cached_settings
+from shardrag.filters import FilterCompiler
+from shardrag.fusion import ScoreMergeFuser
+from shardrag.generation.base import Generator
+from shardrag.routing import HashRouter
+from shardrag.search import ShardSearcher
+from shardrag.secrets import read_secret
+from shardrag.store.base import VectorStore
+from shardrag.store.milvus import MilvusVectorStore
+from shardrag.workflow import QueryWorkflow
+
+_lock = threading.Lock()
+
+
+class ShardStores:
+    """One store per shard, created on first use and kept for the life of the process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._endpoints = settings.shard_endpoints()
+        self._stores: dict[int, VectorStore] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def shard_count(self) -> int:
+        return len(self._endpoints)
+
+    def __call__(self, shard: int) -> VectorStore:
+        store = self._stores.get(shard)
+        if store is None:
+            with self._lock:
+                store = self._stores.get(shard)
+                if store is None:
+                    endpoint = self._endpoints[shard]
+                    token = read_secret(endpoint.token_secret) if endpoint.token_secret else None
+                    store = MilvusVectorStore(
+                        endpoint,
+                        shard=shard,
+                        dimension=self._settings.store.dimension,
+                        index=self._settings.store.index,
+                        max_text_bytes=self._settings.store.max_text_bytes,
+                        token=token,
+                    )
+                    self._stores[shard] = store
+        return store
+
+    def all(self) -> list[VectorStore]:
+        return [self(i) for i in range(self.shard_count)]
+
+
+@lru_cache(maxsize=1)
+def shard_stores() -> ShardStores:
+    return ShardStores(cached_settings())
+
+
+@lru_cache(maxsize=1)
+def embedder():  # type: ignore[no-untyped-def]
+    """The ONNX embedder, loaded once (imported lazily: only Embed and ingestion need onnxruntime)."""
+    from shardrag.embedding.onnx import OnnxEmbedder
+
+    model = OnnxEmbedder.from_settings(cached_settings().embedding)
+    model.warm_up()
+    return model
+
+
+def embed_one(text: str) -> list[float]:
+    return [float(x) for x in embedder().embed([text])[0]]
+
+
+@lru_cache(maxsize=1)
+def generator() -> Generator:
+    from shardrag.generation.factory import build_generator
+
+    return build_generator(cached_settings().generator)
+
+
+def build_query_workflow(
+    settings: Settings,
+    *,
+    embed: Callable[[str], list[float]] = embed_one,
+    stores: Callable[[int], VectorStore] | None = None,
+    make_generator: Callable[[], Generator] = generator,
+) -> QueryWorkflow:
+    shard_count = settings.store.shard_count
+    return QueryWorkflow(
+        embed=embed,
+        router=HashRouter(shard_count),
+        searcher=ShardSearcher(stores or shard_stores(), shard_count),
+        fuser=ScoreMergeFuser(),
+        generator=make_generator,
+        filter_compiler=FilterCompiler(settings.retrieval.metadata_fields),
+        default_top_k=settings.retrieval.top_k,
+        min_candidates=settings.retrieval.min_candidates_per_shard,
+        shard_count=shard_count,
+    )
+
+
+_workflow: QueryWorkflow | None = None
+
+
+def query_workflow() -> QueryWorkflow:
+    """The process-wide workflow, built on first use from :func:`cached_settings`."""
+    global _workflow
+    if _workflow is None:
+        with _lock:
+            if _workflow is None:
+                _workflow = build_query_workflow(cached_settings())
+    return _workflow
+
+
+def override(workflow: QueryWorkflow | None) -> None:
+    """Install a workflow (tests, the local runtime) or, with ``None``, go back to building from settings."""
+    global _workflow
+    with _lock:
+        _workflow = workflow
+
+
+def reset_caches() -> None:
+    """Forget every cached object (settings included): the next call rebuilds from the environment."""
+    override(None)
+    for cached in (cached_settings, shard_stores, embedder, generator):
+        cached.cache_clear()

@@ -1,0 +1,208 @@
+"""VectorStore on Milvus through pymilvus ``MilvusClient``: Milvus Lite (``*.db``) or a Milvus/Zilliz server."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+from pymilvus import MilvusClient
+
+from shardrag.config import IndexSettings, ShardEndpoint
+from shardrag.records import MAX_HIT_TEXT_CHARS, EmbeddedChunk, Hit, SearchRequest
+from shardrag.store.schema import (
+    DENSE_FIELD,
+    OUTPUT_FIELDS,
+    build_schema,
+    escape_string,
+    truncate_utf8,
+)
+
+#: Milvus caps a query's result window; chunk-id listings page through it.
+_QUERY_PAGE = 10_000
+
+
+class MilvusVectorStore:
+    """One shard's chunk collection.
+
+    The client is created lazily and once (a Lambda container or a local runtime thread pool reuses it); a
+    lock guards creation because Parallel branches call in from several threads in the local runtime.
+    """
+
+    def __init__(
+        self,
+        endpoint: ShardEndpoint,
+        *,
+        shard: int,
+        dimension: int,
+        index: IndexSettings,
+        max_text_bytes: int = 8192,
+        token: str | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._shard = shard
+        self._dimension = dimension
+        self._index = index
+        self._max_text_bytes = max_text_bytes
+        self._token = token
+        self._client: MilvusClient | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> ShardEndpoint:
+        return self._endpoint
+
+    def _connect(self) -> MilvusClient:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    if self._endpoint.is_lite:
+                        Path(self._endpoint.uri).parent.mkdir(parents=True, exist_ok=True)
+                    kwargs: dict[str, Any] = {"uri": self._endpoint.uri}
+                    if self._token:
+                        kwargs["token"] = self._token
+                    if self._endpoint.db_name:
+                        kwargs["db_name"] = self._endpoint.db_name
+                    self._client = MilvusClient(**kwargs)
+        return self._client
+
+    @property
+    def _collection(self) -> str:
+        return self._endpoint.collection
+
+    def ensure_ready(self) -> None:
+        if self._ready:
+            return
+        client = self._connect()
+        with self._lock:
+            if self._ready:
+                return
+            if not client.has_collection(self._collection):
+                index_params = client.prepare_index_params()
+                index_params.add_index(
+                    field_name=DENSE_FIELD,
+                    index_type=self._index.type,
+                    metric_type="COSINE",
+                    params=dict(self._index.params),
+                )
+                client.create_collection(
+                    collection_name=self._collection,
+                    schema=build_schema(self._dimension, self._max_text_bytes),
+                    index_params=index_params,
+                )
+            # A collection comes back released after a restart: load it explicitly before searching.
+            client.load_collection(self._collection)
+            self._ready = True
+
+    def reset(self) -> None:
+        """Forget the connection so that the next call reconnects (after a shard restart)."""
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to keep
+                    pass
+            self._client = None
+            self._ready = False
+
+    def _row(self, item: EmbeddedChunk) -> dict[str, Any]:
+        chunk = item.chunk
+        if len(item.vector) != self._dimension:
+            raise ValueError(f"vector has {len(item.vector)} dimensions, the collection {self._dimension}")
+        return {
+            "chunk_id": chunk.chunk_id,
+            "doc_id": chunk.doc_id,
+            "tenant": chunk.tenant,
+            "source": truncate_utf8(chunk.source, 2048),
+            "title": truncate_utf8(chunk.title, 1024),
+            "text": truncate_utf8(chunk.text, self._max_text_bytes),
+            "position": chunk.position,
+            "version": chunk.version,
+            "metadata": chunk.metadata,
+            DENSE_FIELD: item.vector,
+        }
+
+    def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
+        if not chunks:
+            return 0
+        self.ensure_ready()
+        result = self._connect().upsert(self._collection, [self._row(c) for c in chunks])
+        return int(result.get("upsert_count", len(chunks)))
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
+        if not chunk_ids:
+            return 0
+        self.ensure_ready()
+        self._connect().delete(self._collection, ids=list(chunk_ids))
+        return len(chunk_ids)
+
+    def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
+        stale = self._query_ids(self._doc_filter(doc_id, keep_version))
+        return self.delete_chunks(stale)
+
+    def chunk_ids(self, doc_id: str) -> list[str]:
+        return self._query_ids(self._doc_filter(doc_id, None))
+
+    @staticmethod
+    def _doc_filter(doc_id: str, keep_version: str | None) -> str:
+        expr = f"doc_id == {escape_string(doc_id)}"
+        if keep_version is not None:
+            expr += f" and version != {escape_string(keep_version)}"
+        return expr
+
+    def _query_ids(self, expr: str) -> list[str]:
+        self.ensure_ready()
+        client = self._connect()
+        ids: list[str] = []
+        offset = 0
+        while True:
+            rows = client.query(
+                self._collection, filter=expr, output_fields=["chunk_id"], limit=_QUERY_PAGE, offset=offset
+            )
+            ids.extend(str(r["chunk_id"]) for r in rows)
+            if len(rows) < _QUERY_PAGE:
+                return ids
+            offset += _QUERY_PAGE
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        self.ensure_ready()
+        results = self._connect().search(
+            self._collection,
+            data=[request.vector],
+            anns_field=DENSE_FIELD,
+            limit=request.top_k,
+            filter=request.filter_expr,
+            output_fields=list(OUTPUT_FIELDS),
+            search_params={"metric_type": "COSINE", "params": dict(self._index.search_params)},
+        )
+        hits: list[Hit] = []
+        for row in results[0] if results else []:
+            entity = row.get("entity", row)
+            hits.append(
+                Hit(
+                    chunk_id=str(entity.get("chunk_id", row.get("id"))),
+                    doc_id=str(entity["doc_id"]),
+                    score=float(row["distance"]),
+                    text=str(entity["text"])[:MAX_HIT_TEXT_CHARS],
+                    source=str(entity.get("source", "")),
+                    title=str(entity.get("title", "")),
+                    position=int(entity.get("position", 0)),
+                    shard=self._shard,
+                    metadata=dict(entity.get("metadata") or {}),
+                )
+            )
+        return hits
+
+    def flush(self) -> None:
+        self.ensure_ready()
+        self._connect().flush(self._collection)
+
+    def count(self) -> int:
+        self.ensure_ready()
+        rows = self._connect().query(self._collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def close(self) -> None:
+        self.reset()

@@ -1,0 +1,49 @@
+"""The chunk collection schema, shared by every shard.
+
+Designed for the later retrieval features so that they extend it rather than rewrite it: ``tenant`` is the
+partition key (tenant scoping), ``metadata`` is JSON (filters on declared fields), ``source`` supports prefix
+filters, and ``version`` lets an overwrite write new chunks before it deletes the stale ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pymilvus import DataType, MilvusClient
+
+SCHEMA_VERSION: Final = 1
+DENSE_FIELD: Final = "dense"
+OUTPUT_FIELDS: Final = ("chunk_id", "doc_id", "text", "source", "title", "position", "version", "tenant", "metadata")
+
+_ID_MAX: Final = 512
+_SOURCE_MAX: Final = 2048
+_TITLE_MAX: Final = 1024
+
+
+def build_schema(dimension: int, max_text_bytes: int) -> Any:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=_ID_MAX)
+    schema.add_field("doc_id", DataType.VARCHAR, max_length=_ID_MAX)
+    schema.add_field("tenant", DataType.VARCHAR, max_length=128, is_partition_key=True)
+    schema.add_field("source", DataType.VARCHAR, max_length=_SOURCE_MAX)
+    schema.add_field("title", DataType.VARCHAR, max_length=_TITLE_MAX)
+    schema.add_field("text", DataType.VARCHAR, max_length=max_text_bytes)
+    schema.add_field("position", DataType.INT32)
+    schema.add_field("version", DataType.VARCHAR, max_length=128)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field(DENSE_FIELD, DataType.FLOAT_VECTOR, dim=dimension)
+    return schema
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """Cut ``text`` to at most ``max_bytes`` UTF-8 bytes without splitting a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def escape_string(value: str) -> str:
+    """A Milvus boolean-expression string literal with quotes and backslashes escaped."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,198 @@
+"""The query workflow's steps: what each state of ``statemachines/query.asl.json`` asks of the core.
+
+Each step takes the state's input payload (validated into a typed record) and returns the state's result as
+JSON-able data. Handlers are thin wrappers around these methods; the local runtime and the tests call the same
+handlers through the real state machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import Field, ValidationError
+
+from shardrag.errors import BadRequest
+from shardrag.filters import FilterCompiler
+from shardrag.fusion import Fuser, FusedHits
+from shardrag.generation.base import Generator
+from shardrag.records import MAX_HIT_TEXT_CHARS, Answer, Hit, Record, RoutePlan, SearchRequest, ShardResult
+from shardrag.request import parse_query_request
+from shardrag.routing import Router
+from shardrag.search import ShardSearcher
+
+#: Share of the 256 KiB state payload limit that shard hits may take in the Parallel state's output.
+PAYLOAD_HIT_BUDGET_BYTES = 160 * 1024
+
+
+class ResolvedQuery(Record):
+    """The request after validation, with defaults applied and filters compiled."""
+
+    question: str
+    top_k: int
+    candidates: int
+    generate: bool
+    filters: dict[str, Any] | None = None
+    filter_expr: str = ""
+
+
+class EmbedInput(Record):
+    request: Any
+    started_at: str | None = None
+
+
+class RouteInput(Record):
+    request: ResolvedQuery
+    vector: list[float]
+
+
+class SearchInput(Record):
+    shard: int
+    request: ResolvedQuery
+    vector: list[float]
+
+
+class FuseInput(Record):
+    request: ResolvedQuery
+    shards: list[ShardResult]
+    route: dict[str, Any] = Field(default_factory=dict)
+    started_at: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+_R = TypeVar("_R", bound=Record)
+
+
+def _parse(model: type[_R], payload: Any) -> _R:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        # A payload the state machine built is malformed only through a wiring bug or a hand-made event.
+        raise BadRequest(f"malformed {model.__name__} payload: {exc.error_count()} error(s)") from None
+
+
+def hit_text_budget(shard_count: int, candidates: int) -> int:
+    """Characters of text each shard hit may carry so that the Parallel output stays under the payload limit."""
+    per_hit = PAYLOAD_HIT_BUDGET_BYTES // max(1, shard_count * candidates)
+    # ~400 bytes per hit go to ids, scores and metadata; text is mostly ASCII in practice.
+    return max(200, min(MAX_HIT_TEXT_CHARS, per_hit - 400))
+
+
+class QueryWorkflow:
+    """The four steps, built once per container from the configured stages."""
+
+    def __init__(
+        self,
+        *,
+        embed: Callable[[str], list[float]],
+        router: Router,
+        searcher: ShardSearcher,
+        fuser: Fuser,
+        generator: Callable[[], Generator],
+        filter_compiler: FilterCompiler,
+        default_top_k: int,
+        min_candidates: int,
+        shard_count: int,
+    ) -> None:
+        self._embed = embed
+        self._router = router
+        self._searcher = searcher
+        self._fuser = fuser
+        self._generator = generator
+        self._filters = filter_compiler
+        self._default_top_k = default_top_k
+        self._min_candidates = min_candidates
+        self._shard_count = shard_count
+
+    def resolve(self, raw_request: Any) -> ResolvedQuery:
+        request = parse_query_request(raw_request)
+        top_k = request.resolved_top_k(self._default_top_k)
+        return ResolvedQuery(
+            question=request.question,
+            top_k=top_k,
+            candidates=max(top_k, self._min_candidates),
+            generate=request.generate,
+            filters=request.filters,
+            filter_expr=self._filters.run(request.filters),
+        )
+
+    def embed(self, payload: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        step = _parse(EmbedInput, payload)
+        query = self.resolve(step.request)
+        vector = self._embed(query.question)
+        return {
+            "request": query.model_dump(),
+            "vector": vector,
+            "started_at": step.started_at or datetime.now(UTC).isoformat(),
+            "timings_ms": {"embed": _ms(started)},
+        }
+
+    def route(self, payload: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        step = _parse(RouteInput, payload)
+        plan: RoutePlan = self._router.run(step.vector)
+        return {"selected": plan.selected_map(), "shards": plan.shards, "took_ms": _ms(started)}
+
+    def search(self, payload: Any) -> dict[str, Any]:
+        step = _parse(SearchInput, payload)
+        query = step.request
+        result = self._searcher.run(
+            step.shard,
+            SearchRequest(vector=step.vector, top_k=query.candidates, filter_expr=query.filter_expr),
+        )
+        budget = hit_text_budget(self._shard_count, query.candidates)
+        hits = [h.model_copy(update={"text": h.text[:budget]}) for h in result.hits]
+        return {"hits": [h.model_dump() for h in hits], "took_ms": result.took_ms}
+
+    def fuse_generate(self, payload: Any) -> dict[str, Any]:
+        step = _parse(FuseInput, payload)
+        query = step.request
+        started = time.perf_counter()
+        fused: FusedHits = self._fuser.run(step.shards, query.top_k)
+        fuse_ms = _ms(started)
+        answer: Answer | None = None
+        generate_ms = 0.0
+        if query.generate:
+            started = time.perf_counter()
+            answer = self._generator().run(query.question, fused.hits)
+            generate_ms = _ms(started)
+        shard_ms = {str(r.shard): r.took_ms for r in step.shards if r.status == "ok"}
+        timings = {
+            **step.timings_ms,
+            "route": float(step.route.get("took_ms", 0.0)),
+            "search": max(shard_ms.values(), default=0.0),
+            "fuse": fuse_ms,
+            "generate": generate_ms,
+        }
+        if step.started_at:
+            timings["total"] = _elapsed_since(step.started_at)
+        return {
+            "answer": answer.text if answer else None,
+            "citations": [c.model_dump() for c in answer.citations] if answer else [],
+            "hits": [_public_hit(rank, hit) for rank, hit in enumerate(fused.hits, start=1)],
+            "degraded": fused.degraded,
+            "shards": {"searched": fused.searched, "failed": fused.failed, "skipped": fused.skipped},
+            "timings_ms": {**timings, "shards": shard_ms},
+            "model": answer.model if answer else None,
+        }
+
+
+def _public_hit(rank: int, hit: Hit) -> dict[str, Any]:
+    return {"rank": rank, **hit.model_dump()}
+
+
+def _elapsed_since(iso: str) -> float:
+    try:
+        start = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return round((datetime.now(UTC) - start).total_seconds() * 1000, 3)

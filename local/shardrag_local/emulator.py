@@ -1,0 +1,204 @@
+"""The local AWS: moto in process (S3, SQS, DynamoDB, IAM, Lambda, Step Functions) plus a loopback endpoint
+for the AWS CLI and boto3, with Lambda invocations dispatched to the real handlers.
+
+In-process callers (the state machine engine, the handlers) reach moto through its botocore hook without HTTP;
+outside callers reach the same backends through ``ThreadedMotoServer``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import io
+import json
+import logging
+import os
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from moto import mock_aws
+from moto.core.config import default_user_config
+from moto.server import ThreadedMotoServer
+
+from shardrag.statemachine import QUERY_FUNCTIONS, render_definition, substitute
+from shardrag_local.dispatch import HandlerRegistry, install, uninstall
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+QUERY_STATE_MACHINE = "shardrag-query"
+_ROLE = "shardrag-local"
+log = logging.getLogger("shardrag.local")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str = "127.0.0.1"
+    port: int = 4566
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _speed_up_engine() -> None:
+    """Two costs of moto's Step Functions engine that a long-running local runtime need not pay per execution:
+    re-parsing the same definition (the parsed program is immutable; evaluation state lives in the
+    ``Environment``) and building a boto3 client for every Lambda task. Both are wrapped, not forked."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    if not getattr(AmazonStateLanguageParser.parse, "_shardrag_cached", False):
+        parse = functools.lru_cache(maxsize=32)(AmazonStateLanguageParser.parse)
+        parse._shardrag_cached = True  # type: ignore[attr-defined]
+        AmazonStateLanguageParser.parse = parse  # type: ignore[method-assign]
+    if not getattr(lambda_eval_utils.boto_client_for, "_shardrag_cached", False):
+        make_client = lambda_eval_utils.boto_client_for
+
+        @functools.lru_cache(maxsize=16)
+        def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
+            return make_client(region=region, service=service, state_credentials=None)
+
+        def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+            return cached_client(region, service)
+
+        boto_client_for._shardrag_cached = True  # type: ignore[attr-defined]
+        lambda_eval_utils.boto_client_for = boto_client_for
+
+
+def _placeholder_zip() -> bytes:
+    """Lambda's CreateFunction needs a package; the code that runs is loaded from ``functions/`` instead."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("handler.py", "# dispatched in process by shardrag_local.dispatch\n")
+    return buffer.getvalue()
+
+
+class LocalAws:
+    """Starts the emulation, deploys the query workflow from ``statemachines/`` and runs executions."""
+
+    def __init__(self, project_root: Path, endpoint: Endpoint | None = None, *, serve: bool = True) -> None:
+        self.root = project_root
+        self.endpoint = endpoint or Endpoint()
+        self.registry = HandlerRegistry()
+        self._serve = serve
+        self._mock: Any = None
+        self._server: ThreadedMotoServer | None = None
+        self.query_state_machine_arn = ""
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.setdefault(name, "test")
+        os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+        os.environ["MOTO_PORT"] = str(self.endpoint.port)
+        # moto logs whole ASTs on every task failure (a caught shard failure included).
+        for noisy in ("moto", "werkzeug", "botocore.credentials"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        default_user_config["stepfunctions"] = {"execute_state_machine": True}
+        # Lambda's docker mode is the one that calls ``_invoke_lambda`` (patched by dispatch.install); the
+        # "simple" backend would only echo events.
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+        self._mock.start()
+        install(self.registry)
+        _speed_up_engine()
+        if self._serve:
+            self._server = ThreadedMotoServer(ip_address=self.endpoint.host, port=self.endpoint.port, verbose=False)
+            self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        uninstall()
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+
+    def client(self, service: str) -> Any:
+        """An in-process client (through moto's botocore hook, no HTTP)."""
+        return boto3.client(service, region_name=REGION)  # type: ignore[call-overload]
+
+    # -- deployment ------------------------------------------------------------------------------------
+    def _role_arn(self) -> str:
+        iam = self.client("iam")
+        try:
+            return str(iam.get_role(RoleName=_ROLE)["Role"]["Arn"])
+        except iam.exceptions.NoSuchEntityException:
+            trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+            return str(iam.create_role(RoleName=_ROLE, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
+
+    def deploy_function(self, folder: str, *, timeout_s: int = 30) -> str:
+        """Create ``shardrag-<folder>`` in the emulated Lambda and register its real handler."""
+        name = f"shardrag-{folder.replace('_', '-')}"
+        lam = self.client("lambda")
+        try:
+            arn = str(lam.get_function(FunctionName=name)["Configuration"]["FunctionArn"])
+        except lam.exceptions.ResourceNotFoundException:
+            arn = str(
+                lam.create_function(
+                    FunctionName=name,
+                    Runtime="python3.12",
+                    Role=self._role_arn(),
+                    Handler="handler.handler",
+                    Code={"ZipFile": _placeholder_zip()},
+                    Timeout=timeout_s,
+                )["FunctionArn"]
+            )
+        self.registry.register(name, self.root / "functions" / folder, "handler.handler", timeout_s)
+        return arn
+
+    def deploy_query_workflow(self, shard_count: int) -> str:
+        arns = {placeholder: self.deploy_function(folder) for placeholder, folder in QUERY_FUNCTIONS.items()}
+        template = (self.root / "statemachines" / "query.asl.json").read_text()
+        definition = substitute(render_definition(template, shard_count), arns)
+        sfn = self.client("stepfunctions")
+        existing = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
+        if QUERY_STATE_MACHINE in existing:
+            arn = existing[QUERY_STATE_MACHINE]
+            sfn.update_state_machine(stateMachineArn=arn, definition=definition)
+        else:
+            arn = sfn.create_state_machine(
+                name=QUERY_STATE_MACHINE, definition=definition, roleArn=self._role_arn(), type="EXPRESS"
+            )["stateMachineArn"]
+        self.query_state_machine_arn = str(arn)
+        return self.query_state_machine_arn
+
+    # -- executions ------------------------------------------------------------------------------------
+    def start_sync_execution(self, state_machine_arn: str, payload: str, name: str | None = None) -> dict[str, Any]:
+        """StartSyncExecution, which moto does not route: run the engine's own ``SyncExecution`` in this thread.
+
+        Returns the API's response shape (``status``, ``output`` | ``error`` + ``cause``).
+        """
+        from moto.stepfunctions.parser.backend.execution import SyncExecution
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        backend = stepfunctions_parser_backends[ACCOUNT][REGION]
+        machine = backend.describe_state_machine(state_machine_arn)
+        name = name or uuid.uuid4().hex
+        execution = SyncExecution(
+            name=name,
+            sm_type=machine.sm_type,
+            role_arn=machine.roleArn,
+            exec_arn=f"arn:aws:states:{REGION}:{ACCOUNT}:express:{machine.name}:{name}:{uuid.uuid4().hex[:8]}",
+            account_id=ACCOUNT,
+            region_name=REGION,
+            state_machine=machine,
+            start_date=datetime.datetime.now(tz=datetime.UTC),
+            cloud_watch_logging_session=None,
+            activity_store={},
+            input_data=payload,
+        )
+        execution.start()
+        output = execution.to_start_sync_execution_output()
+        status = output.get("status")
+        return {
+            "executionArn": output["executionArn"],
+            "status": getattr(status, "value", status),
+            "output": output.get("output"),
+            "error": output.get("error"),
+            "cause": output.get("cause"),
+        }
