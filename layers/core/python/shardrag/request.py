@@ -22,9 +22,10 @@ class QueryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K)
-    generate: bool = True
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, strict=True)
+    # Strict: JSON true or "5" is a client bug to report, not a number to guess.
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, strict=True)
+    generate: bool = Field(default=True, strict=True)
     filters: dict[str, FilterValue] | None = None
 
     @field_validator("question")
@@ -51,7 +52,7 @@ def parse_query_request(payload: Any) -> QueryRequest:
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
     try:
-        return QueryRequest.model_validate(payload, strict=False)
+        return QueryRequest.model_validate(payload)
     except ValidationError as exc:
         raise BadRequest(_describe(exc)) from None
 

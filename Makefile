@@ -1,0 +1,72 @@
+# ShardRAG — the two commands: `make dev` (serve locally) and `make test` (all tests).
+# Both set everything up from a fresh clone: virtualenv, Python packages, the ONNX model, the CDK CLI.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+MODEL := build/model/manifest.json
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export CDK_DISABLE_VERSION_CHECK := 1
+export CDK_DISABLE_CLI_TELEMETRY := true
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: install model dev test test-unit test-integration test-infra lint format synth bench eval clean openapi
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+$(MODEL): $(STAMP)
+	$(PY) -m shardrag_local.export_model --out build/model
+
+model: $(MODEL)
+
+node_modules/.bin/cdk: package.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Serve the API on 127.0.0.1:8080 (AWS endpoint on :4566) with the sample corpus indexed.
+dev: install model
+	$(PY) -m shardrag_local.cli serve
+
+## Every test: unit, integration (real Milvus Lite, real model, local AWS emulation), infrastructure (CDK).
+test: install model node_modules/.bin/cdk
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install model
+	$(PY) -m pytest -q tests/integration
+
+test-infra: install node_modules/.bin/cdk
+	$(PY) -m pytest -q tests/infrastructure
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+openapi: install
+	$(PY) -c "import json; from shardrag.openapi import openapi_document as d; print(json.dumps(d(), indent=2))" > openapi.json
+
+synth: install node_modules/.bin/cdk
+	for e in $$($(PY) -c "import json; print(' '.join(json.load(open('cdk.json'))['context']['environments']))"); do \
+	  node_modules/.bin/cdk synth -c env=$$e --no-notices -q -o cdk.out/$$e || exit 1; done
+
+bench: install model
+	$(PY) -m bench.run
+
+clean:
+	rm -rf build cdk.out .shardrag

@@ -1,0 +1,125 @@
+"""The OpenAPI document of the query API (served locally at ``/openapi.json``; ``openapi.json`` in the repo
+is generated from it and a test keeps the two equal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardrag.request import query_request_schema
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_HIT = {
+    "type": "object",
+    "required": ["rank", "doc_id", "chunk_id", "score", "text"],
+    "properties": {
+        "rank": {"type": "integer"},
+        "doc_id": {"type": "string"},
+        "chunk_id": {"type": "string"},
+        "score": {"type": "number", "description": "cosine similarity"},
+        "text": {"type": "string"},
+        "source": {"type": "string"},
+        "title": {"type": "string"},
+        "position": {"type": "integer"},
+        "shard": {"type": "integer"},
+        "metadata": {"type": "object"},
+    },
+}
+
+_CITATION = {
+    "type": "object",
+    "required": ["ref", "doc_id", "chunk_id", "source", "score", "text"],
+    "properties": {
+        "ref": {"type": "integer"},
+        "doc_id": {"type": "string"},
+        "chunk_id": {"type": "string"},
+        "source": {"type": "string"},
+        "title": {"type": "string"},
+        "score": {"type": "number"},
+        "text": {"type": "string"},
+    },
+}
+
+_RESPONSE = {
+    "type": "object",
+    "required": ["answer", "citations", "hits", "degraded", "shards", "timings_ms"],
+    "properties": {
+        "answer": {"type": ["string", "null"], "description": "null when generate is false"},
+        "citations": {"type": "array", "items": {"$ref": "#/components/schemas/Citation"}},
+        "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+        "degraded": {"type": "boolean", "description": "true when at least one shard failed"},
+        "shards": {
+            "type": "object",
+            "properties": {
+                "searched": {"type": "array", "items": {"type": "integer"}},
+                "failed": {"type": "array", "items": {"type": "integer"}},
+                "skipped": {"type": "array", "items": {"type": "integer"}},
+            },
+        },
+        "timings_ms": {"type": "object", "additionalProperties": True},
+        "model": {"type": ["string", "null"]},
+    },
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    request = query_request_schema()
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ShardRAG query API", "version": "1"},
+        "paths": {
+            "/query": {
+                "post": {
+                    "summary": "Answer a question from the indexed documents, with citations",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "An answer (or ranked hits when generate is false)",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/QueryResponse"}}
+                            },
+                        },
+                        "400": _error_response("Malformed request"),
+                        "502": _error_response("The generator failed"),
+                        "503": _error_response("No shard answered"),
+                        "504": _error_response("The workflow timed out"),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "The API is up"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "QueryRequest": request,
+                "QueryResponse": _RESPONSE,
+                "Hit": _HIT,
+                "Citation": _CITATION,
+                "Error": _ERROR,
+            }
+        },
+    }

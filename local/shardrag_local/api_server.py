@@ -1,0 +1,109 @@
+"""The local HTTP API: the same contract as the deployed API Gateway (request validation, the query state
+machine via StartSyncExecution, the same status mapping), plus local-only shard operations under /admin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from shardrag.api_contract import error_body
+from shardrag.errors import BadRequest
+from shardrag.openapi import openapi_document
+from shardrag.request import MAX_BODY_BYTES, parse_query_body
+from shardrag_local.runtime import LocalRuntime
+
+log = logging.getLogger("shardrag.local.api")
+_ADMIN_SHARD = re.compile(r"^/admin/shards/(\d+)/(stop|start)$")
+
+
+class ApiHandler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _send(self, status: int, body: dict[str, Any] | list[Any], headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _read_body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if size < 0:
+            raise BadRequest("invalid Content-Length")
+        if size > MAX_BODY_BYTES:
+            # Drain (bounded) so the connection stays usable, then refuse like API Gateway's size limit would.
+            self.rfile.read(min(size, 10 * MAX_BODY_BYTES))
+            raise BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(size)
+
+    def do_GET(self) -> None:
+        runtime = self.server.runtime
+        if self.path == "/health":
+            self._send(200, {"status": "ok", "shards": runtime.settings.store.shard_count})
+        elif self.path == "/openapi.json":
+            self._send(200, openapi_document())
+        elif self.path == "/admin/shards":
+            self._send(200, runtime.shard_status())
+        else:
+            self._send(404, error_body("not_found", f"no route for GET {self.path}"))
+
+    def do_POST(self) -> None:
+        started = time.perf_counter()
+        try:
+            body = self._read_body()
+            if self.path == "/query":
+                request = parse_query_body(body)
+                status, response = self.server.runtime.execute(request.model_dump(exclude_none=True))
+            elif match := _ADMIN_SHARD.match(self.path):
+                status, response = self._admin(int(match.group(1)), match.group(2))
+            else:
+                status, response = 404, error_body("not_found", f"no route for POST {self.path}")
+        except BadRequest as exc:
+            status, response = 400, error_body(exc.code, exc.message)
+        except Exception:  # never a stack trace to the caller
+            log.exception("unhandled error for %s", self.path)
+            status, response = 500, error_body("internal_error", "internal error; see the server log")
+        elapsed = (time.perf_counter() - started) * 1000
+        self._send(status, response, {"Server-Timing": f"total;dur={elapsed:.1f}"})
+
+    def _admin(self, shard: int, action: str) -> tuple[int, dict[str, Any]]:
+        runtime = self.server.runtime
+        if not 0 <= shard < runtime.settings.store.shard_count:
+            return 404, error_body("not_found", f"no shard {shard}")
+        if action == "stop":
+            runtime.stop_shard(shard)
+        else:
+            runtime.start_shard(shard)
+        return 200, {"shard": shard, "action": action}
+
+    def do_PUT(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, error_body("method_not_allowed", "use POST /query"))
+
+    do_DELETE = do_PUT
+    do_PATCH = do_PUT
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, runtime: LocalRuntime, host: str = "127.0.0.1", port: int = 8080) -> None:
+        self.runtime = runtime
+        super().__init__((host, port), ApiHandler)

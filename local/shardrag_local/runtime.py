@@ -1,0 +1,139 @@
+"""The local runtime: one process hosting the AWS emulation, the Milvus Lite shards and the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+from shardrag import services
+from shardrag.api_contract import map_execution
+from shardrag.chunking import Chunker, word_spans
+from shardrag.config import Settings, cached_settings
+from shardrag.indexing import DocumentIndexer
+from shardrag.parsing import parse_text
+from shardrag_local.emulator import Endpoint, LocalAws
+
+log = logging.getLogger("shardrag.local")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_CORPUS = PROJECT_ROOT / "sample_corpus"
+DOCUMENTS_BUCKET = "shardrag-documents"
+_SAMPLE_MARKER = "sample-corpus.indexed"
+
+
+def configure_process_environment() -> None:
+    """Environment the handlers would get from the CDK app, set before any handler module is imported."""
+    defaults = {
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "POWERTOOLS_SERVICE_NAME": "shardrag-local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    # Powertools warns on every invocation that publishes no metric; locally metrics are off anyway.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    for noisy in ("pymilvus", "milvus_lite", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
+
+class LocalRuntime:
+    """Everything ``make dev`` serves, also used in process by the integration tests."""
+
+    def __init__(self, settings: Settings | None = None, *, aws_endpoint: Endpoint | None = None, serve_aws: bool = True) -> None:
+        configure_process_environment()
+        self.settings = settings or cached_settings()
+        self.data_dir = Path(self.settings.data_dir)
+        self.aws = LocalAws(PROJECT_ROOT, aws_endpoint, serve=serve_aws)
+        self.query_arn = ""
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.aws.start()
+        self.query_arn = self.aws.deploy_query_workflow(self.settings.store.shard_count)
+        s3 = self.aws.client("s3")
+        s3.create_bucket(Bucket=DOCUMENTS_BUCKET)
+        stores = services.shard_stores()
+        for store in stores.all():
+            store.ensure_ready()
+        log.info("local runtime up in %.1f s", time.perf_counter() - started)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.aws.stop()
+        for store in services.shard_stores().all():
+            store.close()
+
+    # -- the query path ------------------------------------------------------------------------------
+    def execute(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Run the query state machine synchronously and map the result like API Gateway does."""
+        result = self.aws.start_sync_execution(self.query_arn, json.dumps(body), name=uuid.uuid4().hex)
+        return map_execution(result)
+
+    # -- shards (local operations) -------------------------------------------------------------------
+    def shard_uri(self, shard: int) -> str:
+        return self.settings.shard_endpoints()[shard].uri
+
+    def stop_shard(self, shard: int) -> None:
+        """Stop one embedded shard's Milvus Lite server: searches of that shard fail until it is started."""
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(self.shard_uri(shard))
+
+    def start_shard(self, shard: int) -> None:
+        store = services.shard_stores()(shard)
+        reset = getattr(store, "reset", None)
+        if reset is not None:
+            reset()
+        store.ensure_ready()
+
+    def shard_status(self) -> list[dict[str, Any]]:
+        statuses = []
+        for i, store in enumerate(services.shard_stores().all()):
+            try:
+                statuses.append({"shard": i, "status": "up", "chunks": store.count()})
+            except Exception as exc:  # a stopped shard reports why, the others still answer
+                statuses.append({"shard": i, "status": "down", "error": type(exc).__name__})
+        return statuses
+
+    # -- sample corpus -------------------------------------------------------------------------------
+    def index_paths(self, paths: list[Path], *, prefix: str = "") -> int:
+        """Upload files to the documents bucket and index them (the S3-event path replaces the direct call
+        once ingestion is wired)."""
+        s3 = self.aws.client("s3")
+        embedder = services.embedder()
+        spans = getattr(embedder, "token_spans", word_spans)
+        indexer = DocumentIndexer(
+            chunker=Chunker(size=200, overlap=40, token_spans=spans),
+            embedder=embedder,
+            store_for=services.shard_stores(),
+            shard_count=self.settings.store.shard_count,
+        )
+        documents = []
+        for path in paths:
+            key = prefix + path.name
+            data = path.read_bytes()
+            s3.put_object(Bucket=DOCUMENTS_BUCKET, Key=key, Body=data)
+            documents.append(parse_text(data, doc_id=key, source=f"s3://{DOCUMENTS_BUCKET}/{key}", version="1"))
+        return sum(r.chunks for r in indexer.run(documents))
+
+    def ensure_sample_corpus(self) -> int:
+        marker = self.data_dir / _SAMPLE_MARKER
+        if marker.exists():
+            return 0
+        paths = sorted(p for p in SAMPLE_CORPUS.iterdir() if p.suffix in {".md", ".txt"})
+        chunks = self.index_paths(paths, prefix="sample/")
+        marker.write_text(json.dumps({"documents": len(paths), "chunks": chunks}))
+        return chunks

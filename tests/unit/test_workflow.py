@@ -1,0 +1,113 @@
+"""The workflow steps with the in-memory store and a hashing embedder (no model, no Milvus)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shardrag.chunking import Chunker, Document
+from shardrag.config import Settings
+from shardrag.errors import BadRequest, ShardSearchFailed, ShardsUnavailable
+from shardrag.generation.extractive import ExtractiveGenerator
+from shardrag.indexing import DocumentIndexer
+from shardrag.services import build_query_workflow
+from shardrag.store.memory import InMemoryVectorStore
+from shardrag.workflow import PAYLOAD_HIT_BUDGET_BYTES, QueryWorkflow, hit_text_budget
+
+DOCS = {
+    "tides": "Ocean tides are caused by the gravitational pull of the Moon on the oceans.",
+    "bees": "Honeybees communicate the direction of food with the waggle dance.",
+    "coffee": "Espresso needs a fine grind and about 25 seconds under pressure.",
+}
+
+
+@pytest.fixture
+def setup(hashing_embedder):  # type: ignore[no-untyped-def]
+    settings = Settings(store={"shard_count": 3, "dimension": hashing_embedder.dimension})
+    stores = [InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension) for i in range(3)]
+    indexer = DocumentIndexer(
+        chunker=Chunker(size=50, overlap=10), embedder=hashing_embedder, store_for=stores.__getitem__, shard_count=3
+    )
+    indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}.txt", version="1") for k, v in DOCS.items()])
+    workflow = build_query_workflow(
+        settings,
+        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
+        stores=stores.__getitem__,
+        make_generator=ExtractiveGenerator,
+    )
+    return workflow, stores
+
+
+def _run(workflow: QueryWorkflow, body: dict) -> dict:
+    """Drive the steps the way the state machine wires them (JSON in between, as across Lambda)."""
+    embedded = json.loads(json.dumps(workflow.embed({"request": body, "started_at": "2026-01-01T00:00:00Z"})))
+    route = workflow.route({"request": embedded["request"], "vector": embedded["vector"]})
+    shards = []
+    for shard, selected in sorted(route["selected"].items()):
+        index = int(shard.removeprefix("shard_"))
+        if not selected:
+            shards.append({"shard": index, "status": "skipped"})
+            continue
+        try:
+            out = workflow.search({"shard": index, "request": embedded["request"], "vector": embedded["vector"]})
+            shards.append({"shard": index, "status": "ok", **out})
+        except ShardSearchFailed:
+            shards.append({"shard": index, "status": "failed", "error": "ShardSearchFailed"})
+    return workflow.fuse_generate(
+        {"request": embedded["request"], "shards": shards, "route": route, "timings_ms": embedded["timings_ms"]}
+    )
+
+
+def test_question_is_answered_with_a_citation_to_the_right_document(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    response = _run(workflow, {"question": "what is the waggle dance of honeybees"})
+    assert response["hits"][0]["doc_id"] == "bees"
+    assert response["citations"] and response["citations"][0]["doc_id"] == "bees"
+    assert "[1]" in response["answer"]
+    assert response["degraded"] is False and response["shards"]["searched"] == [0, 1, 2]
+    assert set(response["timings_ms"]) >= {"embed", "route", "search", "fuse", "generate"}
+
+
+def test_generate_false_returns_ranked_hits_only(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    response = _run(workflow, {"question": "gravitational pull of the moon", "generate": False, "top_k": 2})
+    assert response["answer"] is None and response["citations"] == []
+    assert [h["rank"] for h in response["hits"]] == [1, 2]
+    assert response["hits"][0]["doc_id"] == "tides"
+    assert response["hits"][0]["score"] >= response["hits"][1]["score"]
+
+
+def test_one_shard_down_degrades_all_down_is_unavailable(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, stores = setup
+    stores[1].unavailable = True
+    response = _run(workflow, {"question": "espresso grind"})
+    assert response["degraded"] is True and response["shards"]["failed"] == [1]
+    for store in stores:
+        store.unavailable = True
+    with pytest.raises(ShardsUnavailable):
+        _run(workflow, {"question": "espresso grind"})
+
+
+def test_invalid_request_is_rejected_in_the_embed_step(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    with pytest.raises(BadRequest):
+        workflow.embed({"request": {"question": ""}})
+    with pytest.raises(BadRequest, match="unknown field"):
+        workflow.embed({"request": {"question": "q", "filters": {"nope": 1}}})
+
+
+def test_malformed_step_payloads_are_bad_requests(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    with pytest.raises(BadRequest):
+        workflow.search({"shard": 0})
+    with pytest.raises(BadRequest, match="out of range"):
+        workflow.search({"shard": 7, "request": workflow.resolve({"question": "q"}).model_dump(), "vector": [0.0] * 64})
+
+
+def test_hit_text_is_bounded_so_the_parallel_output_fits_the_payload_limit() -> None:
+    for shards, candidates in [(1, 10), (4, 50), (8, 50), (64, 200)]:
+        budget = hit_text_budget(shards, candidates)
+        # ~400 bytes of ids/metadata per hit on top of the text
+        assert shards * candidates * min(budget + 400, 2400) <= max(PAYLOAD_HIT_BUDGET_BYTES, shards * candidates * 600)
+        assert 200 <= budget <= 2000
