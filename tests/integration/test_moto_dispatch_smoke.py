@@ -1,0 +1,109 @@
+"""Fails loudly if a moto upgrade breaks what the local runtime relies on: the private Lambda invocation hook,
+Step Functions tasks reaching it, Catch seeing the handler's error name, S3 notifications reaching it, and the
+two engine entry points the runtime wraps for speed."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+HANDLER = textwrap.dedent(
+    """
+    class Boom(Exception):
+        pass
+
+    SEEN = []
+
+    def handler(event, context):
+        SEEN.append(event)
+        if isinstance(event, dict) and event.get("fail"):
+            raise Boom("asked to fail")
+        return {"echo": event, "function": context.function_name}
+    """
+)
+
+
+def test_private_hooks_still_exist() -> None:
+    from moto.awslambda.models import LambdaFunction
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.backend.execution import SyncExecution
+
+    assert list(inspect.signature(LambdaFunction._invoke_lambda).parameters)[:2] == ["self", "event"]
+    assert callable(lambda_eval_utils.boto_client_for)
+    assert callable(AmazonStateLanguageParser.parse)
+    assert hasattr(SyncExecution, "to_start_sync_execution_output")
+
+
+@pytest.fixture(scope="module")
+def smoke_function(local_runtime: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    code = tmp_path_factory.mktemp("smoke")
+    (code / "handler.py").write_text(HANDLER)
+    aws = local_runtime.aws
+    lam = aws.client("lambda")
+    from shardrag_local.emulator import _placeholder_zip
+
+    arn = lam.create_function(
+        FunctionName="smoke-fn",
+        Runtime="python3.12",
+        Role=aws._role_arn(),
+        Handler="handler.handler",
+        Code={"ZipFile": _placeholder_zip()},
+    )["FunctionArn"]
+    aws.registry.register("smoke-fn", Path(code), "handler.handler")
+    return "smoke-fn", arn
+
+
+def test_state_machine_task_runs_the_handler_in_process_and_catch_sees_its_error(
+    local_runtime: Any, smoke_function: tuple[str, str]
+) -> None:
+    name, arn = smoke_function
+    definition = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": arn, "Payload.$": "$"},
+                "OutputPath": "$.Payload",
+                "Catch": [{"ErrorEquals": ["Boom"], "ResultPath": "$.caught", "Next": "Caught"}],
+                "End": True,
+            },
+            "Caught": {"Type": "Pass", "Parameters": {"error.$": "$.caught.Error"}, "End": True},
+        },
+    }
+    aws = local_runtime.aws
+    sfn = aws.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="smoke", definition=json.dumps(definition), roleArn=aws._role_arn(), type="EXPRESS"
+    )["stateMachineArn"]
+    before = aws.registry.invocations.get(name, 0)
+    ok = aws.start_sync_execution(machine, json.dumps({"x": 1}))
+    assert ok["status"] == "SUCCEEDED", ok
+    assert json.loads(ok["output"]) == {"echo": {"x": 1}, "function": name}
+    caught = aws.start_sync_execution(machine, json.dumps({"fail": True}))
+    assert caught["status"] == "SUCCEEDED" and json.loads(caught["output"]) == {"error": "Boom"}
+    assert aws.registry.invocations[name] == before + 2
+
+
+def test_s3_notification_reaches_the_handler(local_runtime: Any, smoke_function: tuple[str, str]) -> None:
+    name, arn = smoke_function
+    aws = local_runtime.aws
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="smoke-bucket")
+    s3.put_bucket_notification_configuration(
+        Bucket="smoke-bucket",
+        NotificationConfiguration={
+            "LambdaFunctionConfigurations": [{"LambdaFunctionArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    before = aws.registry.invocations.get(name, 0)
+    s3.put_object(Bucket="smoke-bucket", Key="a/b c.txt", Body=b"hello")
+    assert aws.registry.invocations.get(name, 0) == before + 1

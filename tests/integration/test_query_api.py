@@ -1,0 +1,130 @@
+"""POST /query end to end: HTTP front -> moto's Step Functions engine running statemachines/query.asl.json ->
+the real handlers in process -> Milvus Lite shards and the real model."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _post(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _get(url: str) -> tuple[int, Any]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_question_gets_a_cited_answer_from_the_sample_corpus(api_url: str) -> None:
+    status, body = _post(api_url + "/query", {"question": "What causes ocean tides?"})
+    assert status == 200
+    assert {"answer", "citations", "hits", "degraded", "shards", "timings_ms"} <= set(body)
+    assert body["citations"], body
+    top = body["citations"][0]
+    assert top["doc_id"] == "sample/tides.txt"
+    assert top["source"] == "s3://shardrag-documents/sample/tides.txt"
+    assert {"doc_id", "chunk_id", "source", "score", "text"} <= set(top)
+    assert "Moon" in body["answer"] and "[1]" in body["answer"]
+    assert body["degraded"] is False and body["shards"]["searched"] == [0, 1, 2, 3]
+    assert {"embed", "route", "search", "fuse", "generate", "total"} <= set(body["timings_ms"])
+
+
+def test_generate_false_returns_ranked_hits(api_url: str) -> None:
+    status, body = _post(api_url + "/query", {"question": "How do honeybees communicate?", "generate": False, "top_k": 3})
+    assert status == 200
+    assert body["answer"] is None and body["citations"] == []
+    hits = body["hits"]
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["doc_id"] == "sample/honeybees.txt"
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_results_are_independent_of_the_shard_that_holds_them(api_url: str, local_runtime: Any) -> None:
+    """Hash sharding + exact merge: the API's ranking equals a brute-force ranking over every stored chunk."""
+    from shardrag import services
+    from shardrag.records import SearchRequest
+
+    question = "volcanic eruptions and tectonic plates"
+    _, body = _post(api_url + "/query", {"question": question, "generate": False, "top_k": 5})
+    vector = services.embed_one(question)
+    everything = []
+    for store in services.shard_stores().all():
+        everything.extend(store.search(SearchRequest(vector=vector, top_k=100)))
+    expected = [h.chunk_id for h in sorted(everything, key=lambda h: (-h.score, h.chunk_id))[:5]]
+    assert [h["chunk_id"] for h in body["hits"]] == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        json.dumps({}).encode(),
+        json.dumps({"question": ""}).encode(),
+        json.dumps({"question": "x" * 100_000}).encode(),
+        json.dumps({"question": "ok", "top_k": -3}).encode(),
+        json.dumps({"question": "ok", "top_k": 51}).encode(),
+        json.dumps({"question": "ok", "filters": {"no_such_field": "x"}}).encode(),
+        b"",
+    ],
+)
+def test_bad_requests_get_a_400_json_error(api_url: str, raw: bytes) -> None:
+    status, body = _post(api_url + "/query", raw=raw)
+    assert status == 400
+    assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
+
+
+def test_validation_inside_the_workflow_maps_to_400(local_runtime: Any) -> None:
+    """The Embed step validates too (API Gateway's validator is not the only line): its BadRequest travels as the
+    Step Functions error name and maps to 400 without a stack trace."""
+    status, body = local_runtime.execute({"question": "ok", "top_k": 0})
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    assert "Traceback" not in json.dumps(body) and "File " not in json.dumps(body)
+
+
+def test_filters_restrict_hits(api_url: str) -> None:
+    status, body = _post(
+        api_url + "/query", {"question": "coffee", "generate": False, "filters": {"doc_id": "sample/tides.txt"}}
+    )
+    assert status == 200 and {h["doc_id"] for h in body["hits"]} == {"sample/tides.txt"}
+    status, body = _post(
+        api_url + "/query", {"question": "coffee", "filters": {"source_prefix": "s3://nowhere/"}}
+    )
+    assert status == 200 and body["hits"] == [] and body["citations"] == []
+    assert "could not find" in body["answer"].lower() or "no " in body["answer"].lower()
+
+
+def test_health_and_openapi(api_url: str) -> None:
+    assert _get(api_url + "/health")[0] == 200
+    status, document = _get(api_url + "/openapi.json")
+    assert status == 200 and "/query" in document["paths"]
+
+
+def test_one_shard_down_degrades_and_all_down_is_503(api_url: str, local_runtime: Any) -> None:
+    try:
+        local_runtime.stop_shard(2)
+        status, body = _post(api_url + "/query", {"question": "What causes ocean tides?"})
+        assert status == 200
+        assert body["degraded"] is True
+        assert body["shards"]["failed"] == [2] and body["shards"]["searched"] == [0, 1, 3]
+        for shard in range(4):
+            local_runtime.stop_shard(shard)
+        status, body = _post(api_url + "/query", {"question": "What causes ocean tides?"})
+        assert status == 503 and body["error"]["code"] == "shards_unavailable"
+    finally:
+        for shard in range(4):
+            local_runtime.start_shard(shard)
+    status, body = _post(api_url + "/query", {"question": "What causes ocean tides?"})
+    assert status == 200 and body["degraded"] is False
