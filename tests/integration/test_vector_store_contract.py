@@ -1,0 +1,100 @@
+"""One behavioural suite, run against every VectorStore implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shardrag.config import IndexSettings, ShardEndpoint
+from shardrag.records import Chunk, EmbeddedChunk, SearchRequest
+from shardrag.store.base import VectorStore
+from shardrag.store.memory import InMemoryVectorStore
+from shardrag.store.milvus import MilvusVectorStore
+
+pytestmark = pytest.mark.integration
+DIM = 16
+
+
+@pytest.fixture(params=["memory", "milvus-lite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "memory":
+        made: VectorStore = InMemoryVectorStore(shard=3, dimension=DIM)
+    else:
+        made = MilvusVectorStore(
+            ShardEndpoint(uri=str(tmp_path / "shard.db"), collection="contract"),
+            shard=3,
+            dimension=DIM,
+            index=IndexSettings(),
+        )
+    made.ensure_ready()
+    yield made
+    made.close()
+
+
+def _items(doc: str, version: str, n: int, seed: int) -> list[EmbeddedChunk]:
+    rng = np.random.default_rng(seed)
+    return [
+        EmbeddedChunk(
+            chunk=Chunk(chunk_id=f"{doc}::{version}::{i}", doc_id=doc, text=f"{doc} {version} {i}", version=version),
+            vector=rng.normal(size=DIM).tolist(),
+        )
+        for i in range(n)
+    ]
+
+
+def test_upsert_is_idempotent_by_chunk_id(store: VectorStore) -> None:
+    items = _items("d", "v1", 5, seed=1)
+    store.upsert(items)
+    store.upsert(items)
+    store.flush()
+    assert store.count() == 5
+    assert sorted(store.chunk_ids("d")) == sorted(i.chunk.chunk_id for i in items)
+
+
+def test_search_ranks_by_cosine_and_reports_the_shard(store: VectorStore) -> None:
+    items = _items("a", "v1", 20, seed=2)
+    store.upsert(items)
+    store.flush()
+    hits = store.search(SearchRequest(vector=items[7].vector, top_k=5))
+    assert hits[0].chunk_id == items[7].chunk.chunk_id
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(h.shard == 3 for h in hits)
+    vectors = np.array([i.vector for i in items])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    q = vectors[7]
+    expected = [items[i].chunk.chunk_id for i in np.argsort(-(vectors @ q))[:5]]
+    assert [h.chunk_id for h in hits] == expected
+
+
+def test_overwrite_keeps_only_the_new_version(store: VectorStore) -> None:
+    store.upsert(_items("d", "v1", 4, seed=3))
+    store.upsert(_items("d", "v2", 2, seed=4))
+    removed = store.delete_document("d", keep_version="v2")
+    store.flush()
+    assert removed == 4
+    assert sorted(store.chunk_ids("d")) == ["d::v2::0", "d::v2::1"]
+
+
+def test_delete_document_and_chunks(store: VectorStore) -> None:
+    store.upsert(_items("x", "v1", 3, seed=5) + _items("y", "v1", 2, seed=6))
+    assert store.delete_document("x") == 3
+    store.delete_chunks(["y::v1::0"])
+    store.flush()
+    assert store.chunk_ids("x") == [] and store.chunk_ids("y") == ["y::v1::1"]
+
+
+def test_hostile_ids_are_literals(store: VectorStore) -> None:
+    hostile = 'q" or doc_id != "'
+    store.upsert(_items("safe", "v1", 2, seed=7))
+    assert store.chunk_ids(hostile) == []
+    assert store.delete_document(hostile) == 0
+    store.flush()
+    assert store.count() == 2
+
+
+def test_empty_store_returns_no_hits(store: VectorStore) -> None:
+    assert store.search(SearchRequest(vector=[1.0] * DIM, top_k=3)) == []
