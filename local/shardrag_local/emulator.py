@@ -85,6 +85,8 @@ class LocalAws:
         self.endpoint = endpoint or Endpoint()
         self.registry = HandlerRegistry()
         self._serve = serve
+        #: Off only to measure what the wrapped engine costs without them (bench/e2e.py --no-speedups).
+        self.engine_speedups = True
         self._mock: Any = None
         self._server: ThreadedMotoServer | None = None
         self.query_state_machine_arn = ""
@@ -104,7 +106,8 @@ class LocalAws:
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
         install(self.registry)
-        _speed_up_engine()
+        if self.engine_speedups:
+            _speed_up_engine()
         if self._serve:
             self._server = ThreadedMotoServer(ip_address=self.endpoint.host, port=self.endpoint.port, verbose=False)
             self._server.start()
