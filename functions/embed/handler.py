@@ -10,8 +10,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shardrag import services
 
 logger = Logger(service="shardrag-embed")
-# Cold start: load the settings and the ONNX model once per container, outside the handler.
+# Cold start: validate the settings and load the ONNX model once per container, outside the handler.
 services.query_workflow()
+services.embedder()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -69,6 +69,14 @@ def _speed_up_engine() -> None:
         lambda_eval_utils.boto_client_for = boto_client_for
 
 
+def _prune_finished_threads() -> None:
+    """The engine appends every worker thread it starts to a module-level list and never removes them; in a
+    long-running local API that is a leak of several thread objects per query."""
+    from moto.stepfunctions.parser.utils import TMP_THREADS
+
+    TMP_THREADS[:] = [t for t in TMP_THREADS if t.is_alive()]
+
+
 def _placeholder_zip() -> bytes:
     """Lambda's CreateFunction needs a package; the code that runs is loaded from ``functions/`` instead."""
     buffer = io.BytesIO()
@@ -196,6 +204,7 @@ class LocalAws:
             input_data=payload,
         )
         execution.start()
+        _prune_finished_threads()
         output = execution.to_start_sync_execution_output()
         status = output.get("status")
         return {

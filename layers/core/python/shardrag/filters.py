@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from shardrag.errors import BadRequest
-from shardrag.store.schema import escape_string
+from shardrag.store.literals import escape_string
 
 MAX_IN_VALUES: Final = 100
 _RANGE_OPS: Final = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}

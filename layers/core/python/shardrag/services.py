@@ -18,7 +18,6 @@ from shardrag.routing import HashRouter
 from shardrag.search import ShardSearcher
 from shardrag.secrets import read_secret
 from shardrag.store.base import VectorStore
-from shardrag.store.milvus import MilvusVectorStore
 from shardrag.workflow import QueryWorkflow
 
 _lock = threading.Lock()
@@ -43,6 +42,9 @@ class ShardStores:
             with self._lock:
                 store = self._stores.get(shard)
                 if store is None:
+                    # Imported here: pymilvus costs ~0.5 s of cold start that only ShardSearch and ingestion need.
+                    from shardrag.store.milvus import MilvusVectorStore
+
                     endpoint = self._endpoints[shard]
                     token = read_secret(endpoint.token_secret) if endpoint.token_secret else None
                     store = MilvusVectorStore(

@@ -15,9 +15,9 @@ from shardrag.store.schema import (
     DENSE_FIELD,
     OUTPUT_FIELDS,
     build_schema,
-    escape_string,
     truncate_utf8,
 )
+from shardrag.store.literals import escape_string
 
 #: Milvus caps a query's result window; chunk-id listings page through it.
 _QUERY_PAGE = 10_000

@@ -41,9 +41,3 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
     if len(raw) <= max_bytes:
         return text
     return raw[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def escape_string(value: str) -> str:
-    """A Milvus boolean-expression string literal with quotes and backslashes escaped."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
