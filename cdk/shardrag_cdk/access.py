@@ -1,0 +1,75 @@
+"""Access to what lives outside the stack: the Milvus token secrets and the generator (Bedrock or an API key).
+
+Grants name exactly the configured secrets and models. Tokens never enter an environment variable: the
+functions get the secret *names* (inside the settings JSON) and read the values at cold start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from aws_cdk import Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+from shardrag.config import GeneratorSettings
+
+from shardrag_cdk.nag import acknowledge
+
+#: Prefixes of Bedrock cross-region inference profiles (``us.anthropic…``): they route to any Region of the
+#: geography, so the underlying foundation model must be allowed in every Region.
+_INFERENCE_PROFILE_PREFIXES: Final = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
+
+
+class MilvusSecretsAccess(Construct):
+    """Read access to each shard's token secret, for the functions that talk to Milvus."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, secret_names: Sequence[str], readers: Sequence[iam.IGrantable]
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.secrets = [
+            secretsmanager.Secret.from_secret_name_v2(self, f"Token{i}", name) for i, name in enumerate(secret_names)
+        ]
+        for secret in self.secrets:
+            for reader in readers:
+                secret.grant_read(reader)
+
+
+def bedrock_model_arns(stack: Stack, model_id: str, region: str | None) -> list[str]:
+    """The ARNs ``bedrock:InvokeModel`` needs for a model id, an inference profile id or an ARN."""
+    if model_id.startswith("arn:"):
+        return [model_id]
+    partition, account, home = stack.partition, stack.account, region or stack.region
+    if model_id.startswith(_INFERENCE_PROFILE_PREFIXES):
+        base_model = model_id.split(".", 1)[1]
+        return [
+            f"arn:{partition}:bedrock:{home}:{account}:inference-profile/{model_id}",
+            f"arn:{partition}:bedrock:*::foundation-model/{base_model}",
+        ]
+    return [f"arn:{partition}:bedrock:{home}::foundation-model/{model_id}"]
+
+
+class GeneratorAccess(Construct):
+    """What the FuseAndGenerate function needs to reach the configured generator, and nothing more."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, generator: GeneratorSettings, caller: iam.Role) -> None:
+        super().__init__(scope, construct_id)
+        if generator.kind == "bedrock":
+            arns = bedrock_model_arns(Stack.of(self), generator.model_id, generator.region)
+            # Converse is authorised by InvokeModel; streaming is not used.
+            iam.Grant.add_to_principal(grantee=caller, actions=["bedrock:InvokeModel"], resource_arns=arns)
+            if generator.model_id.startswith(_INFERENCE_PROFILE_PREFIXES):
+                base_model = generator.model_id.split(".", 1)[1]
+                acknowledge(
+                    caller,
+                    (
+                        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:bedrock:*::foundation-model/{base_model}]",
+                        "A cross-region inference profile runs the model in any Region of its geography; the "
+                        "statement names that one model only.",
+                    ),
+                )
+        if generator.api_key_secret:
+            secret = secretsmanager.Secret.from_secret_name_v2(self, "ApiKey", generator.api_key_secret)
+            secret.grant_read(caller)

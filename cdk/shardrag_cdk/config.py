@@ -1,0 +1,245 @@
+"""Per-environment configuration: ``cdk.json`` context ``environments.<name>``, validated into one model.
+
+An environment holds the runtime :class:`shardrag.config.Settings` (the very model the handlers and the local
+runtime parse, so a deployed function cannot receive settings the runtime would reject) and the
+deployment-only values in :class:`DeploymentConfig`. Anything invalid stops synthesis with
+:class:`DeploymentConfigError`, whose message names the environment and the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from shardrag.config import Settings
+
+from shardrag_cdk.layout import FunctionName
+
+#: CloudWatch Logs accepts only these retention periods (days).
+LogRetentionDays = Literal[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
+]
+
+#: SQS caps a visibility timeout at 12 hours.
+_MAX_VISIBILITY_S = 12 * 3600
+
+
+class DeploymentConfigError(Exception):
+    """The environment configuration cannot be deployed; the message says why and where."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FunctionConfig(_Model):
+    """Sizing of one Lambda function."""
+
+    memory_mb: int = Field(default=1024, ge=128, le=10240)
+    timeout_s: int = Field(default=10, ge=1, le=900)
+    #: None leaves the function in the account's unreserved pool.
+    reserved_concurrency: int | None = Field(default=None, ge=1)
+    #: Pre-initialised environments behind the ``live`` alias (0: none, cold starts possible).
+    provisioned_concurrency: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _provisioned_within_reserved(self) -> FunctionConfig:
+        if self.reserved_concurrency is not None and self.provisioned_concurrency > self.reserved_concurrency:
+            raise ValueError(
+                f"provisioned_concurrency ({self.provisioned_concurrency}) exceeds "
+                f"reserved_concurrency ({self.reserved_concurrency})"
+            )
+        return self
+
+
+class FunctionsConfig(_Model):
+    """Sizing per function. Query-path timeouts stay within the Task timeouts of ``query.asl.json``."""
+
+    embed: FunctionConfig = FunctionConfig(memory_mb=2048, timeout_s=15)
+    route: FunctionConfig = FunctionConfig(memory_mb=512, timeout_s=10)
+    shard_search: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=10)
+    fuse_generate: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=30)
+    ingest: FunctionConfig = FunctionConfig(memory_mb=3008, timeout_s=300)
+
+    def of(self, name: FunctionName) -> FunctionConfig:
+        config: FunctionConfig = getattr(self, name)
+        return config
+
+
+class ApiConfig(_Model):
+    """The public query API."""
+
+    #: iam: SigV4-signed requests (default); api_key: x-api-key + usage plan; cognito: a user pool's JWTs.
+    auth: Literal["iam", "api_key", "cognito"] = "iam"
+    cognito_user_pool_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:cognito-idp:[a-z0-9-]+:\d{12}:userpool/[\w-]+$"
+    )
+    throttle_rate_limit: float = Field(default=50.0, gt=0, le=10_000)
+    throttle_burst_limit: int = Field(default=100, ge=1, le=5_000)
+    #: Requests per day per API key (api_key mode only; None: no quota).
+    quota_per_day: int | None = Field(default=None, ge=1)
+    #: An existing WAFv2 web ACL to associate with the stage.
+    waf_web_acl_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:wafv2:")
+    #: API Gateway writes execution logs through one account-wide role; turn off where it already exists.
+    create_cloudwatch_role: bool = True
+    stage_name: str = Field(default="v1", pattern=r"^[A-Za-z0-9_]{1,64}$")
+
+    @model_validator(mode="after")
+    def _auth_needs(self) -> ApiConfig:
+        if self.auth == "cognito" and not self.cognito_user_pool_arn:
+            raise ValueError("auth 'cognito' needs cognito_user_pool_arn")
+        if self.auth != "cognito" and self.cognito_user_pool_arn:
+            raise ValueError(f"cognito_user_pool_arn is set but auth is {self.auth!r}")
+        if self.auth != "api_key" and self.quota_per_day is not None:
+            raise ValueError("quota_per_day applies to auth 'api_key' only")
+        return self
+
+
+class VpcConfig(_Model):
+    """Existing VPC placement for the functions that reach Milvus (no lookups: synthesis stays offline)."""
+
+    vpc_id: str = Field(pattern=r"^vpc-[0-9a-f]{8,17}$")
+    subnet_ids: tuple[str, ...] = Field(min_length=1)
+    #: One per subnet, in the same order (CDK needs them to import subnets without a lookup).
+    availability_zones: tuple[str, ...] = Field(min_length=1)
+    security_group_ids: tuple[str, ...] = Field(min_length=1)
+    #: Functions placed in the VPC; the others keep Lambda's default networking (Bedrock, no NAT needed).
+    functions: tuple[FunctionName, ...] = ("shard_search", "ingest")
+
+    @model_validator(mode="after")
+    def _ids(self) -> VpcConfig:
+        bad = [s for s in self.subnet_ids if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", s)]
+        bad += [g for g in self.security_group_ids if not re.fullmatch(r"sg-[0-9a-f]{8,17}", g)]
+        if bad:
+            raise ValueError(f"malformed subnet / security group ids: {bad}")
+        if len(self.availability_zones) != len(self.subnet_ids):
+            raise ValueError("availability_zones must list one zone per subnet id, in the same order")
+        return self
+
+
+class AlarmConfig(_Model):
+    """Alarm thresholds; every alarm evaluates ``evaluation_periods`` periods of ``period_minutes``."""
+
+    api_p95_latency_ms: float = Field(default=8000, gt=0)
+    api_5xx_rate_percent: float = Field(default=2.0, gt=0, le=100)
+    workflow_failed_executions: int = Field(default=5, ge=1)
+    function_error_rate_percent: float = Field(default=5.0, gt=0, le=100)
+    dlq_depth: int = Field(default=1, ge=1)
+    period_minutes: int = Field(default=5, ge=1, le=60)
+    evaluation_periods: int = Field(default=3, ge=1, le=24)
+    #: SNS topic notified on alarm and recovery (None: alarms only show on the dashboard).
+    topic_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sns:")
+
+
+class IngestionConfig(_Model):
+    """The S3 → SQS → ingest Lambda pipeline."""
+
+    batch_size: int = Field(default=5, ge=1, le=10)
+    max_batching_window_s: int = Field(default=0, ge=0, le=300)
+    #: Receives before a message moves to the dead-letter queue.
+    max_receive_count: int = Field(default=3, ge=1, le=1000)
+    #: Queue visibility = factor x ingest timeout; AWS advises at least 6 for SQS event sources.
+    visibility_timeout_factor: int = Field(default=6, ge=6, le=20)
+    dlq_retention_days: int = Field(default=14, ge=1, le=14)
+
+
+class DeploymentConfig(_Model):
+    """Everything the CDK app needs beyond the runtime settings."""
+
+    functions: FunctionsConfig = FunctionsConfig()
+    api: ApiConfig = ApiConfig()
+    vpc: VpcConfig | None = None
+    alarms: AlarmConfig = AlarmConfig()
+    ingestion: IngestionConfig = IngestionConfig()
+    log_retention_days: LogRetentionDays = 30
+    #: retain: buckets, table and log groups survive ``cdk destroy`` (production); destroy: they go too.
+    removal_policy: Literal["retain", "destroy"] = "retain"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ALL logs every state transition (useful in dev, costly at volume); ERROR logs failures only.
+    workflow_log_level: Literal["ERROR", "ALL"] = "ERROR"
+    #: Include inputs/outputs (questions, passages) in workflow logs: off by default, they are user data.
+    workflow_log_execution_data: bool = False
+    service_name: str = Field(default="shardrag", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    metrics_namespace: str = Field(default="ShardRAG", pattern=r"^[A-Za-z][A-Za-z0-9/_.-]{0,200}$")
+
+    @model_validator(mode="after")
+    def _queue_can_hold_ingest(self) -> DeploymentConfig:
+        visibility = self.functions.ingest.timeout_s * self.ingestion.visibility_timeout_factor
+        if visibility > _MAX_VISIBILITY_S:
+            raise ValueError(
+                f"ingest timeout {self.functions.ingest.timeout_s}s x visibility_timeout_factor "
+                f"{self.ingestion.visibility_timeout_factor} = {visibility}s exceeds SQS's 12 h maximum"
+            )
+        return self
+
+
+class EnvironmentConfig(_Model):
+    """One deployable environment."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")
+    account: str | None = Field(default=None, pattern=r"^\d{12}$")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    settings: Settings
+    deployment: DeploymentConfig = DeploymentConfig()
+
+    @model_validator(mode="after")
+    def _deployable(self) -> EnvironmentConfig:
+        store = self.settings.store
+        if not store.shards:
+            raise ValueError(
+                "settings.store.shards must list one Milvus endpoint per shard for a deployment "
+                "(the embedded Milvus Lite default exists only locally)"
+            )
+        lite = [s.uri for s in store.shards if s.is_lite]
+        if lite:
+            raise ValueError(f"Milvus Lite data files cannot be deployed; use server URIs instead of {lite}")
+        insecure = [s.uri for s in store.shards if s.uri.startswith("http://") and s.token_secret]
+        if insecure:
+            raise ValueError(f"shards with a token must use https:// (the token would cross in clear): {insecure}")
+        generator = self.settings.generator
+        if generator.kind == "openai" and not generator.endpoint_url:
+            raise ValueError("settings.generator.kind 'openai' needs settings.generator.endpoint_url")
+        return self
+
+    @property
+    def stack_name(self) -> str:
+        return f"ShardRag-{self.name}"
+
+    def milvus_secret_names(self) -> tuple[str, ...]:
+        """Secrets Manager names of the shard tokens, deduplicated, in shard order."""
+        names = [s.token_secret for s in self.settings.store.shards if s.token_secret]
+        return tuple(dict.fromkeys(names))
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in item["loc"]) or "(environment)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_environment(environments: Any, name: str | None) -> EnvironmentConfig:
+    """Validate ``cdk.json`` context ``environments[name]``.
+
+    Raises :class:`DeploymentConfigError` when the name is missing or unknown, or the values are invalid.
+    """
+    if not isinstance(environments, dict) or not environments:
+        raise DeploymentConfigError("cdk.json context has no 'environments' mapping (e.g. {'dev': {...}})")
+    known = ", ".join(sorted(environments))
+    if not name:
+        raise DeploymentConfigError(f"choose an environment with -c env=<name> (known: {known})")
+    if name not in environments:
+        raise DeploymentConfigError(f"unknown environment {name!r} (known: {known})")
+    raw = environments[name]
+    if not isinstance(raw, dict):
+        raise DeploymentConfigError(f"environments.{name} must be an object, not {type(raw).__name__}")
+    settings = dict(raw.get("settings") or {})
+    # The runtime reports which environment it serves; the environment's name is the default.
+    settings.setdefault("environment", name)
+    try:
+        return EnvironmentConfig.model_validate({**raw, "name": name, "settings": settings})
+    except ValidationError as exc:
+        raise DeploymentConfigError(f"invalid configuration for environment {name!r}:\n{_describe(exc)}") from None

@@ -1,0 +1,189 @@
+"""Ingestion: documents bucket → SQS (+ DLQ) → ingest Lambda → Milvus shards and the document registry."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+from shardrag import env
+from shardrag.config import Settings
+
+from shardrag_cdk.config import DeploymentConfig
+from shardrag_cdk.lambdas import ShardRagFunction, removal_policy
+from shardrag_cdk.nag import acknowledge
+from shardrag_cdk.network import FunctionNetwork
+from shardrag_cdk.packaging import LambdaPackaging
+
+
+class DocumentBucket(Construct):
+    """The documents bucket (SSE-S3, no public access, TLS only, versioned) and its access-log bucket."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig) -> None:
+        super().__init__(scope, construct_id)
+        policy = removal_policy(deployment)
+        # Server access logs support SSE-S3 only; the log bucket cannot log to itself. S3 log delivery is
+        # granted by bucket policy (cdk.json flag serverAccessLogsUseBucketPolicy), so ACLs stay disabled.
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(deployment.log_retention_days))],
+            removal_policy=policy,
+        )
+        self.bucket = s3.Bucket(
+            self,
+            "Documents",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix="documents/",
+            # Old versions are only kept for recovery; a re-upload replaces the document in the index.
+            lifecycle_rules=[s3.LifecycleRule(noncurrent_version_expiration=Duration.days(30))],
+            removal_policy=policy,
+        )
+
+
+class IngestQueue(Construct):
+    """The ingestion queue and its dead-letter queue (SSE-SQS: S3 notifications can publish to it)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig) -> None:
+        super().__init__(scope, construct_id)
+        ingestion = deployment.ingestion
+        self.dead_letters = sqs.Queue(
+            self,
+            "DeadLetters",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(ingestion.dlq_retention_days),
+        )
+        # AWS: visibility ≥ 6 x the function timeout, or a batch still being processed is redelivered.
+        self.visibility_timeout_s = deployment.functions.ingest.timeout_s * ingestion.visibility_timeout_factor
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            visibility_timeout=Duration.seconds(self.visibility_timeout_s),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dead_letters, max_receive_count=ingestion.max_receive_count
+            ),
+        )
+        acknowledge(self.dead_letters, ("Serverless-SQSRedrivePolicy", "This is the dead-letter queue itself."))
+
+
+class DocumentRegistry(Construct):
+    """The registry of ingested documents (which shard, which version, how many chunks), keyed by doc_id."""
+
+    PARTITION_KEY = "doc_id"
+
+    def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.table = dynamodb.Table(
+            self,
+            "Table",
+            partition_key=dynamodb.Attribute(name=self.PARTITION_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=removal_policy(deployment),
+        )
+
+
+class Ingestion(Construct):
+    """Wires the bucket's ObjectCreated/ObjectRemoved events through the queue into the ingest function."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: Settings,
+        deployment: DeploymentConfig,
+        packaging: LambdaPackaging,
+        network: FunctionNetwork | None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.documents = DocumentBucket(self, "Documents", deployment=deployment)
+        self.queue = IngestQueue(self, "Queue", deployment=deployment)
+        self.registry = DocumentRegistry(self, "Registry", deployment=deployment)
+        self.ingest = ShardRagFunction(
+            self,
+            "Ingest",
+            name="ingest",
+            settings=settings,
+            deployment=deployment,
+            packaging=packaging,
+            network=network,
+            extra_environment={
+                env.REGISTRY_TABLE: self.registry.table.table_name,
+                env.DOCUMENTS_BUCKET: self.documents.bucket.bucket_name,
+            },
+        )
+        destination = s3n.SqsDestination(self.queue.queue)
+        for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
+            self.documents.bucket.add_event_notification(event, destination)
+        self.ingest.alias.add_event_source(
+            event_sources.SqsEventSource(
+                self.queue.queue,
+                batch_size=deployment.ingestion.batch_size,
+                max_batching_window=(
+                    Duration.seconds(window) if (window := deployment.ingestion.max_batching_window_s) else None
+                ),
+                report_batch_item_failures=True,
+            )
+        )
+        # Read the documents (any version: an event names the version it was sent for), nothing else: the
+        # bucket's grant_read would add List*/GetBucket* wildcards the function has no use for.
+        iam.Grant.add_to_principal(
+            grantee=self.ingest.function,
+            actions=["s3:GetObject", "s3:GetObjectVersion"],
+            resource_arns=[self.documents.bucket.arn_for_objects("*")],
+        )
+        self.registry.table.grant_read_write_data(self.ingest.function)
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        stack = Stack.of(self)
+        bucket = stack.get_logical_id(self.documents.bucket.node.default_child)  # type: ignore[arg-type]
+        acknowledge(
+            self.ingest.role,
+            (
+                f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/*]",
+                "Ingest reads any document of the documents bucket (GetObject/GetObjectVersion only).",
+            ),
+        )
+        acknowledge(
+            self.ingest.alias,
+            (
+                "Serverless-LambdaEventSourceMappingDestination",
+                "SQS event sources take no on-failure destination: the queue's redrive policy moves a message "
+                "that keeps failing to the dead-letter queue, and batch item failures retry only failed records.",
+            ),
+        )
+        # CDK's singleton that writes the bucket notification configuration (one per stack).
+        for child in stack.node.children:
+            if child.node.id.startswith("BucketNotificationsHandler"):
+                acknowledge(
+                    child,
+                    (
+                        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                        "AWSLambdaBasicExecutionRole]",
+                        "CDK-managed custom resource that applies the bucket notifications at deploy time.",
+                    ),
+                    (
+                        "AwsSolutions-IAM5[Resource::*]",
+                        "CDK-managed: s3:PutBucketNotification for the stack's bucket notifications.",
+                    ),
+                )

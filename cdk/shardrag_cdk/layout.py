@@ -1,0 +1,112 @@
+"""Where the Lambda code and layers come from, and which function gets which layer.
+
+Pure Python (no CDK import) so that the asset build script and the package-size check share it with the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+FUNCTIONS_DIR: Final = ROOT / "functions"
+CORE_LAYER_DIR: Final = ROOT / "layers" / "core"
+STATE_MACHINE_FILE: Final = ROOT / "statemachines" / "query.asl.json"
+REQUIREMENTS_DIR: Final = ROOT / "cdk" / "lambda_layers"
+BUILD_DIR: Final = ROOT / "build" / "lambda"
+#: ``make model`` writes the ONNX export here; the build script stages it as ``build/lambda/model/model/``.
+MODEL_SOURCE_DIR: Final = ROOT / "build" / "model"
+MODEL_FILES: Final = ("model.onnx", "tokenizer.json")
+#: Where Lambda mounts the model layer (a layer's ``model/`` folder lands in ``/opt/model``).
+MODEL_MOUNT: Final = "/opt/model"
+
+#: Lambda's limit on a function's code plus all its layers, unzipped.
+LAMBDA_UNZIPPED_LIMIT_BYTES: Final = 250 * 1024 * 1024
+#: Lambda allows at most five layers per function.
+MAX_LAYERS: Final = 5
+
+FunctionName = Literal["embed", "route", "shard_search", "fuse_generate", "ingest"]
+LayerName = Literal["core", "base", "onnx", "milvus", "model"]
+
+QUERY_FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = ("embed", "route", "shard_search", "fuse_generate")
+FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = (*QUERY_FUNCTION_NAMES, "ingest")
+
+#: Which layers each function needs. numpy sits in ``base`` (both onnx and pymilvus need it) so that no
+#: distribution is shipped twice to one function; ingest uses all five layers, Lambda's maximum.
+FUNCTION_LAYERS: Final[dict[FunctionName, tuple[LayerName, ...]]] = {
+    "embed": ("core", "base", "onnx", "model"),
+    "route": ("core", "base"),
+    "shard_search": ("core", "base", "milvus"),
+    "fuse_generate": ("core", "base"),
+    "ingest": ("core", "base", "onnx", "milvus", "model"),
+}
+
+#: Distributions that must never reach a Lambda package (too big, or local-only engines).
+FORBIDDEN_DISTRIBUTIONS: Final = frozenset(
+    {"torch", "sentence-transformers", "milvus-lite", "transformers", "triton", "sympy", "huggingface-hub"}
+)
+
+
+@dataclass(frozen=True)
+class PipLayer:
+    """A dependency layer built by ``pip install -t`` from requirement lists under ``cdk/lambda_layers``."""
+
+    name: LayerName
+    #: Layers whose distributions this one must not repeat (removed after install).
+    provided_by: tuple[LayerName, ...] = ()
+    #: Paths (globs relative to ``python/``) never imported at runtime, dropped to fit the size limit.
+    drop: tuple[str, ...] = ()
+    #: Modules each function using the layer imports: the build script's smoke test imports them.
+    imports: tuple[str, ...] = ()
+
+    @property
+    def requirements(self) -> Path:
+        return REQUIREMENTS_DIR / f"{self.name}.txt"
+
+    @property
+    def requirements_nodeps(self) -> Path:
+        return REQUIREMENTS_DIR / f"{self.name}.nodeps.txt"
+
+
+PIP_LAYERS: Final[tuple[PipLayer, ...]] = (
+    PipLayer(
+        "base",
+        drop=("numpy/_core/include",),
+        imports=("aws_lambda_powertools", "aws_lambda_powertools.metrics", "pydantic", "numpy", "pypdf"),
+    ),
+    PipLayer(
+        "onnx",
+        provided_by=("base",),
+        # libonnxruntime.so is the C API for native embedders: the Python binding links the runtime in
+        # statically and never loads it (checked: same embeddings with it removed). 35 MB: without this
+        # drop, ingest (onnx + milvus + model) exceeds Lambda's 250 MB.
+        drop=(
+            "onnxruntime/capi/libonnxruntime.so*",
+            "onnxruntime/transformers",
+            "onnxruntime/tools",
+            "onnxruntime/quantization",
+            "onnxruntime/datasets",
+        ),
+        imports=("onnxruntime", "tokenizers"),
+    ),
+    PipLayer("milvus", provided_by=("base",), imports=("pymilvus",)),
+)
+
+
+def function_dir(name: FunctionName) -> Path:
+    return FUNCTIONS_DIR / name
+
+
+def layer_dir(name: LayerName) -> Path:
+    """The asset directory of a layer (``python/…`` or ``model/…`` inside)."""
+    if name == "core":
+        return CORE_LAYER_DIR
+    return BUILD_DIR / name
+
+
+def layer_is_built(name: LayerName) -> bool:
+    """A built layer has its content folder and no unfinished-build marker."""
+    root = layer_dir(name)
+    content = root / ("model" if name == "model" else "python")
+    return content.is_dir() and any(content.iterdir()) and not (root / ".incomplete").exists()

@@ -1,0 +1,72 @@
+"""The ShardRAG stack: one environment, composed of one construct per concern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack, Tags
+from constructs import Construct
+
+from shardrag_cdk.access import GeneratorAccess, MilvusSecretsAccess
+from shardrag_cdk.api import QueryApi
+from shardrag_cdk.config import EnvironmentConfig
+from shardrag_cdk.ingestion import Ingestion
+from shardrag_cdk.lambdas import QueryFunctions
+from shardrag_cdk.network import FunctionNetwork
+from shardrag_cdk.observability import Observability
+from shardrag_cdk.packaging import AssetMode, LambdaPackaging
+from shardrag_cdk.query_workflow import QueryWorkflow
+
+
+class ShardRagStack(Stack):
+    """Query API + workflow, ingestion pipeline, access grants and observability for one environment."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, assets: AssetMode, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, description=f"ShardRAG ({config.name})", **kwargs)
+        settings, deployment = config.settings, config.deployment
+        Tags.of(self).add("project", "shardrag")
+        Tags.of(self).add("environment", config.name)
+
+        packaging = LambdaPackaging(self, "Packaging", mode=assets)
+        network = FunctionNetwork(self, "Network", config=deployment.vpc) if deployment.vpc else None
+        query = QueryFunctions(
+            self, "QueryFunctions", settings=settings, deployment=deployment, packaging=packaging, network=network
+        )
+        ingestion = Ingestion(
+            self, "Ingestion", settings=settings, deployment=deployment, packaging=packaging, network=network
+        )
+        MilvusSecretsAccess(
+            self,
+            "MilvusSecrets",
+            secret_names=config.milvus_secret_names(),
+            readers=[query.by_name["shard_search"].function, ingestion.ingest.function],
+        )
+        GeneratorAccess(self, "Generator", generator=settings.generator, caller=query.by_name["fuse_generate"].role)
+        workflow = QueryWorkflow(
+            self,
+            "QueryWorkflow",
+            functions=query.aliases(),
+            shard_count=settings.store.shard_count,
+            deployment=deployment,
+        )
+        api = QueryApi(
+            self, "QueryApi", state_machine=workflow.state_machine, config=deployment.api, deployment=deployment
+        )
+        Observability(
+            self,
+            "Observability",
+            api=api.api,
+            state_machine=workflow.state_machine,
+            functions={name: fn.function for name, fn in query.by_name.items()},
+            ingest=ingestion.ingest.function,
+            queue=ingestion.queue.queue,
+            dead_letters=ingestion.queue.dead_letters,
+            deployment=deployment,
+        )
+        CfnOutput(self, "ApiUrl", value=api.api.url_for_path("/query"), description="POST questions here")
+        CfnOutput(self, "DocumentsBucket", value=ingestion.documents.bucket.bucket_name)
+        CfnOutput(self, "RegistryTable", value=ingestion.registry.table.table_name)
+        CfnOutput(self, "QueryStateMachine", value=workflow.state_machine.state_machine_arn)
+        CfnOutput(self, "DeadLetterQueue", value=ingestion.queue.dead_letters.queue_url)
