@@ -1,10 +1,11 @@
-"""The Chunker stage: token-aware windows with overlap."""
+"""The Chunker stage: token-aware windows with overlap, structure-aware for Markdown (and HTML, which the
+ingestion parser turns into Markdown headings)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from shardrag.records import Chunk, Record
 
@@ -12,6 +13,8 @@ from shardrag.records import Chunk, Record
 TokenSpans = Callable[[str], Sequence[tuple[int, int]]]
 
 _WORDS = re.compile(r"\S+")
+#: An ATX heading line (``# Title`` … ``###### Title``): a section starts there.
+_MD_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+\S", re.MULTILINE)
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:
@@ -29,6 +32,10 @@ class Document(Record):
     version: str = ""
     tenant: str = "default"
     metadata: dict[str, Any] = {}
+    #: ``markdown``: sections start at ATX headings and a window never spans two sections.
+    markup: Literal["plain", "markdown"] = "plain"
+    #: Index of this text's first chunk: a large document indexed in parts numbers its chunks across parts.
+    first_chunk: int = 0
 
 
 def chunk_id(doc_id: str, version: str, index: int) -> str:
@@ -68,28 +75,73 @@ class Chunker:
         return chunk.text
 
     def run(self, document: Document) -> list[Chunk]:
+        """The chunks of ``document``, numbered from ``document.first_chunk``."""
         spans = list(self._spans(document.text))
         if not spans:
             return []
         chunks: list[Chunk] = []
-        step = self._size - self._overlap
-        start = 0
-        while True:
-            window = spans[start : start + self._size]
-            text = document.text[window[0][0] : window[-1][1]].strip()
+        for first, last in self._windows(spans, self._sections(document, spans)):
+            text = document.text[spans[first][0] : spans[last][1]].strip()
+            if not text:
+                continue
+            index = document.first_chunk + len(chunks)
             chunks.append(
                 Chunk(
-                    chunk_id=chunk_id(document.doc_id, document.version, len(chunks)),
+                    chunk_id=chunk_id(document.doc_id, document.version, index),
                     doc_id=document.doc_id,
                     text=text,
                     source=document.source,
                     title=document.title,
-                    position=len(chunks),
+                    position=index,
                     version=document.version,
                     tenant=document.tenant,
                     metadata=dict(document.metadata),
                 )
             )
-            if start + self._size >= len(spans):
-                return chunks
-            start += step
+        return chunks
+
+    @staticmethod
+    def _sections(document: Document, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Token ranges ``[start, end)`` of the document's sections (one section for plain text)."""
+        if document.markup != "markdown":
+            return [(0, len(spans))]
+        starts = [m.start() for m in _MD_HEADING.finditer(document.text)]
+        bounds = [0]
+        token = 0
+        for char in starts:
+            while token < len(spans) and spans[token][0] < char:
+                token += 1
+            if bounds[-1] < token < len(spans):
+                bounds.append(token)
+        bounds.append(len(spans))
+        return list(zip(bounds, bounds[1:], strict=False))
+
+    def _windows(
+        self, spans: Sequence[tuple[int, int]], sections: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """Inclusive token ranges of the windows: small neighbouring sections are packed into one window (a
+        heading alone is a poor chunk); a section longer than the window is cut with overlap inside it."""
+        windows: list[tuple[int, int]] = []
+        step = self._size - self._overlap
+        packed: tuple[int, int] | None = None
+        for start, end in sections:
+            if packed is not None and end - packed[0] <= self._size:
+                packed = (packed[0], end)
+                continue
+            if packed is not None:
+                windows.append((packed[0], packed[1] - 1))
+                packed = None
+            if end - start <= self._size:
+                packed = (start, end)
+                continue
+            cursor = start
+            while True:
+                if cursor + self._size >= end:
+                    # The section's tail opens the next packed window so that it can absorb a short follower.
+                    packed = (cursor, end)
+                    break
+                windows.append((cursor, cursor + self._size - 1))
+                cursor += step
+        if packed is not None:
+            windows.append((packed[0], packed[1] - 1))
+        return windows

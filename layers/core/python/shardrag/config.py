@@ -115,6 +115,38 @@ class GeneratorSettings(_Model):
     extractive_passages: int = Field(default=3, ge=1, le=10)
 
 
+class IngestionSettings(_Model):
+    """The write path: chunking, limits on hostile input, and how large objects are read in parts."""
+
+    #: Chunk window in model tokens, and the overlap between consecutive windows of one section.
+    chunk_size: int = Field(default=200, ge=8, le=512)
+    chunk_overlap: int = Field(default=40, ge=0, le=256)
+    #: Objects larger than this are rejected (reason ``too_large``) without being downloaded.
+    max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    #: Objects are read in byte ranges of this size and indexed part by part, bounding memory.
+    part_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+    #: JSON Lines documents embedded together (one indexer call, one registry batch).
+    jsonl_batch_documents: int = Field(default=256, ge=1, le=10_000)
+    #: Decompressed ``.gz`` output: absolute cap and cap relative to the compressed size (bomb guard).
+    max_decompressed_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_compression_ratio: int = Field(default=200, ge=2)
+    #: Pages read from one PDF, and text extracted from one document (guards against stream bombs).
+    max_pdf_pages: int = Field(default=5000, ge=1)
+    max_document_chars: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: Where a document's tenant comes from: one tenant for all, or the first segment of the object key.
+    tenant_source: Literal["default", "key_prefix"] = "default"
+    default_tenant: str = Field(default="default", min_length=1, max_length=128)
+    #: How long a worker owns a key while it indexes it (the Lambda timeout); a crashed worker's claim
+    #: expires after it.
+    lease_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> IngestionSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("ingestion.chunk_overlap must be smaller than ingestion.chunk_size")
+        return self
+
+
 class Settings(_Model):
     environment: str = "local"
     data_dir: str = ".shardrag"
@@ -123,6 +155,7 @@ class Settings(_Model):
     embedding: EmbeddingSettings = EmbeddingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    ingestion: IngestionSettings = IngestionSettings()
 
     def shard_endpoints(self) -> tuple[ShardEndpoint, ...]:
         return self.store.endpoints(Path(self.data_dir))

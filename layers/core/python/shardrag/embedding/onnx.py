@@ -122,6 +122,13 @@ class OnnxEmbedder:
         assert self._counter is not None
         return len(self._counter.encode(text).ids)
 
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the model's tokens in ``text`` (no special tokens, no truncation), so that the
+        chunker cuts windows the model will see whole."""
+        self.warm_up()
+        assert self._counter is not None
+        return [(int(a), int(b)) for a, b in self._counter.encode(text, add_special_tokens=False).offsets]
+
     def _run(self, batch: list[Encoding], session: Any = None) -> Matrix:
         width = max(len(e.ids) for e in batch)
         ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)

@@ -1,0 +1,349 @@
+"""The document registry: one DynamoDB table recording what the index holds for every object and document.
+
+Two kinds of item share the table (partition key ``pk``):
+
+* ``src#<bucket>/<key>`` — an object: ETag, S3 sequencer, status (``processing`` | ``indexed`` | ``deleted``
+  | ``failed``), reason code, document and chunk counts, and while a worker indexes it a lease
+  (``owner``, ``lease_until``).
+* ``doc#<doc_id>`` — a document (a file, or one line of a JSON Lines file): the object it came from, its
+  version, sequencer, shard, chunk count and status. A GSI on ``doc_source`` lists the documents of an object,
+  which is how deleting a bulk file removes all of its documents.
+
+Order safety lives in :meth:`DynamoDbRegistry.claim`: a conditional write that only succeeds for an event
+whose sequencer is newer than the recorded one (or equal, for the worker re-trying its own claim), and only
+when no other worker holds a live lease on the key. A tombstone (``deleted`` with the delete's sequencer)
+therefore stops a late create from resurrecting the object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
+from typing import Any, Literal
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+from shardrag.ingestion.errors import Reason, Retryable
+from shardrag.ingestion.events import ObjectEvent
+from shardrag.records import Record
+
+SourceStatus = Literal["processing", "indexed", "deleted", "failed"]
+DocumentStatus = Literal["indexed", "deleted", "failed"]
+TERMINAL: frozenset[str] = frozenset({"indexed", "deleted", "failed"})
+SOURCE_INDEX = "by_source"
+_SER = TypeSerializer()
+_DES = TypeDeserializer()
+
+
+def _item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _SER.serialize(v) for k, v in values.items() if v is not None}
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    out = {k: _DES.deserialize(v) for k, v in item.items()}
+    # DynamoDB numbers come back as Decimal; every number stored here is an integer.
+    return {k: int(v) if type(v).__name__ == "Decimal" else v for k, v in out.items()}
+
+
+def table_definition(table_name: str) -> dict[str, Any]:
+    """``CreateTable`` arguments (the CDK construct mirrors them; the local runtime calls them)."""
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "doc_source", "AttributeType": "S"},
+        ],
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": SOURCE_INDEX,
+                "KeySchema": [{"AttributeName": "doc_source", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
+
+
+class SourceState(Record):
+    source_key: str
+    uri: str = ""
+    etag: str = ""
+    sequencer: str = ""
+    status: SourceStatus = "processing"
+    reason: str = ""
+    error: str = ""
+    doc_count: int = 0
+    chunk_count: int = 0
+    rejected_lines: int = 0
+    owner: str = ""
+    lease_until_ms: int = 0
+    updated_at_ms: int = 0
+
+
+class DocumentState(Record):
+    doc_id: str
+    source_key: str
+    uri: str = ""
+    version: str = ""
+    sequencer: str = ""
+    shard: int = 0
+    chunk_count: int = 0
+    status: DocumentStatus = "indexed"
+    reason: str = ""
+    tenant: str = "default"
+    updated_at_ms: int = 0
+
+
+class Claim(Enum):
+    ACQUIRED = "acquired"
+    #: A newer event for the key was already recorded: this one changes nothing.
+    STALE = "stale"
+    #: This very event was already processed to the end.
+    DUPLICATE = "duplicate"
+    #: Another worker is processing the key now: retry later.
+    BUSY = "busy"
+
+
+def _dependency(exc: Exception, what: str) -> Retryable:
+    return Retryable(Reason.DEPENDENCY, f"DynamoDB {what}: {type(exc).__name__}: {exc}")
+
+
+def _is_conditional(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code", "")) == "ConditionalCheckFailedException"
+
+
+class DynamoDbRegistry:
+    """The registry on a DynamoDB table (moto's locally). Every DynamoDB failure is :class:`Retryable`."""
+
+    def __init__(self, client: Any, table_name: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = client
+        self.table_name = table_name
+        self._clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- objects ---------------------------------------------------------------------------------------
+    def get_source(self, source_key: str) -> SourceState | None:
+        try:
+            r = self._db.get_item(
+                TableName=self.table_name, Key=_item({"pk": f"src#{source_key}"}), ConsistentRead=True
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _dependency(exc, "get_item") from exc
+        if "Item" not in r:
+            return None
+        data = _plain(r["Item"])
+        return SourceState.model_validate({k: v for k, v in data.items() if k in SourceState.model_fields})
+
+    def claim(self, event: ObjectEvent, *, owner: str, lease_s: float) -> tuple[Claim, SourceState | None]:
+        """Take the key for ``event`` (see the module docstring); returns the outcome and the state before."""
+        now = self._now_ms()
+        names = {"#st": "status", "#seq": "sequencer", "#own": "owner", "#lease": "lease_until_ms"}
+        values = {
+            ":seq": event.sequencer,
+            ":proc": "processing",
+            ":now": now,
+            ":owner": owner,
+            ":lease": now + int(lease_s * 1000),
+            ":key": event.source_key,
+            ":uri": event.uri,
+            ":etag": event.etag,
+            ":kind": "source",
+        }
+        if event.reconcile:
+            # A repair has no newer sequencer: it may act only if nothing changed since the reconciler looked.
+            condition = "attribute_not_exists(pk) OR (#seq = :seq AND (#st <> :proc OR #lease < :now OR #own = :owner))"
+        else:
+            condition = (
+                "attribute_not_exists(pk)"
+                " OR (#seq < :seq AND (#st <> :proc OR #lease < :now))"
+                " OR (#seq = :seq AND #st = :proc AND (#lease < :now OR #own = :owner))"
+            )
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key=_item({"pk": f"src#{event.source_key}"}),
+                UpdateExpression=(
+                    "SET #st = :proc, #seq = :seq, #own = :owner, #lease = :lease, source_key = :key, uri = :uri,"
+                    " etag = :etag, kind = :kind, updated_at_ms = :now"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_item(values),
+            )
+        except ClientError as exc:
+            if not _is_conditional(exc):
+                raise _dependency(exc, "claim") from exc
+            before = self.get_source(event.source_key)
+            return self._why_not(event, before, now), before
+        except BotoCoreError as exc:
+            raise _dependency(exc, "claim") from exc
+        return Claim.ACQUIRED, None
+
+    @staticmethod
+    def _why_not(event: ObjectEvent, before: SourceState | None, now_ms: int) -> Claim:
+        if before is None:
+            return Claim.BUSY  # deleted between the write and the read: just try again
+        if before.sequencer > event.sequencer or (event.reconcile and before.sequencer != event.sequencer):
+            return Claim.STALE
+        if before.sequencer == event.sequencer and before.status in TERMINAL:
+            return Claim.DUPLICATE
+        return Claim.BUSY if before.status == "processing" and before.lease_until_ms >= now_ms else Claim.STALE
+
+    def finish(
+        self,
+        event: ObjectEvent,
+        *,
+        owner: str,
+        status: SourceStatus,
+        reason: str = "",
+        error: str = "",
+        doc_count: int = 0,
+        chunk_count: int = 0,
+        rejected_lines: int = 0,
+        etag: str | None = None,
+    ) -> bool:
+        """Record the outcome and release the lease; ``False`` if the lease was lost to a newer event."""
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key=_item({"pk": f"src#{event.source_key}"}),
+                UpdateExpression=(
+                    "SET #st = :st, reason = :reason, #err = :err, doc_count = :docs, chunk_count = :chunks,"
+                    " rejected_lines = :rej, etag = :etag, updated_at_ms = :now REMOVE #own, #lease"
+                ),
+                ConditionExpression="#seq = :seq AND #own = :owner",
+                ExpressionAttributeNames={
+                    "#st": "status",
+                    "#err": "error",
+                    "#own": "owner",
+                    "#lease": "lease_until_ms",
+                    "#seq": "sequencer",
+                },
+                ExpressionAttributeValues=_item(
+                    {
+                        ":st": status,
+                        ":reason": reason,
+                        ":err": error[:1000],
+                        ":docs": doc_count,
+                        ":chunks": chunk_count,
+                        ":rej": rejected_lines,
+                        ":etag": etag if etag is not None else event.etag,
+                        ":now": self._now_ms(),
+                        ":seq": event.sequencer,
+                        ":owner": owner,
+                    }
+                ),
+            )
+        except ClientError as exc:
+            if _is_conditional(exc):
+                return False
+            raise _dependency(exc, "finish") from exc
+        except BotoCoreError as exc:
+            raise _dependency(exc, "finish") from exc
+        return True
+
+    def sources(self) -> Iterator[SourceState]:
+        """Every object item (the reconciler compares them with the bucket listing)."""
+        paginator = self._db.get_paginator("scan")
+        try:
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                FilterExpression="kind = :k",
+                ExpressionAttributeValues=_item({":k": "source"}),
+                ConsistentRead=True,
+            ):
+                for raw in page.get("Items", []):
+                    data = _plain(raw)
+                    yield SourceState.model_validate({k: v for k, v in data.items() if k in SourceState.model_fields})
+        except (ClientError, BotoCoreError) as exc:
+            raise _dependency(exc, "scan") from exc
+
+    # -- documents -------------------------------------------------------------------------------------
+    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, DocumentState]:
+        keys = list(dict.fromkeys(doc_ids))
+        found: dict[str, DocumentState] = {}
+        try:
+            for start in range(0, len(keys), 100):
+                request: dict[str, Any] = {
+                    self.table_name: {
+                        "Keys": [_item({"pk": f"doc#{k}"}) for k in keys[start : start + 100]],
+                        "ConsistentRead": True,
+                    }
+                }
+                while request:
+                    r = self._db.batch_get_item(RequestItems=request)
+                    for raw in r.get("Responses", {}).get(self.table_name, []):
+                        state = self._document(raw)
+                        found[state.doc_id] = state
+                    request = r.get("UnprocessedKeys") or {}
+        except (ClientError, BotoCoreError) as exc:
+            raise _dependency(exc, "batch_get_item") from exc
+        return found
+
+    def put_documents(self, states: Iterable[DocumentState]) -> None:
+        """Write document items in batches of 25 (unconditional: the caller holds the object's lease)."""
+        now = self._now_ms()
+        items = [
+            _item(
+                {
+                    "pk": f"doc#{s.doc_id}",
+                    "kind": "document",
+                    "doc_source": s.source_key,
+                    **s.model_dump(exclude={"source_key"}),
+                    "updated_at_ms": now,
+                }
+            )
+            for s in states
+        ]
+        try:
+            for start in range(0, len(items), 25):
+                request = {self.table_name: [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]}
+                while request:
+                    r = self._db.batch_write_item(RequestItems=request)
+                    request = r.get("UnprocessedItems") or {}
+        except (ClientError, BotoCoreError) as exc:
+            raise _dependency(exc, "batch_write_item") from exc
+
+    def documents_of(self, source_key: str) -> list[DocumentState]:
+        """Documents recorded for an object (any status)."""
+        out: list[DocumentState] = []
+        paginator = self._db.get_paginator("query")
+        try:
+            for page in paginator.paginate(
+                TableName=self.table_name,
+                IndexName=SOURCE_INDEX,
+                KeyConditionExpression="doc_source = :s",
+                ExpressionAttributeValues=_item({":s": source_key}),
+            ):
+                out.extend(self._document(raw) for raw in page.get("Items", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _dependency(exc, "query") from exc
+        return out
+
+    @staticmethod
+    def _document(raw: dict[str, Any]) -> DocumentState:
+        data = _plain(raw)
+        data["source_key"] = data.get("doc_source", "")
+        return DocumentState.model_validate({k: v for k, v in data.items() if k in DocumentState.model_fields})
+
+    def release(self, event: ObjectEvent, *, owner: str) -> None:
+        """Give the lease back after a transient failure so that the retry (or a newer event) need not wait for
+        it to expire; the key stays ``processing`` at this sequencer."""
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key=_item({"pk": f"src#{event.source_key}"}),
+                UpdateExpression="SET #lease = :zero",
+                ConditionExpression="#seq = :seq AND #own = :owner",
+                ExpressionAttributeNames={"#lease": "lease_until_ms", "#seq": "sequencer", "#own": "owner"},
+                ExpressionAttributeValues=_item({":zero": 0, ":seq": event.sequencer, ":owner": owner}),
+            )
+        except ClientError as exc:
+            if not _is_conditional(exc):
+                raise _dependency(exc, "release") from exc
+        except BotoCoreError as exc:
+            raise _dependency(exc, "release") from exc
