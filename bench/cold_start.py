@@ -41,12 +41,22 @@ t2 = time.perf_counter()
 print(json.dumps({"init_ms": (t1 - t0) * 1000, "first_invoke_ms": (t2 - t1) * 1000}))
 """
 
-REQUEST = {"question": "q", "top_k": 5, "candidates": 10, "generate": False, "filters": None, "filter_expr": ""}
+REQUEST = {
+    "question": "q",
+    "top_k": 5,
+    "candidates": 10,
+    "generate": False,
+    "filters": None,
+    "filter_expr": "",
+}
 EVENTS = {
     "embed": {"request": {"question": "What causes ocean tides?", "generate": False}},
     "route": {"request": REQUEST, "vector": [0.05] * 384},
     "shard_search": {"shard": 0, "request": REQUEST, "vector": [0.05] * 384},
-    "fuse_generate": {"request": {**REQUEST, "generate": True}, "shards": [{"shard": 0, "status": "ok", "hits": []}]},
+    "fuse_generate": {
+        "request": {**REQUEST, "generate": True},
+        "shards": [{"shard": 0, "status": "ok", "hits": []}],
+    },
 }
 
 
@@ -68,7 +78,13 @@ def main() -> None:
         rows = []
         for _ in range(args.runs):
             out = subprocess.run(
-                [sys.executable, "-c", PROBE, str(ROOT / "functions" / name / "handler.py"), json.dumps(event)],
+                [
+                    sys.executable,
+                    "-c",
+                    PROBE,
+                    str(ROOT / "functions" / name / "handler.py"),
+                    json.dumps(event),
+                ],
                 capture_output=True,
                 text=True,
                 env=env,

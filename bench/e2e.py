@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 SCIFACT_QUERIES = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "scifact" / "queries.jsonl"
-FALLBACK = ["What causes ocean tides?", "How do honeybees communicate?", "What is ShardRAG?", "How do volcanoes form?"]
+FALLBACK = [
+    "What causes ocean tides?",
+    "How do honeybees communicate?",
+    "What is ShardRAG?",
+    "How do volcanoes form?",
+]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -90,7 +95,11 @@ def main() -> None:
                 "shards": args.shards,
                 "queries": args.queries,
                 "engine_speedups": not args.no_speedups,
-                "e2e_ms": {"p50": _pct(e2e, 0.5), "p95": _pct(e2e, 0.95), "mean": round(statistics.mean(e2e), 2)},
+                "e2e_ms": {
+                    "p50": _pct(e2e, 0.5),
+                    "p95": _pct(e2e, 0.95),
+                    "mean": round(statistics.mean(e2e), 2),
+                },
                 "handlers_critical_path_ms": {"p50": _pct(handlers, 0.5), "p95": _pct(handlers, 0.95)},
                 "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95)},
                 "stage_p50_ms": {k: _pct(v, 0.5) for k, v in stages.items()},

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.records import Chunk, EmbeddedChunk, SearchRequest
 from shardrag.store.milvus import MilvusVectorStore

@@ -15,6 +15,7 @@ from shardrag.api_contract import error_body
 from shardrag.errors import BadRequest
 from shardrag.openapi import openapi_document
 from shardrag.request import MAX_BODY_BYTES, parse_query_body
+
 from shardrag_local.runtime import LocalRuntime
 
 log = logging.getLogger("shardrag.local.api")
@@ -94,11 +95,17 @@ class ApiHandler(BaseHTTPRequestHandler):
             runtime.start_shard(shard)
         return 200, {"shard": shard, "action": action}
 
-    def do_PUT(self) -> None:
+    def _not_allowed(self) -> None:
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, error_body("method_not_allowed", "use POST /query"))
 
-    do_DELETE = do_PUT
-    do_PATCH = do_PUT
+    def do_PUT(self) -> None:
+        self._not_allowed()
+
+    def do_DELETE(self) -> None:
+        self._not_allowed()
+
+    def do_PATCH(self) -> None:
+        self._not_allowed()
 
 
 class ApiServer(ThreadingHTTPServer):

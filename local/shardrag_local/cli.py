@@ -15,7 +15,9 @@ from typing import Any
 DEFAULT_API = os.environ.get("SHARDRAG_API", "http://127.0.0.1:8080")
 
 
-def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 120) -> tuple[int, Any]:
+def _call(
+    api: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 120
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(api + path, data=data, method=method, headers={"Content-Type": "application/json"})
     try:

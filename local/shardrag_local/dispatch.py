@@ -58,7 +58,9 @@ class HandlerRegistry:
         self._lock = threading.Lock()
         self.invocations: dict[str, int] = {}
 
-    def register(self, function_name: str, code_dir: Path, handler: str = "handler.handler", timeout_s: float = 30) -> None:
+    def register(
+        self, function_name: str, code_dir: Path, handler: str = "handler.handler", timeout_s: float = 30
+    ) -> None:
         self._specs[function_name] = (code_dir, handler, timeout_s)
 
     def names(self) -> list[str]:
@@ -86,7 +88,10 @@ class HandlerRegistry:
     def invoke(self, function_name: str, event: Any) -> tuple[Any, bool]:
         """Run the handler; on an exception return Lambda's error payload and ``errored=True``."""
         if function_name not in self._specs:
-            error = {"errorType": "ResourceNotFoundException", "errorMessage": f"no handler for {function_name}"}
+            error = {
+                "errorType": "ResourceNotFoundException",
+                "errorMessage": f"no handler for {function_name}",
+            }
             return error, True
         self.invocations[function_name] = self.invocations.get(function_name, 0) + 1
         try:

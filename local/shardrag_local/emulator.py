@@ -23,8 +23,8 @@ import boto3
 from moto import mock_aws
 from moto.core.config import default_user_config
 from moto.server import ThreadedMotoServer
-
 from shardrag.statemachine import QUERY_FUNCTIONS, render_definition, substitute
+
 from shardrag_local.dispatch import HandlerRegistry, install, uninstall
 
 ACCOUNT = "123456789012"
@@ -55,8 +55,8 @@ def _speed_up_engine() -> None:
         parse = functools.lru_cache(maxsize=32)(AmazonStateLanguageParser.parse)
         parse._shardrag_cached = True  # type: ignore[attr-defined]
         AmazonStateLanguageParser.parse = parse  # type: ignore[method-assign]
-    if not getattr(lambda_eval_utils.boto_client_for, "_shardrag_cached", False):
-        make_client = lambda_eval_utils.boto_client_for
+    if not getattr(lambda_eval_utils.boto_client_for, "_shardrag_cached", False):  # type: ignore[attr-defined]
+        make_client = lambda_eval_utils.boto_client_for  # type: ignore[attr-defined]
 
         @functools.lru_cache(maxsize=16)
         def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
@@ -66,7 +66,7 @@ def _speed_up_engine() -> None:
             return cached_client(region, service)
 
         boto_client_for._shardrag_cached = True  # type: ignore[attr-defined]
-        lambda_eval_utils.boto_client_for = boto_client_for
+        lambda_eval_utils.boto_client_for = boto_client_for  # type: ignore[attr-defined]
 
 
 def _prune_finished_threads() -> None:
@@ -139,7 +139,16 @@ class LocalAws:
         try:
             return str(iam.get_role(RoleName=_ROLE)["Role"]["Arn"])
         except iam.exceptions.NoSuchEntityException:
-            trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+            trust = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "lambda.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
             return str(iam.create_role(RoleName=_ROLE, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"])
 
     def deploy_function(self, folder: str, *, timeout_s: int = 30) -> str:
@@ -192,12 +201,12 @@ class LocalAws:
         name = name or uuid.uuid4().hex
         execution = SyncExecution(
             name=name,
-            sm_type=machine.sm_type,
+            sm_type=machine.sm_type,  # type: ignore[arg-type]
             role_arn=machine.roleArn,
             exec_arn=f"arn:aws:states:{REGION}:{ACCOUNT}:express:{machine.name}:{name}:{uuid.uuid4().hex[:8]}",
             account_id=ACCOUNT,
             region_name=REGION,
-            state_machine=machine,
+            state_machine=machine,  # type: ignore[arg-type]
             start_date=datetime.datetime.now(tz=datetime.UTC),
             cloud_watch_logging_session=None,
             activity_store={},

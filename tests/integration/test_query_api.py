@@ -43,7 +43,9 @@ def test_question_gets_a_cited_answer_from_the_sample_corpus(api_url: str) -> No
 
 
 def test_generate_false_returns_ranked_hits(api_url: str) -> None:
-    status, body = _post(api_url + "/query", {"question": "How do honeybees communicate?", "generate": False, "top_k": 3})
+    status, body = _post(
+        api_url + "/query", {"question": "How do honeybees communicate?", "generate": False, "top_k": 3}
+    )
     assert status == 200
     assert body["answer"] is None and body["citations"] == []
     hits = body["hits"]
@@ -96,12 +98,11 @@ def test_validation_inside_the_workflow_maps_to_400(local_runtime: Any) -> None:
 
 def test_filters_restrict_hits(api_url: str) -> None:
     status, body = _post(
-        api_url + "/query", {"question": "coffee", "generate": False, "filters": {"doc_id": "sample/tides.txt"}}
+        api_url + "/query",
+        {"question": "coffee", "generate": False, "filters": {"doc_id": "sample/tides.txt"}},
     )
     assert status == 200 and {h["doc_id"] for h in body["hits"]} == {"sample/tides.txt"}
-    status, body = _post(
-        api_url + "/query", {"question": "coffee", "filters": {"source_prefix": "s3://nowhere/"}}
-    )
+    status, body = _post(api_url + "/query", {"question": "coffee", "filters": {"source_prefix": "s3://nowhere/"}})
     assert status == 200 and body["hits"] == [] and body["citations"] == []
     assert "could not find" in body["answer"].lower() or "no " in body["answer"].lower()
 

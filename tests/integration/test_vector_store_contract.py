@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.records import Chunk, EmbeddedChunk, SearchRequest
 from shardrag.store.base import VectorStore

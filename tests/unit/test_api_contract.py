@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from shardrag.api_contract import GENERIC_MESSAGE, map_execution
 from shardrag.openapi import openapi_document
-from pathlib import Path
 
 
 def _cause(error: str, message: str) -> str:

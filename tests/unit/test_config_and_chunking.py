@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from shardrag.chunking import Chunker, Document, chunk_id
 from shardrag.config import load_settings, parse_settings
 from shardrag.errors import ConfigurationError

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from shardrag.errors import BadRequest
 from shardrag.filters import FilterCompiler
 
@@ -10,7 +9,12 @@ compiler = FilterCompiler({"year": "number", "lang": "string", "reviewed": "bool
 
 def test_builtins_and_declared_fields_compile() -> None:
     expr = compiler.run(
-        {"doc_id": "d1", "source_prefix": "s3://b/a_b%/", "year": {"gte": 2005, "lt": 2010}, "lang": ["en", "de"]}
+        {
+            "doc_id": "d1",
+            "source_prefix": "s3://b/a_b%/",
+            "year": {"gte": 2005, "lt": 2010},
+            "lang": ["en", "de"],
+        }
     )
     assert 'doc_id == "d1"' in expr
     assert 'source like "s3://b/a\\\\_b\\\\%/%"' in expr

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from shardrag.errors import BadRequest
 from shardrag.request import MAX_BODY_BYTES, MAX_QUESTION_CHARS, parse_query_body, parse_query_request
 

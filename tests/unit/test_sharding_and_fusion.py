@@ -6,7 +6,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from shardrag.errors import ShardsUnavailable
 from shardrag.fusion import ScoreMergeFuser
 from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, ShardResult
@@ -32,7 +31,10 @@ def test_placement_spreads_documents_evenly() -> None:
 def _random_chunks(n: int, dim: int, seed: int) -> list[EmbeddedChunk]:
     rng = np.random.default_rng(seed)
     return [
-        EmbeddedChunk(chunk=Chunk(chunk_id=f"d{i}::v::0", doc_id=f"d{i}", text=f"t{i}"), vector=rng.normal(size=dim).tolist())
+        EmbeddedChunk(
+            chunk=Chunk(chunk_id=f"d{i}::v::0", doc_id=f"d{i}", text=f"t{i}"),
+            vector=rng.normal(size=dim).tolist(),
+        )
         for i in range(n)
     ]
 

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from shardrag.statemachine import (
     QUERY_FUNCTIONS,
     DefinitionError,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from shardrag.chunking import Chunker, Document
 from shardrag.config import Settings
 from shardrag.errors import BadRequest, ShardSearchFailed, ShardsUnavailable
@@ -27,7 +26,10 @@ def setup(hashing_embedder):  # type: ignore[no-untyped-def]
     settings = Settings(store={"shard_count": 3, "dimension": hashing_embedder.dimension})
     stores = [InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension) for i in range(3)]
     indexer = DocumentIndexer(
-        chunker=Chunker(size=50, overlap=10), embedder=hashing_embedder, store_for=stores.__getitem__, shard_count=3
+        chunker=Chunker(size=50, overlap=10),
+        embedder=hashing_embedder,
+        store_for=stores.__getitem__,
+        shard_count=3,
     )
     indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}.txt", version="1") for k, v in DOCS.items()])
     workflow = build_query_workflow(
@@ -55,7 +57,12 @@ def _run(workflow: QueryWorkflow, body: dict) -> dict:
         except ShardSearchFailed:
             shards.append({"shard": index, "status": "failed", "error": "ShardSearchFailed"})
     return workflow.fuse_generate(
-        {"request": embedded["request"], "shards": shards, "route": route, "timings_ms": embedded["timings_ms"]}
+        {
+            "request": embedded["request"],
+            "shards": shards,
+            "route": route,
+            "timings_ms": embedded["timings_ms"],
+        }
     )
 
 

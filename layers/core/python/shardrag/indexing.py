@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from shardrag.chunking import Chunker, Document
 from shardrag.embedding.base import Embedder
 from shardrag.records import EmbeddedChunk, Record
@@ -40,7 +41,7 @@ class DocumentIndexer:
         texts = [self._chunker.embedding_text(chunk) for _, _, chunks in planned for chunk in chunks]
         # One embedding call for the whole batch: the embedder batches by length, which pads far less than
         # embedding document by document.
-        vectors = self._embedder.embed(texts) if texts else []
+        vectors = self._embedder.embed(texts) if texts else np.empty((0, self._embedder.dimension), np.float32)
         by_shard: dict[int, list[EmbeddedChunk]] = {}
         offset = 0
         for _, shard, chunks in planned:

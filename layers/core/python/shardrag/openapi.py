@@ -95,9 +95,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "An answer (or ranked hits when generate is false)",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/QueryResponse"}}
-                            },
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryResponse"}}},
                         },
                         "400": _error_response("Malformed request"),
                         "502": _error_response("The generator failed"),

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from shardrag.errors import BadRequest
 
 MAX_QUESTION_CHARS = 2000

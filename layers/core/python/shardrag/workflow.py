@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
-
 from shardrag.errors import BadRequest
 from shardrag.filters import FilterCompiler
-from shardrag.fusion import Fuser, FusedHits
+from shardrag.fusion import FusedHits, Fuser
 from shardrag.generation.base import Generator
 from shardrag.records import MAX_HIT_TEXT_CHARS, Answer, Hit, Record, RoutePlan, SearchRequest, ShardResult
 from shardrag.request import parse_query_request

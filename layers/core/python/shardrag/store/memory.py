@@ -7,7 +7,6 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-
 from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest
 
 

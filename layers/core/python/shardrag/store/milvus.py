@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pymilvus import MilvusClient
-
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.records import MAX_HIT_TEXT_CHARS, EmbeddedChunk, Hit, SearchRequest
+from shardrag.store.literals import escape_string
 from shardrag.store.schema import (
     DENSE_FIELD,
     OUTPUT_FIELDS,
     build_schema,
     truncate_utf8,
 )
-from shardrag.store.literals import escape_string
 
 #: Milvus caps a query's result window; chunk-id listings page through it.
 _QUERY_PAGE = 10_000
@@ -100,10 +100,9 @@ class MilvusVectorStore:
         """Forget the connection so that the next call reconnects (after a shard restart)."""
         with self._lock:
             if self._client is not None:
-                try:
+                # Closing a connection to a stopped server may fail; there is nothing to keep from it.
+                with contextlib.suppress(Exception):
                     self._client.close()
-                except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to keep
-                    pass
             self._client = None
             self._ready = False
 

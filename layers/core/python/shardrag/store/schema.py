@@ -13,7 +13,17 @@ from pymilvus import DataType, MilvusClient
 
 SCHEMA_VERSION: Final = 1
 DENSE_FIELD: Final = "dense"
-OUTPUT_FIELDS: Final = ("chunk_id", "doc_id", "text", "source", "title", "position", "version", "tenant", "metadata")
+OUTPUT_FIELDS: Final = (
+    "chunk_id",
+    "doc_id",
+    "text",
+    "source",
+    "title",
+    "position",
+    "version",
+    "tenant",
+    "metadata",
+)
 
 _ID_MAX: Final = 512
 _SOURCE_MAX: Final = 2048
