@@ -10,6 +10,8 @@ from shardrag import services
 
 logger = Logger(service="shardrag-shard-search")
 services.query_workflow()
+# Pay pymilvus's import during init (which Lambda runs at full CPU) rather than in the first request.
+services.load_store_driver()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -6,10 +6,13 @@ Handlers reach everything through :func:`query_workflow` and :func:`shard_stores
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
+from shardrag import env
 from shardrag.config import Settings, cached_settings
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import ScoreMergeFuser
@@ -20,7 +23,13 @@ from shardrag.secrets import read_secret
 from shardrag.store.base import VectorStore
 from shardrag.workflow import QueryWorkflow
 
+if TYPE_CHECKING:
+    from shardrag.indexing import DocumentIndexer
+    from shardrag.ingestion.service import IngestService
+
 _lock = threading.Lock()
+#: Registry table name when ``SHARDRAG_REGISTRY_TABLE`` is unset (the local runtime's table).
+DEFAULT_REGISTRY_TABLE = "shardrag-registry"
 
 
 class ShardStores:
@@ -60,6 +69,11 @@ class ShardStores:
 
     def all(self) -> list[VectorStore]:
         return [self(i) for i in range(self.shard_count)]
+
+
+def load_store_driver() -> None:
+    """Import the Milvus client library now (handlers that search call this at cold start)."""
+    import shardrag.store.milvus  # noqa: F401
 
 
 @lru_cache(maxsize=1)
@@ -129,8 +143,40 @@ def override(workflow: QueryWorkflow | None) -> None:
         _workflow = workflow
 
 
+def build_indexer(settings: Settings, *, stores: Callable[[int], VectorStore] | None = None) -> DocumentIndexer:
+    """The write path's indexer: the configured chunker on the model's own tokenizer, the shared embedder."""
+    from shardrag.chunking import Chunker
+    from shardrag.indexing import DocumentIndexer
+
+    model = embedder()
+    chunker = Chunker(
+        size=settings.ingestion.chunk_size, overlap=settings.ingestion.chunk_overlap, token_spans=model.token_spans
+    )
+    return DocumentIndexer(
+        chunker=chunker, embedder=model, store_for=stores or shard_stores(), shard_count=settings.store.shard_count
+    )
+
+
+@lru_cache(maxsize=1)
+def ingest_service() -> IngestService:
+    """The ingest function's service, built once per container (boto3 clients honour ``AWS_ENDPOINT_URL``)."""
+    import boto3
+    from shardrag.ingestion.service import build_ingest_service
+
+    settings = cached_settings()
+    return build_ingest_service(
+        settings.ingestion,
+        indexer=build_indexer(settings),
+        stores=shard_stores(),
+        shard_count=settings.store.shard_count,
+        s3_client=boto3.client("s3"),
+        dynamodb_client=boto3.client("dynamodb"),
+        table_name=os.environ.get(env.REGISTRY_TABLE, DEFAULT_REGISTRY_TABLE),
+    )
+
+
 def reset_caches() -> None:
     """Forget every cached object (settings included): the next call rebuilds from the environment."""
     override(None)
-    for cached in (cached_settings, shard_stores, embedder, generator):
+    for cached in (cached_settings, shard_stores, embedder, generator, ingest_service):
         cached.cache_clear()

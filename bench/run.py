@@ -1,0 +1,63 @@
+"""``make bench``: run every benchmark, one after another (never in parallel: they would measure each other),
+and keep each one's JSON under ``bench/results/`` with the machine and commit it ran on."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+RUNS: dict[str, list[str]] = {
+    "embedding": ["bench/embedding.py"],
+    "search": ["-m", "bench.search", "--sizes", "1000,12500,50000,100000", "--index", "FLAT,IVF_FLAT,HNSW"],
+    "e2e": ["-m", "bench.e2e", "--queries", "200"],
+    "e2e-no-speedups": ["-m", "bench.e2e", "--queries", "200", "--no-speedups"],
+    "cold_start": ["-m", "bench.cold_start", "--runs", "5"],
+}
+
+
+def _machine() -> dict[str, str]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "commit": commit.stdout.strip(),
+    }
+
+
+def main() -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    selected = sys.argv[1:] or list(RUNS)
+    machine = _machine()
+    for name in selected:
+        command = [sys.executable, *RUNS[name]]
+        print(f"== {name}: {' '.join(RUNS[name])}", flush=True)
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+        text = out.stdout.strip()
+        try:
+            result = json.loads(text)
+        except ValueError:  # scripts that stream a line per measurement end with the summary line
+            result = json.loads(text.splitlines()[-1])
+        record = {"command": "python " + " ".join(RUNS[name]), "machine": machine, "at": datetime.now(UTC).isoformat()}
+        (RESULTS / f"{name}.json").write_text(json.dumps({**record, "result": result}, indent=2) + "\n")
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
