@@ -14,11 +14,9 @@ from typing import Any
 
 from shardrag import services
 from shardrag.api_contract import map_execution
-from shardrag.chunking import Chunker, word_spans
 from shardrag.config import Settings, cached_settings
-from shardrag.indexing import DocumentIndexer
-from shardrag.parsing import parse_text
 from shardrag_local.emulator import Endpoint, LocalAws
+from shardrag_local.ingestion import LocalIngestion
 
 log = logging.getLogger("shardrag.local")
 
@@ -54,6 +52,7 @@ class LocalRuntime:
         self.data_dir = Path(self.settings.data_dir)
         self.aws = LocalAws(PROJECT_ROOT, aws_endpoint, serve=serve_aws)
         self.query_arn = ""
+        self.ingestion = LocalIngestion(self.aws, bucket=DOCUMENTS_BUCKET)
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -63,6 +62,8 @@ class LocalRuntime:
         self.query_arn = self.aws.deploy_query_workflow(self.settings.store.shard_count)
         s3 = self.aws.client("s3")
         s3.create_bucket(Bucket=DOCUMENTS_BUCKET)
+        # Uploads fire S3 notifications -> SQS -> the ingest function, as in AWS.
+        self.ingestion.start()
         stores = services.shard_stores()
         for store in stores.all():
             store.ensure_ready()
@@ -72,6 +73,7 @@ class LocalRuntime:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.ingestion.stop()
         self.aws.stop()
         for store in services.shard_stores().all():
             store.close()
@@ -109,25 +111,20 @@ class LocalRuntime:
         return statuses
 
     # -- sample corpus -------------------------------------------------------------------------------
-    def index_paths(self, paths: list[Path], *, prefix: str = "") -> int:
-        """Upload files to the documents bucket and index them (the S3-event path replaces the direct call
-        once ingestion is wired)."""
+    def index_paths(self, paths: list[Path], *, prefix: str = "", timeout_s: float = 600.0) -> int:
+        """Upload files to the documents bucket and wait until the S3 event path has indexed them; returns the
+        number of chunks the registry records for them."""
         s3 = self.aws.client("s3")
-        embedder = services.embedder()
-        spans = getattr(embedder, "token_spans", word_spans)
-        indexer = DocumentIndexer(
-            chunker=Chunker(size=200, overlap=40, token_spans=spans),
-            embedder=embedder,
-            store_for=services.shard_stores(),
-            shard_count=self.settings.store.shard_count,
-        )
-        documents = []
+        keys = []
         for path in paths:
             key = prefix + path.name
-            data = path.read_bytes()
-            s3.put_object(Bucket=DOCUMENTS_BUCKET, Key=key, Body=data)
-            documents.append(parse_text(data, doc_id=key, source=f"s3://{DOCUMENTS_BUCKET}/{key}", version="1"))
-        return sum(r.chunks for r in indexer.run(documents))
+            s3.put_object(Bucket=DOCUMENTS_BUCKET, Key=key, Body=path.read_bytes())
+            keys.append(key)
+        if not self.ingestion.wait_idle(timeout_s):
+            raise TimeoutError(f"ingestion did not finish within {timeout_s:.0f} s")
+        registry = self.ingestion.registry
+        states = [registry.get_source(f"{DOCUMENTS_BUCKET}/{key}") for key in keys]
+        return sum(state.chunk_count for state in states if state is not None)
 
     def ensure_sample_corpus(self) -> int:
         marker = self.data_dir / _SAMPLE_MARKER

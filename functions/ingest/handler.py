@@ -1,0 +1,30 @@
+"""Ingest: S3 object events delivered through SQS -> index and registry (partial batch failure reporting).
+
+A record fails (and SQS redelivers it, then dead-letters it after ``maxReceiveCount``) only for transient
+errors; a permanently bad file is recorded as ``failed`` in the registry and acknowledged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from shardrag import services
+
+logger = Logger(service="shardrag-ingest")
+processor = BatchProcessor(event_type=EventType.SQS)
+# Cold start: settings, the ONNX model, the shard clients and the registry client, once per container.
+services.ingest_service()
+
+
+def record_handler(record: SQSRecord) -> None:
+    for outcome in services.ingest_service().handle_message(record.body, record.message_id):
+        logger.info("ingested", extra=outcome.model_dump())
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
