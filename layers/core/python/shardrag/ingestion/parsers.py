@@ -175,7 +175,8 @@ def _slices_to_parts(
         nonlocal title, produced
         if title is None:
             title = (title_of(text) if title_of else None) or ctx.stem_title
-        if not text.strip():
+        # Punctuation and markup alone ("#", "---") are not text anyone can ask about.
+        if not any(ch.isalnum() for ch in text):
             return []
         produced = True
         return [
