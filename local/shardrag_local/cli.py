@@ -92,6 +92,85 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def _aws(endpoint: str, service: str, read_timeout: float = 300) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+        config=Config(read_timeout=read_timeout, retries={"max_attempts": 2}),
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Upload files (directories recursively) to the documents bucket: the S3 event path indexes them."""
+    import time
+    from pathlib import Path
+
+    from shardrag.ingestion.registry import DynamoDbRegistry
+
+    s3 = _aws(args.endpoint, "s3")
+    uploads: list[tuple[Path, str]] = []
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file())
+            uploads += [(f, args.prefix + f.relative_to(path).as_posix()) for f in files]
+        elif path.is_file():
+            uploads.append((path, args.prefix + path.name))
+        else:
+            raise SystemExit(f"no such file or directory: {raw}")
+    etags = {}
+    for path, key in uploads:
+        with path.open("rb") as body:
+            etags[key] = s3.put_object(Bucket=args.bucket, Key=key, Body=body)["ETag"].strip('"')
+        print(f"uploaded s3://{args.bucket}/{key}", flush=True)
+    if not args.wait:
+        return 0
+    registry = DynamoDbRegistry(_aws(args.endpoint, "dynamodb"), args.table)
+    deadline = time.monotonic() + args.wait
+    pending = dict(etags)
+    while pending and time.monotonic() < deadline:
+        for key, etag in list(pending.items()):
+            state = registry.get_source(f"{args.bucket}/{key}")
+            if state is not None and state.status in ("indexed", "failed") and state.etag == etag:
+                detail = f"{state.doc_count} documents, {state.chunk_count} chunks"
+                if state.status == "failed":
+                    detail = f"{state.reason}: {state.error}"
+                print(f"{state.status:8} {key} ({detail})", flush=True)
+                del pending[key]
+        time.sleep(0.5)
+    for key in pending:
+        print(f"pending  {key}")
+    return 1 if pending else 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Compare the bucket listing with the registry and enqueue repairs for every difference."""
+    from shardrag.ingestion.events import notification
+    from shardrag.ingestion.reconcile import Reconciler
+    from shardrag.ingestion.registry import DynamoDbRegistry
+    from shardrag.ingestion.source import S3ObjectSource
+
+    sqs = _aws(args.endpoint, "sqs")
+    queue_url = sqs.get_queue_url(QueueName=args.queue)["QueueUrl"]
+
+    def send(events: Any) -> None:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(notification(list(events))))
+
+    registry = DynamoDbRegistry(_aws(args.endpoint, "dynamodb"), args.table)
+    report = Reconciler(S3ObjectSource(_aws(args.endpoint, "s3")), registry, send).run(
+        args.bucket, prefix=args.prefix, retry_failed=args.retry_failed
+    )
+    print(json.dumps(report.model_dump(), indent=2))
+    print(f"{report.repairs} repairs enqueued", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardrag", description="ShardRAG local runtime and client")
     parser.add_argument("--api", default=DEFAULT_API, help="API base URL (default: %(default)s)")
@@ -115,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("action", choices=["status", "stop", "start"])
     shard.add_argument("shard", type=int, nargs="?", default=0)
     shard.set_defaults(func=cmd_shard)
+
+    aws_endpoint = os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    ingest = sub.add_parser("ingest", help="upload files to the documents bucket (the S3 event path indexes them)")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("--prefix", default="", help="key prefix for the uploads")
+    ingest.add_argument("--wait", type=float, default=120.0, help="seconds to wait for indexing (0: do not wait)")
+    reindex = sub.add_parser("reindex", help="reconcile the bucket with the document registry (repairs drift)")
+    reindex.add_argument("--prefix", default="", help="only keys under this prefix")
+    reindex.add_argument("--retry-failed", action="store_true", help="also retry objects recorded as failed")
+    reindex.add_argument("--queue", default="shardrag-ingest", help="ingest queue name (default: %(default)s)")
+    for command in (ingest, reindex):
+        command.add_argument("--endpoint", default=aws_endpoint, help="AWS endpoint (default: %(default)s)")
+        command.add_argument("--bucket", default="shardrag-documents")
+        command.add_argument("--table", default="shardrag-registry", help="registry table")
+    ingest.set_defaults(func=cmd_ingest)
+    reindex.set_defaults(func=cmd_reindex)
     return parser
 
 
