@@ -176,7 +176,7 @@ def smoke_test(python: str) -> list[str]:
     Only the layers a function really gets are on the path, so a module that needs a distribution from a
     layer the function lacks fails here rather than at the first cold start.
     """
-    failures = []
+    failures: list[str] = []
     layers_by_name = {layer.name: layer for layer in PIP_LAYERS}
     for function, layers in FUNCTION_LAYERS.items():
         paths = [str(layer_dir(name) / "python") for name in layers if name != "model"]

@@ -12,6 +12,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
+from shardrag.api_contract import GENERIC_MESSAGE
 from shardrag.errors import ERROR_STATUS
 
 from shardrag_cdk import api_mapping
@@ -103,7 +104,7 @@ class QueryRoute(Construct):
                     selection_pattern=r"[45]\d{2}",
                     status_code="500",
                     response_templates={
-                        JSON: json.dumps({"error": {"code": "internal_error", "message": api_mapping.GENERIC_MESSAGE}})
+                        JSON: json.dumps({"error": {"code": "internal_error", "message": GENERIC_MESSAGE}})
                     },
                 ),
             ],

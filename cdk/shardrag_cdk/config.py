@@ -140,7 +140,7 @@ class IngestionConfig(_Model):
     #: Receives before a message moves to the dead-letter queue.
     max_receive_count: int = Field(default=3, ge=1, le=1000)
     #: Queue visibility = factor x ingest timeout; AWS advises at least 6 for SQS event sources.
-    visibility_timeout_factor: int = Field(default=6, ge=6, le=20)
+    visibility_timeout_factor: int = Field(default=6, ge=6, le=60)
     dlq_retention_days: int = Field(default=14, ge=1, le=14)
 
 

@@ -12,12 +12,19 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 from shardrag import env
 from shardrag.config import Settings
+from shardrag.ingestion.registry import table_definition
 
 from shardrag_cdk.config import DeploymentConfig
 from shardrag_cdk.lambdas import ShardRagFunction, removal_policy
 from shardrag_cdk.nag import acknowledge
 from shardrag_cdk.network import FunctionNetwork
 from shardrag_cdk.packaging import LambdaPackaging
+
+_ATTRIBUTE_TYPES = {
+    "S": dynamodb.AttributeType.STRING,
+    "N": dynamodb.AttributeType.NUMBER,
+    "B": dynamodb.AttributeType.BINARY,
+}
 
 
 class DocumentBucket(Construct):
@@ -82,16 +89,28 @@ class IngestQueue(Construct):
 
 
 class DocumentRegistry(Construct):
-    """The registry of ingested documents (which shard, which version, how many chunks), keyed by doc_id."""
+    """The registry of ingested objects and documents (PITR, on-demand, KMS-encrypted).
 
-    PARTITION_KEY = "doc_id"
+    Keys and indexes come from :func:`shardrag.ingestion.registry.table_definition`, the very arguments the
+    local runtime creates its table with, so the deployed table cannot drift from what the code queries.
+    """
 
     def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig) -> None:
         super().__init__(scope, construct_id)
+        definition = table_definition("unused")
+        types = {a["AttributeName"]: a["AttributeType"] for a in definition["AttributeDefinitions"]}
+
+        def key(schema: list[dict[str, str]], kind: str) -> dynamodb.Attribute | None:
+            names = [k["AttributeName"] for k in schema if k["KeyType"] == kind]
+            return dynamodb.Attribute(name=names[0], type=_ATTRIBUTE_TYPES[types[names[0]]]) if names else None
+
+        partition = key(definition["KeySchema"], "HASH")
+        assert partition is not None
         self.table = dynamodb.Table(
             self,
             "Table",
-            partition_key=dynamodb.Attribute(name=self.PARTITION_KEY, type=dynamodb.AttributeType.STRING),
+            partition_key=partition,
+            sort_key=key(definition["KeySchema"], "RANGE"),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
@@ -99,6 +118,15 @@ class DocumentRegistry(Construct):
             ),
             removal_policy=removal_policy(deployment),
         )
+        for index in definition.get("GlobalSecondaryIndexes", []):
+            index_partition = key(index["KeySchema"], "HASH")
+            assert index_partition is not None
+            self.table.add_global_secondary_index(
+                index_name=index["IndexName"],
+                partition_key=index_partition,
+                sort_key=key(index["KeySchema"], "RANGE"),
+                projection_type=dynamodb.ProjectionType(index["Projection"]["ProjectionType"]),
+            )
 
 
 class Ingestion(Construct):
@@ -144,12 +172,15 @@ class Ingestion(Construct):
                 report_batch_item_failures=True,
             )
         )
-        # Read the documents (any version: an event names the version it was sent for), nothing else: the
-        # bucket's grant_read would add List*/GetBucket* wildcards the function has no use for.
+        # Read (HEAD/GET) the documents and list the bucket (reconciliation), nothing else: the bucket's
+        # grant_read would add GetObject*/List*/GetBucket* action families the function has no use for.
         iam.Grant.add_to_principal(
             grantee=self.ingest.function,
             actions=["s3:GetObject", "s3:GetObjectVersion"],
             resource_arns=[self.documents.bucket.arn_for_objects("*")],
+        )
+        iam.Grant.add_to_principal(
+            grantee=self.ingest.function, actions=["s3:ListBucket"], resource_arns=[self.documents.bucket.bucket_arn]
         )
         self.registry.table.grant_read_write_data(self.ingest.function)
         self._acknowledge()
@@ -157,11 +188,16 @@ class Ingestion(Construct):
     def _acknowledge(self) -> None:
         stack = Stack.of(self)
         bucket = stack.get_logical_id(self.documents.bucket.node.default_child)  # type: ignore[arg-type]
+        table = stack.get_logical_id(self.registry.table.node.default_child)  # type: ignore[arg-type]
         acknowledge(
             self.ingest.role,
             (
                 f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/*]",
                 "Ingest reads any document of the documents bucket (GetObject/GetObjectVersion only).",
+            ),
+            (
+                f"AwsSolutions-IAM5[Resource::<{table}.Arn>/index/*]",
+                "The registry's own indexes (by_source lists an object's documents); same table, same actions.",
             ),
         )
         acknowledge(

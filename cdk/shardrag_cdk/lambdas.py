@@ -28,7 +28,7 @@ _RUNTIME_REASON: Final = (
     "Python 3.12 is the runtime the dependency layers are built and import-checked for (manylinux cp312 "
     "wheels, scripts/build_lambda_assets.py); a newer runtime means rebuilding and re-checking them."
 )
-_RETENTION: Final = dict(
+_RETENTION: Final[dict[int, logs.RetentionDays]] = dict(
     zip(
         get_args(LogRetentionDays),
         (
@@ -187,5 +187,5 @@ class QueryFunctions(Construct):
             for name in QUERY_FUNCTION_NAMES
         }
 
-    def aliases(self) -> dict[FunctionName, lambda_.Alias]:
+    def aliases(self) -> dict[str, lambda_.IFunction]:
         return {name: fn.alias for name, fn in self.by_name.items()}

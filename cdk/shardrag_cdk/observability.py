@@ -53,9 +53,8 @@ class Observability(Construct):
                 period=period,
             )
 
-        stage = {"statistic": "Sum", "period": period}
-        api_requests = api.metric_count(**stage)
-        api_5xx = api.metric_server_error(**stage)
+        api_requests = api.metric_count(statistic="Sum", period=period)
+        api_5xx = api.metric_server_error(statistic="Sum", period=period)
         api_p95 = api.metric_latency(statistic="p95", period=period)
         api_5xx_rate = cw.MathExpression(
             expression="IF(requests > 0, 100 * errors / requests, 0)",
@@ -63,8 +62,11 @@ class Observability(Construct):
             label="5xx rate (%)",
             period=period,
         )
-        query_errors = {name: fn.metric_errors(**stage) for name, fn in functions.items()}
-        query_invocations = {name: fn.metric_invocations(**stage) for name, fn in functions.items()}
+        every = {**functions, "ingest": ingest}
+        query_errors = {name: fn.metric_errors(statistic="Sum", period=period) for name, fn in functions.items()}
+        query_invocations = {
+            name: fn.metric_invocations(statistic="Sum", period=period) for name, fn in functions.items()
+        }
 
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"{Stack.of(self).stack_name}-overview")
         self.dashboard.add_widgets(
@@ -74,26 +76,26 @@ class Observability(Construct):
             ),
             cw.GraphWidget(
                 title="API requests and errors", width=WIDTH,
-                left=[api_requests, api.metric_client_error(**stage), api_5xx],
+                left=[api_requests, api.metric_client_error(statistic="Sum", period=period), api_5xx],
             ),
             cw.GraphWidget(
                 title="Stage duration p50 / p95 (ms)", width=WIDTH,
                 left=[
                     fn.metric_duration(statistic=s, period=period, label=f"{name} {s}")
-                    for name, fn in {**functions, "ingest": ingest}.items()
+                    for name, fn in every.items()
                     for s in ("p50", "p95")
                 ],
             ),
             cw.GraphWidget(
                 title="Function errors", width=WIDTH,
-                left=[fn.metric_errors(label=name, **stage) for name, fn in {**functions, "ingest": ingest}.items()],
+                left=[fn.metric_errors(label=name, statistic="Sum", period=period) for name, fn in every.items()],
             ),
             cw.GraphWidget(
                 title="Workflow executions", width=WIDTH,
                 left=[
-                    state_machine.metric_succeeded(**stage),
-                    state_machine.metric_failed(**stage),
-                    state_machine.metric_timed_out(**stage),
+                    state_machine.metric_succeeded(statistic="Sum", period=period),
+                    state_machine.metric_failed(statistic="Sum", period=period),
+                    state_machine.metric_timed_out(statistic="Sum", period=period),
                 ],
             ),
             cw.GraphWidget(
@@ -103,9 +105,9 @@ class Observability(Construct):
             cw.GraphWidget(
                 title="Ingestion throughput (messages / period)", width=WIDTH,
                 left=[
-                    queue.metric_number_of_messages_sent(**stage),
-                    queue.metric_number_of_messages_deleted(**stage),
-                    ingest.metric_invocations(**stage),
+                    queue.metric_number_of_messages_sent(statistic="Sum", period=period),
+                    queue.metric_number_of_messages_deleted(statistic="Sum", period=period),
+                    ingest.metric_invocations(statistic="Sum", period=period),
                 ],
             ),
             cw.GraphWidget(
@@ -118,29 +120,32 @@ class Observability(Construct):
             ),
         )  # fmt: skip
 
-        common = {"evaluation_periods": alarms.evaluation_periods, "datapoints_to_alarm": alarms.evaluation_periods}
+        periods = alarms.evaluation_periods
         self.alarms = [
             api_p95.create_alarm(
                 self, "ApiLatencyP95",
                 alarm_description="API p95 latency above the configured threshold",
                 threshold=alarms.api_p95_latency_ms,
                 comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                treat_missing_data=cw.TreatMissingData.NOT_BREACHING, **common,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                evaluation_periods=periods, datapoints_to_alarm=periods,
             ),
             api_5xx_rate.create_alarm(
                 self, "Api5xxRate",
                 alarm_description="Share of API requests answered with a 5xx",
                 threshold=alarms.api_5xx_rate_percent,
                 comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                treat_missing_data=cw.TreatMissingData.NOT_BREACHING, **common,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                evaluation_periods=periods, datapoints_to_alarm=periods,
             ),
             self._function_error_rate(query_errors, query_invocations, alarms, period),
-            state_machine.metric_failed(**stage).create_alarm(
+            state_machine.metric_failed(statistic="Sum", period=period).create_alarm(
                 self, "WorkflowFailed",
                 alarm_description="Failed query executions (errors the API returned as 4xx/5xx)",
                 threshold=alarms.workflow_failed_executions,
                 comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                treat_missing_data=cw.TreatMissingData.NOT_BREACHING, **common,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                evaluation_periods=periods, datapoints_to_alarm=periods,
             ),
             dead_letters.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum")
             .create_alarm(

@@ -84,7 +84,7 @@ class LambdaPackaging(Construct):
             return layer_dir(name)  # source in the repository: always real
         if self.mode == "stub":
             self.stand_ins.append(name)
-            return _stand_in(name)
+            return Path(_stand_in(name))
         if layer_is_built(name):
             return layer_dir(name)
         if self.mode == "require":
@@ -93,7 +93,7 @@ class LambdaPackaging(Construct):
                 "`python scripts/build_lambda_assets.py` (the model layer also needs `make model`)"
             )
         self.stand_ins.append(name)
-        return _stand_in(name)
+        return Path(_stand_in(name))
 
     def layers_for(self, function: FunctionName) -> list[lambda_.ILayerVersion]:
         return [self._layers[name] for name in FUNCTION_LAYERS[function]]

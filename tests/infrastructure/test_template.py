@@ -1,0 +1,348 @@
+"""Template assertions, found by resource properties (never by logical id)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from cdk_synthesis import Synthesis
+from shardrag.errors import ERROR_STATUS
+from shardrag.ingestion.registry import table_definition
+from shardrag.statemachine import PLACEHOLDER, QUERY_FUNCTIONS
+from shardrag_cdk import api_mapping
+from shardrag_cdk.layout import MAX_LAYERS, STATE_MACHINE_FILE
+
+QUERY_HANDLER = "handler.handler"
+
+
+def _refs(node: Any) -> set[str]:
+    """Logical ids referenced (Ref / Fn::GetAtt) anywhere inside ``node``."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if "Ref" in node and isinstance(node["Ref"], str):
+            found.add(node["Ref"])
+        if "Fn::GetAtt" in node:
+            found.add(node["Fn::GetAtt"][0])
+        for value in node.values():
+            found |= _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _refs(value)
+    return found
+
+
+def _project_functions(synth: Synthesis) -> dict[str, dict[str, Any]]:
+    return {
+        k: v
+        for k, v in synth.resources("AWS::Lambda::Function").items()
+        if v["Properties"].get("Handler") == QUERY_HANDLER
+    }
+
+
+def _state_machine(synth: Synthesis) -> dict[str, Any]:
+    machines = synth.properties("AWS::StepFunctions::StateMachine")
+    assert len(machines) == 1
+    return machines[0]
+
+
+def _definition(synth: Synthesis) -> dict[str, Any]:
+    text = _state_machine(synth)["DefinitionString"]
+    assert isinstance(text, str), "definition must stay inline (DefinitionBody.from_string)"
+    return json.loads(text)
+
+
+def _alias_function(synth: Synthesis, alias_id: str) -> str:
+    alias = synth.template["Resources"][alias_id]
+    assert alias["Type"] == "AWS::Lambda::Alias"
+    return next(iter(_refs(alias["Properties"]["FunctionName"])))
+
+
+def test_query_workflow_is_express_with_one_branch_per_shard(synth: Synthesis) -> None:
+    machine = _state_machine(synth)
+    assert machine["StateMachineType"] == "EXPRESS"
+    parallel = [s for s in _definition(synth)["States"].values() if s["Type"] == "Parallel"]
+    assert len(parallel) == 1
+    assert len(parallel[0]["Branches"]) == synth.config.settings.store.shard_count
+    # Each branch searches its own shard.
+    shards = sorted(
+        b["States"][f"SearchShard{i}"]["Parameters"]["Payload"]["shard"] for i, b in enumerate(parallel[0]["Branches"])
+    )
+    assert shards == list(range(synth.config.settings.store.shard_count))
+
+
+def test_every_placeholder_is_substituted_with_a_query_function(synth: Synthesis) -> None:
+    machine = _state_machine(synth)
+    used = set(PLACEHOLDER.findall(machine["DefinitionString"]))
+    substitutions = machine.get("DefinitionSubstitutions", {})
+    assert used == set(substitutions) == set(QUERY_FUNCTIONS)
+    functions = _project_functions(synth)
+    for placeholder, folder in QUERY_FUNCTIONS.items():
+        (alias_id,) = _refs(substitutions[placeholder])
+        function = functions[_alias_function(synth, alias_id)]
+        assert function["Properties"]["Description"] == f"ShardRAG {folder}"
+
+
+def test_workflow_role_may_invoke_exactly_the_query_aliases(synth: Synthesis) -> None:
+    machine = _state_machine(synth)
+    (role_id,) = _refs(machine["RoleArn"])
+    invoked: set[str] = set()
+    for policy in synth.properties("AWS::IAM::Policy"):
+        if role_id not in _refs(policy["Roles"]):
+            continue
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "lambda:InvokeFunction" in statement["Action"]:
+                invoked |= _refs(statement["Resource"])
+    assert invoked == _refs(machine["DefinitionSubstitutions"])
+
+
+def test_workflow_logs_and_traces(synth: Synthesis) -> None:
+    machine = _state_machine(synth)
+    assert machine["TracingConfiguration"] == {"Enabled": True}
+    logging = machine["LoggingConfiguration"]
+    assert logging["Level"] == synth.config.deployment.workflow_log_level
+    assert logging["IncludeExecutionData"] is synth.config.deployment.workflow_log_execution_data
+
+
+def test_function_timeouts_fit_their_task_timeouts(synth: Synthesis) -> None:
+    """A Lambda outliving its Task's TimeoutSeconds would keep running (and billing) for an abandoned call."""
+    states = json.loads(STATE_MACHINE_FILE.read_text())["States"]
+    by_function = {"embed": states["Embed"], "route": states["Route"], "fuse_generate": states["FuseAndGenerate"]}
+    branch = states["SearchShards"]["Branches"][0]["States"]
+    by_function["shard_search"] = next(s for s in branch.values() if s["Type"] == "Task")
+    for name, state in by_function.items():
+        assert synth.config.deployment.functions.of(name).timeout_s <= state["TimeoutSeconds"], name
+
+
+def test_query_api_starts_a_synchronous_execution(synth: Synthesis) -> None:
+    posts = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "POST"]
+    assert len(posts) == 1
+    method = posts[0]
+    assert "StartSyncExecution" in json.dumps(method["Integration"]["Uri"])
+    assert method["AuthorizationType"] == "AWS_IAM"  # the default auth mode of both environments
+    request = method["Integration"]["RequestTemplates"]["application/json"]
+    assert _refs(request) == {next(iter(synth.resources("AWS::StepFunctions::StateMachine")))}
+    assert "$input.json('$')" in json.dumps(request)
+    (validator,) = synth.properties("AWS::ApiGateway::RequestValidator")
+    assert validator["ValidateRequestBody"] is True
+    (model,) = synth.properties("AWS::ApiGateway::Model")
+    assert model["Schema"] == api_mapping.request_model_schema()
+
+
+def test_response_mapping_sets_every_error_status(synth: Synthesis) -> None:
+    (method,) = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "POST"]
+    responses = method["Integration"]["IntegrationResponses"]
+    template = next(r for r in responses if r["StatusCode"] == "200")["ResponseTemplates"]["application/json"]
+    for name, (status, code) in ERROR_STATUS.items():
+        branch = re.search(
+            rf'\$error == "{re.escape(name)}"\)\n'
+            r"#set\(\$context.responseOverride.status = (\d+)\)\n"
+            r'#set\(\$code = "(\w+)"\)',
+            template,
+        )
+        assert branch and (int(branch[1]), branch[2]) == (status, code), name
+    declared = {int(r["StatusCode"]) for r in method["MethodResponses"]}
+    assert {200, 500, 504} | {status for status, _ in ERROR_STATUS.values()} <= declared
+    assert "stackTrace" not in template
+
+
+def test_api_stage_is_throttled_traced_and_access_logged(synth: Synthesis) -> None:
+    (stage,) = synth.properties("AWS::ApiGateway::Stage")
+    api = synth.config.deployment.api
+    assert stage["TracingEnabled"] is True
+    assert stage["AccessLogSetting"]["DestinationArn"]
+    assert json.loads(stage["AccessLogSetting"]["Format"])["requestId"]
+    (settings,) = stage["MethodSettings"]
+    assert settings["ThrottlingRateLimit"] == api.throttle_rate_limit
+    assert settings["ThrottlingBurstLimit"] == api.throttle_burst_limit
+    assert settings["LoggingLevel"] == "ERROR" and settings["DataTraceEnabled"] is False
+
+
+def test_health_is_a_mock_integration(synth: Synthesis) -> None:
+    (get,) = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "GET"]
+    assert get["Integration"]["Type"] == "MOCK"
+
+
+def test_bucket_notifies_the_queue_on_create_and_remove(synth: Synthesis) -> None:
+    (notifications,) = synth.properties("Custom::S3BucketNotifications")
+    configs = notifications["NotificationConfiguration"]["QueueConfigurations"]
+    events = {event for config in configs for event in config["Events"]}
+    assert events == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
+    queues = {queue for config in configs for queue in _refs(config["QueueArn"])}
+    assert len(queues) == 1 and synth.template["Resources"][queues.pop()]["Type"] == "AWS::SQS::Queue"
+    (bucket_id,) = _refs(notifications["BucketName"])
+    assert synth.template["Resources"][bucket_id]["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
+
+
+def test_documents_bucket_is_private_encrypted_versioned_logged_and_tls_only(synth: Synthesis) -> None:
+    buckets = synth.resources("AWS::S3::Bucket")
+    (documents_id,) = [k for k, v in buckets.items() if "VersioningConfiguration" in v["Properties"]]
+    documents = buckets[documents_id]["Properties"]
+    assert documents["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert all(documents["PublicAccessBlockConfiguration"].values())
+    assert documents["LoggingConfiguration"]["DestinationBucketName"]
+    for bucket_id in buckets:
+        policies = [p for p in synth.properties("AWS::S3::BucketPolicy") if bucket_id in _refs(p["Bucket"])]
+        statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+        assert any(
+            s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            for s in statements
+        ), bucket_id
+
+
+def test_ingest_queue_outlasts_the_function_and_redrives_to_a_dlq(synth: Synthesis) -> None:
+    (mapping,) = synth.properties("AWS::Lambda::EventSourceMapping")
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    (queue_id,) = _refs(mapping["EventSourceArn"])
+    queue = synth.template["Resources"][queue_id]["Properties"]
+    function_id = _alias_function(synth, next(iter(_refs(mapping["FunctionName"]))))
+    timeout = synth.template["Resources"][function_id]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * timeout
+    assert queue["SqsManagedSseEnabled"] is True
+    redrive = queue["RedrivePolicy"]
+    assert redrive["maxReceiveCount"] == synth.config.deployment.ingestion.max_receive_count
+    (dlq_id,) = _refs(redrive["deadLetterTargetArn"])
+    assert synth.template["Resources"][dlq_id]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+def test_registry_table_has_pitr_encryption_and_on_demand_billing(synth: Synthesis) -> None:
+    (table,) = synth.properties("AWS::DynamoDB::Table")
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_registry_table_matches_the_schema_the_code_uses(synth: Synthesis) -> None:
+    (table,) = synth.properties("AWS::DynamoDB::Table")
+    wanted = table_definition("any")
+    assert table["KeySchema"] == wanted["KeySchema"]
+    assert sorted(table["AttributeDefinitions"], key=str) == sorted(wanted["AttributeDefinitions"], key=str)
+    indexes = {i["IndexName"]: (i["KeySchema"], i["Projection"]) for i in table["GlobalSecondaryIndexes"]}
+    assert indexes == {i["IndexName"]: (i["KeySchema"], i["Projection"]) for i in wanted["GlobalSecondaryIndexes"]}
+
+
+def test_functions_run_python312_with_active_tracing(synth: Synthesis) -> None:
+    functions = _project_functions(synth)
+    assert len(functions) == 5
+    for function in functions.values():
+        props = function["Properties"]
+        assert props["Runtime"] == "python3.12"
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert 1 <= len(props["Layers"]) <= MAX_LAYERS
+        variables = props["Environment"]["Variables"]
+        assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"} <= set(variables)
+
+
+def test_vpc_placement_follows_the_config(synth: Synthesis) -> None:
+    vpc = synth.config.deployment.vpc
+    for function in _project_functions(synth).values():
+        props = function["Properties"]
+        name = props["Description"].removeprefix("ShardRAG ")
+        if vpc and name in vpc.functions:
+            assert props["VpcConfig"]["SubnetIds"] == list(vpc.subnet_ids)
+            assert props["VpcConfig"]["SecurityGroupIds"] == list(vpc.security_group_ids)
+        else:
+            assert "VpcConfig" not in props
+
+
+def test_provisioned_concurrency_sits_on_the_live_alias(synth: Synthesis) -> None:
+    functions = _project_functions(synth)
+    for alias in synth.properties("AWS::Lambda::Alias"):
+        name = functions[next(iter(_refs(alias["FunctionName"])))]["Properties"]["Description"].removeprefix(
+            "ShardRAG "
+        )
+        wanted = synth.config.deployment.functions.of(name).provisioned_concurrency
+        config = alias.get("ProvisionedConcurrencyConfig")
+        assert (config or {}).get("ProvisionedConcurrentExecutions", 0) == wanted
+
+
+_TOKENISH = re.compile(r"^(?:[A-Za-z0-9+/=_-]{32,}|Bearer .+|(?:sk|db|ghp|xox[bp])[-_][A-Za-z0-9_-]{8,})$")
+_SECRET_KEYS = {"token", "api_key", "apikey", "password", "secret", "access_key", "secret_key"}
+
+
+def _secret_like(node: Any, path: str = "") -> list[str]:
+    """Paths of values that look like credentials, or sit under credential-like keys."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.lower() in _SECRET_KEYS and value:
+                found.append(f"{path}.{key}")
+            found += _secret_like(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _secret_like(value, f"{path}[{i}]")
+    elif isinstance(node, str) and _TOKENISH.match(node):
+        found.append(path)
+    return found
+
+
+def test_no_credentials_in_environment_variables(synth: Synthesis) -> None:
+    for function_id, function in _project_functions(synth).items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        for name, value in variables.items():
+            assert not any(word in name.upper() for word in ("TOKEN", "PASSWORD", "API_KEY")), name
+            if not isinstance(value, str):
+                continue
+            parsed = json.loads(value) if value.startswith("{") else value
+            assert _secret_like(parsed) == [], f"{function_id}.{name}"
+    settings = json.loads(
+        next(iter(_project_functions(synth).values()))["Properties"]["Environment"]["Variables"]["SHARDRAG_SETTINGS"]
+    )
+    assert [s["token_secret"] for s in settings["store"]["shards"]] == [
+        s.token_secret for s in synth.config.settings.store.shards
+    ]
+
+
+def test_token_secrets_readable_only_by_the_milvus_functions(synth: Synthesis) -> None:
+    functions = _project_functions(synth)
+    roles = {next(iter(_refs(f["Properties"]["Role"]))): f["Properties"]["Description"] for f in functions.values()}
+    readers: dict[str, set[str]] = {}
+    for policy in synth.properties("AWS::IAM::Policy"):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "secretsmanager:GetSecretValue" in statement["Action"]:
+                resource = json.dumps(statement["Resource"])
+                for role in _refs(policy["Roles"]):
+                    readers.setdefault(roles[role], set()).add(resource)
+    assert set(readers) == {"ShardRAG shard_search", "ShardRAG ingest"}
+    for resources in readers.values():
+        names = {re.search(r":secret:([^\"]+)-\?{6}", r)[1] for r in resources}  # type: ignore[index]
+        assert names == set(synth.config.milvus_secret_names())
+
+
+#: Actions AWS does not let a policy scope to a resource: the only ones allowed on ``Resource: "*"``.
+UNSCOPABLE = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
+DATA_SERVICES = ("s3:", "dynamodb:", "sqs:", "secretsmanager:", "bedrock:", "lambda:", "states:", "kms:")
+
+
+def _statements(synth: Synthesis) -> list[dict[str, Any]]:
+    statements = [s for p in synth.properties("AWS::IAM::Policy") for s in p["PolicyDocument"]["Statement"]]
+    for role in synth.properties("AWS::IAM::Role"):
+        statements += [s for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+    return statements
+
+
+def test_least_privilege(synth: Synthesis) -> None:
+    for statement in _statements(synth):
+        if statement["Effect"] != "Allow":
+            continue
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for action in actions:
+            assert action != "*" and not action.endswith(":*"), statement
+            if action.startswith(DATA_SERVICES):
+                assert "*" not in action, statement  # no s3:GetObject* style families on data
+        if "*" in resources:
+            assert set(actions) <= UNSCOPABLE, statement
