@@ -218,8 +218,4 @@ class Ingestion(Construct):
                         "AWSLambdaBasicExecutionRole]",
                         "CDK-managed custom resource that applies the bucket notifications at deploy time.",
                     ),
-                    (
-                        "AwsSolutions-IAM5[Resource::*]",
-                        "CDK-managed: s3:PutBucketNotification for the stack's bucket notifications.",
-                    ),
                 )
