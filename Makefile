@@ -12,7 +12,7 @@ export CDK_DISABLE_VERSION_CHECK := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install model dev test test-unit test-integration test-infra lint format synth bench eval clean openapi
+.PHONY: install model dev test test-unit test-integration test-infra lint format synth bench eval clean openapi lambda-assets deploy
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	MYPYPATH=cdk:layers/core/python $(VENV)/bin/mypy --strict --explicit-package-bases -p shardrag_cdk
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -64,6 +65,15 @@ openapi: install
 synth: install node_modules/.bin/cdk
 	for e in $$($(PY) -c "import json; print(' '.join(json.load(open('cdk.json'))['context']['environments']))"); do \
 	  node_modules/.bin/cdk synth -c env=$$e --no-notices -q -o cdk.out/$$e || exit 1; done
+
+ENV ?= dev
+## Build the Lambda dependency layers (manylinux wheels, no Docker) into build/lambda/.
+lambda-assets: install model
+	$(PY) scripts/build_lambda_assets.py
+
+## Deploy one environment: make deploy ENV=prod
+deploy: install node_modules/.bin/cdk lambda-assets
+	node_modules/.bin/cdk deploy -c env=$(ENV) -c shardrag:assets=require --no-notices
 
 bench: install model
 	$(PY) -m bench.run
