@@ -78,5 +78,12 @@ deploy: install node_modules/.bin/cdk lambda-assets
 bench: install model
 	$(PY) -m bench.run
 
+## Retrieval quality (nDCG@10, recall, MRR) and latency on a BEIR folder, through S3 ingestion and POST /query of a
+## fresh local runtime, with exact-dense and BM25 baselines in the same run; JSON in bench/results, tables in
+## BENCHMARKS.md. EVAL_ARGS adds options, e.g. EVAL_ARGS="--limit-queries 50 --shards 8".
+EVAL_DATASET ?= ../shared/datasets/scifact
+eval: install model
+	$(PY) -m shardrag_local.evaluation --dataset $(EVAL_DATASET) --update-benchmarks $(EVAL_ARGS)
+
 clean:
 	rm -rf build cdk.out .shardrag

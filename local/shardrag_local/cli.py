@@ -171,6 +171,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from shardrag_local.evaluation.cli import run
+
+    argv = sys.argv[sys.argv.index("eval") + 1 :] if "eval" in sys.argv else []
+    return run(args, argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardrag", description="ShardRAG local runtime and client")
     parser.add_argument("--api", default=DEFAULT_API, help="API base URL (default: %(default)s)")
@@ -210,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--table", default="shardrag-registry", help="registry table")
     ingest.set_defaults(func=cmd_ingest)
     reindex.set_defaults(func=cmd_reindex)
+
+    from shardrag_local.evaluation.cli import add_arguments as add_eval_arguments
+
+    evaluate = sub.add_parser(
+        "eval", help="retrieval quality + latency on a BEIR folder through a fresh runtime, with baselines"
+    )
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,134 @@
+"""The evaluation harness's parts other than the metrics: BEIR loading, baselines, the sharding check, latency
+summaries and the BENCHMARKS.md block. Fakes only (the hashing embedder); no runtime, no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shardrag_local.evaluation.baselines import Bm25Retriever, ExactDenseRetriever, _top_k
+from shardrag_local.evaluation.consistency import ChunkMatrix, compare_with_brute_force
+from shardrag_local.evaluation.dataset import BeirDataset, BeirDocument
+from shardrag_local.evaluation.latency import percentiles, summarize
+from shardrag_local.evaluation.report import update_benchmarks
+from shardrag_local.evaluation.system import QueryObservation
+
+
+def _beir(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    docs = [
+        {"_id": "d1", "title": "Honeybees", "text": "Bees dance to tell where flowers are."},
+        {"_id": "d2", "title": "Tides", "text": "The moon pulls the oceans and makes tides."},
+        {"_id": "d3", "title": "Volcanoes", "text": "Magma rises through the crust and erupts."},
+    ]
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n\n")
+    queries = [{"_id": "q1", "text": "why do bees dance"}, {"_id": "q2", "text": "what makes tides"}]
+    queries.append({"_id": "q-unjudged", "text": "never judged"})
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n")
+    return root
+
+
+def test_beir_loader_keeps_judged_queries_and_splits_the_corpus(tmp_path: Path) -> None:
+    dataset = BeirDataset.load(_beir(tmp_path / "mini"))
+    assert [d.doc_id for d in dataset.corpus] == ["d1", "d2", "d3"]
+    assert dataset.queries == {"q1": "why do bees dance", "q2": "what makes tides"}
+    assert dataset.qrels == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    assert set(dataset.checksums) == {"corpus.jsonl", "queries.jsonl", "qrels/test.tsv"}
+    parts = dataset.write_jsonl_parts(tmp_path / "parts", docs_per_file=2)
+    assert [p.name for p in parts] == ["mini-0000.jsonl", "mini-0001.jsonl"]
+    first = [json.loads(line) for line in parts[0].read_text().splitlines()]
+    assert first[0] == {
+        "_id": "d1",
+        "title": "Honeybees",
+        "text": "Bees dance to tell where flowers are.",
+        "metadata": {},
+    }
+    limited = BeirDataset.load(tmp_path / "mini", limit_queries=1)
+    assert list(limited.queries) == ["q1"] and list(limited.qrels) == ["q1"]
+
+
+def test_beir_loader_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"corpus\.jsonl"):
+        BeirDataset.load(tmp_path)
+
+
+def test_whole_text_is_title_space_text() -> None:
+    assert BeirDocument("d", "Title", "Body.").whole_text == "Title Body."
+    assert BeirDocument("d", "", "Body.").whole_text == "Body."
+
+
+def test_top_k_breaks_ties_by_id_descending_even_across_the_cut() -> None:
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1], dtype=np.float32)
+    assert _top_k(scores, ["a", "b", "c", "d", "e"], 2) == ["b", "d"]
+    assert _top_k(scores, ["a", "b", "c", "d", "e"], 10) == ["b", "d", "c", "a", "e"]
+
+
+def test_exact_dense_baseline_ranks_by_cosine(tmp_path: Path, hashing_embedder: object) -> None:
+    dataset = BeirDataset.load(_beir(tmp_path / "mini"))
+    retriever = ExactDenseRetriever(hashing_embedder)  # type: ignore[arg-type]
+    retriever.index(dataset.corpus)
+    run = retriever.search({"q": "moon oceans tides"}, 2)
+    assert run["q"][0] == "d2" and len(run["q"]) == 2
+
+
+def test_bm25_baseline_finds_the_matching_document(tmp_path: Path) -> None:
+    dataset = BeirDataset.load(_beir(tmp_path / "mini"))
+    retriever = Bm25Retriever()
+    retriever.index(dataset.corpus)
+    run = retriever.search({"q1": "bees dancing", "q2": "magma erupts"}, 3)
+    assert run["q1"][0] == "d1" and run["q2"][0] == "d3"
+    assert "bm25s" in retriever.description
+
+
+def _chunks() -> ChunkMatrix:
+    vectors = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    return ChunkMatrix(["c0", "c1", "c2", "c3", "c4"], vectors)
+
+
+def test_sharding_check_accepts_identical_and_tied_rankings_and_flags_the_rest() -> None:
+    query = {"q": np.array([1, 0], dtype=np.float32)}
+    # Brute force for q: c0 (1.0), c1 (0.8), then c2 and c3 tie at 0.6 -> the fuser's order puts c2 first.
+    assert compare_with_brute_force({"q": ["c0", "c1", "c2"]}, query, _chunks(), k=3).identical_order == 1
+    tied = compare_with_brute_force({"q": ["c0", "c1", "c3"]}, query, _chunks(), k=3)
+    assert tied.passed and tied.differ_only_by_ties == 1 and tied.mean_overlap == pytest.approx(2 / 3)
+    wrong = compare_with_brute_force({"q": ["c0", "c4", "c1"]}, query, _chunks(), k=3)
+    assert not wrong.passed and wrong.mismatches == ["q"]
+    swapped = compare_with_brute_force({"q": ["c1", "c0", "c2"]}, query, _chunks(), k=3)
+    assert not swapped.passed and swapped.mean_overlap == 1.0
+
+
+def test_percentiles_interpolate_linearly() -> None:
+    stats = percentiles([1.0, 2.0, 3.0, 4.0])
+    assert stats["p50"] == 2.5 and stats["p95"] == pytest.approx(3.85) and stats["n"] == 4
+    assert percentiles([]) == {}
+
+
+def test_summarize_reports_stages_shards_and_overhead() -> None:
+    observations = [
+        QueryObservation(
+            "q",
+            [],
+            [],
+            client_ms=50.0 + i,
+            timings_ms={"embed": 4, "route": 0, "search": 10, "fuse": 1, "total": 40},
+            shard_ms={"0": 10.0, "1": 8.0},
+        )
+        for i in range(3)
+    ]
+    summary = summarize(observations)
+    assert summary["embed"]["p50"] == 4 and summary["end_to_end_client"]["p50"] == 51
+    assert summary["overhead"]["p50"] == 36  # 51 - (4 + 0 + 10 + 1)
+    assert list(summary["per_shard_search"]) == ["0", "1"]
+
+
+def test_benchmarks_block_is_appended_once_then_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nhand-written\n")
+    update_benchmarks("| old |\n", "scifact", path)
+    update_benchmarks("| new |\n", "scifact", path)
+    text = path.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written\n")
+    assert text.count("eval:scifact:begin") == 1 and "| new |" in text and "| old |" not in text
