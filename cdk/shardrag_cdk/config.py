@@ -59,7 +59,7 @@ class FunctionsConfig(_Model):
     embed: FunctionConfig = FunctionConfig(memory_mb=2048, timeout_s=15)
     route: FunctionConfig = FunctionConfig(memory_mb=512, timeout_s=10)
     shard_search: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=10)
-    fuse_generate: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=30)
+    fuse_generate: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=25)
     ingest: FunctionConfig = FunctionConfig(memory_mb=3008, timeout_s=300)
 
     def of(self, name: FunctionName) -> FunctionConfig:
