@@ -132,3 +132,18 @@ def test_benchmarks_block_is_appended_once_then_replaced(tmp_path: Path) -> None
     text = path.read_text()
     assert text.startswith("# Benchmarks\n\nhand-written\n")
     assert text.count("eval:scifact:begin") == 1 and "| new |" in text and "| old |" not in text
+
+
+def test_sizing_projection_counts_invocations_and_nodes() -> None:
+    from shardrag_local.evaluation.sizing import Scenario, project
+
+    measured = {s: {"p50": 1.0, "p95": 2.0} for s in ("embed", "route", "fuse")}
+    small = project(measured, Scenario(1_000_000, 10, 4, "r6i.xlarge"))
+    busy = project(measured, Scenario(1_000_000, 100, 4, "r6i.xlarge"))
+    large = project(measured, Scenario(100_000_000, 10, 8, "r6i.2xlarge"))
+    assert small["milvus_nodes"].startswith("1 x") and large["milvus_nodes"].startswith("6 x")
+    # Serverless cost scales with traffic, the cluster does not.
+    assert busy["monthly_usd"]["lambda"] == pytest.approx(10 * small["monthly_usd"]["lambda"], rel=0.01)
+    assert busy["monthly_usd"]["milvus"] == small["monthly_usd"]["milvus"]
+    # API Gateway REST at $3.50 per million: 25.92 M queries -> $91.
+    assert small["monthly_usd"]["api_gateway"] == 91
