@@ -161,12 +161,14 @@ def build_indexer(settings: Settings, *, stores: Callable[[int], VectorStore] | 
 def ingest_service() -> IngestService:
     """The ingest function's service, built once per container (boto3 clients honour ``AWS_ENDPOINT_URL``)."""
     import boto3
-    from shardrag.ingestion.service import build_ingest_service
+    from shardrag.ingestion.service import FreshDocuments, build_ingest_service
 
     settings = cached_settings()
+    fresh = FreshDocuments(shard_stores())
     return build_ingest_service(
         settings.ingestion,
-        indexer=build_indexer(settings),
+        indexer=build_indexer(settings, stores=fresh),
+        fresh=fresh,
         stores=shard_stores(),
         shard_count=settings.store.shard_count,
         s3_client=boto3.client("s3"),

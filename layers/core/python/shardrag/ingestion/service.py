@@ -8,7 +8,8 @@ record documents, remove what the object no longer produces, and release the key
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from shardrag.chunking import Document
@@ -19,7 +20,7 @@ from shardrag.ingestion.events import ObjectEvent, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry
 from shardrag.ingestion.source import Blob, ObjectMissing, ObjectSource
-from shardrag.records import Record
+from shardrag.records import EmbeddedChunk, Hit, Record, SearchRequest
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
 
@@ -41,6 +42,71 @@ class IngestOutcome(Record):
     rejected_lines: int = 0
 
 
+class FreshDocuments:
+    """Shard stores for the indexer that skip the stale-version sweep of documents never indexed before.
+
+    :class:`~shardrag.indexing.DocumentIndexer` looks for a document's stale chunks after every upsert. For a
+    document the registry has never recorded as indexed there is nothing to find, and on Milvus Lite each sweep
+    is a filtered scan of the whole shard: measured on SciFact, the sweeps alone halved bulk-load throughput.
+    """
+
+    def __init__(self, stores: Callable[[int], VectorStore]) -> None:
+        self._stores = stores
+        self._fresh: set[str] = set()
+        self._lock = threading.Lock()
+
+    def mark(self, doc_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._fresh.update(doc_ids)
+
+    def unmark(self, doc_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._fresh.difference_update(doc_ids)
+
+    def is_fresh(self, doc_id: str) -> bool:
+        return doc_id in self._fresh
+
+    def __call__(self, shard: int) -> VectorStore:
+        return _SweepSkipping(self._stores(shard), self)
+
+
+class _SweepSkipping:
+    """A :class:`VectorStore` that answers a fresh document's stale sweep with 0 and delegates everything else."""
+
+    def __init__(self, inner: VectorStore, fresh: FreshDocuments) -> None:
+        self._inner = inner
+        self._fresh = fresh
+
+    def ensure_ready(self) -> None:
+        self._inner.ensure_ready()
+
+    def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
+        return self._inner.upsert(chunks)
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
+        return self._inner.delete_chunks(chunk_ids)
+
+    def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
+        if keep_version is not None and self._fresh.is_fresh(doc_id):
+            return 0
+        return self._inner.delete_document(doc_id, keep_version=keep_version)
+
+    def chunk_ids(self, doc_id: str) -> list[str]:
+        return self._inner.chunk_ids(doc_id)
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        return self._inner.search(request)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def count(self) -> int:
+        return self._inner.count()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class IngestService:
     """Processes :class:`ObjectEvent` s; safe to run concurrently and to replay (see the registry)."""
 
@@ -54,8 +120,11 @@ class IngestService:
         registry: DynamoDbRegistry,
         objects: ObjectSource,
         parsers: ParserRegistry | None = None,
+        fresh: FreshDocuments | None = None,
     ) -> None:
+        """``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a speed-up only)."""
         self._settings = settings
+        self._fresh = fresh
         self._indexer = indexer
         self._stores = stores
         self._shard_count = shard_count
@@ -207,8 +276,8 @@ class IngestService:
     ) -> None:
         unchanged: list[DocumentState] = []
         todo: list[Document] = []
+        existing = self.registry.get_documents(d.doc_id for d in part)
         if parser.multi_document:
-            existing = self.registry.get_documents(d.doc_id for d in part)
             for doc in part:
                 before = existing.get(doc.doc_id)
                 if before is not None and before.status == "indexed" and before.version == doc.version:
@@ -222,7 +291,14 @@ class IngestService:
         else:
             # Slices of one document: number the chunks on from where the previous slice stopped.
             todo = [d.model_copy(update={"first_chunk": self._chunks_so_far(written, d.doc_id)}) for d in part]
-        results = self._indexer.run(todo) if todo else []
+        fresh = [d.doc_id for d in todo if not self._was_indexed(existing.get(d.doc_id))]
+        if self._fresh is not None:
+            self._fresh.mark(fresh)
+        try:
+            results = self._indexer.run(todo) if todo else []
+        finally:
+            if self._fresh is not None:
+                self._fresh.unmark(fresh)
         states = list(unchanged)
         for doc, result in zip(todo, results, strict=True):
             before_chunks = self._chunks_so_far(written, doc.doc_id) if not parser.multi_document else 0
@@ -242,6 +318,11 @@ class IngestService:
         for state in states:
             written[state.doc_id] = state
         self.registry.put_documents(states)
+
+    @staticmethod
+    def _was_indexed(state: DocumentState | None) -> bool:
+        # Deleted and failed documents had their chunks removed when they got that status.
+        return state is not None and state.status == "indexed"
 
     @staticmethod
     def _chunks_so_far(written: Mapping[str, DocumentState], doc_id: str) -> int:
@@ -315,6 +396,7 @@ def build_ingest_service(
     s3_client: Any,
     dynamodb_client: Any,
     table_name: str,
+    fresh: FreshDocuments | None = None,
 ) -> IngestService:
     """An :class:`IngestService` on boto3 clients (the handler's cached factory and the tests use this)."""
     from shardrag.ingestion.source import S3ObjectSource
@@ -326,4 +408,5 @@ def build_ingest_service(
         shard_count=shard_count,
         registry=DynamoDbRegistry(dynamodb_client, table_name),
         objects=S3ObjectSource(s3_client),
+        fresh=fresh,
     )
