@@ -108,7 +108,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Latency over the {lat['end_to_end_client'].get('n', 0)} measured queries (after warm-up; "
-            "`timings_ms` from the workflow, end to end measured by the HTTP client):",
+            "`timings_ms` from the workflow, end to end measured by the HTTP client"
+            + (
+                f"; 1-minute load average {load['before_queries']:.1f} before / {load['after_queries']:.1f} after"
+                if (load := report.get("load_average_1min"))
+                else ""
+            )
+            + "):",
             "",
             "| stage | p50 ms | p95 ms | mean ms |",
             "|---|---|---|---|",

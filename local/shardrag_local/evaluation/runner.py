@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
         for question in list(dataset.queries.values())[: options.warmup_queries]:
             system.query("warmup", question, top_k=API_TOP_K)
         observations: list[QueryObservation] = []
+        # Other work on the machine inflates every timing: record how busy it was around the measured queries.
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         for n, (query_id, question) in enumerate(dataset.queries.items(), start=1):
             observations.append(system.query(query_id, question, top_k=API_TOP_K))
@@ -95,6 +98,7 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
         if degraded:
             raise RuntimeError(f"{degraded} queries came back degraded: a shard failed during the run")
         result["latency_ms"] = summarize(observations)
+        result["load_average_1min"] = {"before_queries": load_before, "after_queries": os.getloadavg()[0]}
 
         from shardrag import services
 
