@@ -133,6 +133,68 @@ class LocalAws:
         """An in-process client (through moto's botocore hook, no HTTP)."""
         return boto3.client(service, region_name=REGION)  # type: ignore[call-overload]
 
+    # -- state across restarts ----------------------------------------------------------------------------
+    # moto keeps S3 objects and DynamoDB items in memory; the shards persist on disk. Saving both on a clean
+    # stop and restoring them at start keeps the bucket, the registry and the index consistent between runs.
+    def save_state(self, directory: Path) -> dict[str, int]:
+        """Write every S3 object and DynamoDB item to ``directory`` (replacing what was there)."""
+        import shutil
+        from urllib.parse import quote
+
+        staging = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        counts = {"objects": 0, "items": 0}
+        s3 = self.client("s3")
+        for bucket in s3.list_buckets()["Buckets"]:
+            root = staging / "s3" / bucket["Name"]
+            root.mkdir(parents=True, exist_ok=True)
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+                for item in page.get("Contents", []):
+                    body = s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
+                    (root / quote(item["Key"], safe="")).write_bytes(body)
+                    counts["objects"] += 1
+        ddb = self.client("dynamodb")
+        (staging / "dynamodb").mkdir(parents=True, exist_ok=True)
+        for table in ddb.list_tables()["TableNames"]:
+            with (staging / "dynamodb" / f"{table}.jsonl").open("w") as out:
+                for page in ddb.get_paginator("scan").paginate(TableName=table):
+                    for record in page["Items"]:
+                        out.write(json.dumps(record) + "\n")
+                        counts["items"] += 1
+        # Swap in one rename so that a crash mid-save leaves the previous snapshot intact.
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)
+        return counts
+
+    def restore_objects(self, directory: Path) -> int:
+        """Put saved S3 objects back (call before bucket notifications exist, so nothing is re-ingested)."""
+        from urllib.parse import unquote
+
+        s3 = self.client("s3")
+        restored = 0
+        for root in sorted((directory / "s3").glob("*")) if (directory / "s3").is_dir() else []:
+            existing = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+            if root.name not in existing:
+                s3.create_bucket(Bucket=root.name)
+            for path in sorted(root.iterdir()):
+                s3.put_object(Bucket=root.name, Key=unquote(path.name), Body=path.read_bytes())
+                restored += 1
+        return restored
+
+    def restore_items(self, directory: Path) -> int:
+        """Put saved DynamoDB items back into tables that exist (created by whoever owns them)."""
+        ddb = self.client("dynamodb")
+        tables = set(ddb.list_tables()["TableNames"])
+        restored = 0
+        for path in sorted((directory / "dynamodb").glob("*.jsonl")) if (directory / "dynamodb").is_dir() else []:
+            if path.stem not in tables:
+                continue
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    ddb.put_item(TableName=path.stem, Item=json.loads(line))
+                    restored += 1
+        return restored
+
     # -- deployment ------------------------------------------------------------------------------------
     def _role_arn(self) -> str:
         iam = self.client("iam")

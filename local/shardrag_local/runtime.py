@@ -15,6 +15,7 @@ from typing import Any
 from shardrag import services
 from shardrag.api_contract import map_execution
 from shardrag.config import Settings, cached_settings
+
 from shardrag_local.emulator import Endpoint, LocalAws
 from shardrag_local.ingestion import LocalIngestion
 
@@ -46,7 +47,9 @@ def configure_process_environment() -> None:
 class LocalRuntime:
     """Everything ``make dev`` serves, also used in process by the integration tests."""
 
-    def __init__(self, settings: Settings | None = None, *, aws_endpoint: Endpoint | None = None, serve_aws: bool = True) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, aws_endpoint: Endpoint | None = None, serve_aws: bool = True
+    ) -> None:
         configure_process_environment()
         self.settings = settings or cached_settings()
         self.data_dir = Path(self.settings.data_dir)
@@ -54,6 +57,7 @@ class LocalRuntime:
         self.query_arn = ""
         self.ingestion = LocalIngestion(self.aws, bucket=DOCUMENTS_BUCKET)
         self._stopped = threading.Event()
+        self.aws_state_dir = self.data_dir / "aws"
 
     def start(self) -> None:
         started = time.perf_counter()
@@ -62,8 +66,14 @@ class LocalRuntime:
         self.query_arn = self.aws.deploy_query_workflow(self.settings.store.shard_count)
         s3 = self.aws.client("s3")
         s3.create_bucket(Bucket=DOCUMENTS_BUCKET)
+        # The previous run's bucket goes back before notifications exist (nothing is re-ingested), its registry
+        # once the table exists.
+        restored = self.aws.restore_objects(self.aws_state_dir)
         # Uploads fire S3 notifications -> SQS -> the ingest function, as in AWS.
         self.ingestion.start()
+        restored_items = self.aws.restore_items(self.aws_state_dir)
+        if restored or restored_items:
+            log.info("restored %d objects and %d registry items from %s", restored, restored_items, self.aws_state_dir)
         stores = services.shard_stores()
         for store in stores.all():
             store.ensure_ready()
@@ -74,6 +84,7 @@ class LocalRuntime:
             return
         self._stopped.set()
         self.ingestion.stop()
+        self.aws.save_state(self.aws_state_dir)
         self.aws.stop()
         for store in services.shard_stores().all():
             store.close()
