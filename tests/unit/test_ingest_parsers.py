@@ -258,4 +258,4 @@ def test_parse_notification_shapes() -> None:
 def test_document_first_chunk_numbers_chunks_across_parts() -> None:
     chunker = Chunker(size=8, overlap=2, token_spans=word_spans)
     doc = Document(doc_id="d", text="w " * 20, version="v", first_chunk=5)
-    assert [c.position for c in chunker.run(doc)][0] == 5
+    assert next(c.position for c in chunker.run(doc)) == 5
