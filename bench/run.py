@@ -20,6 +20,7 @@ RUNS: dict[str, list[str]] = {
     "e2e": ["-m", "bench.e2e", "--queries", "200"],
     "e2e-no-speedups": ["-m", "bench.e2e", "--queries", "200", "--no-speedups"],
     "cold_start": ["-m", "bench.cold_start", "--runs", "5"],
+    "ingest": ["-m", "bench.ingest"],
     "shards": ["-m", "bench.shards", "--shards", "1,2,4,8", "--docs", "500", "--queries", "100"],
 }
 

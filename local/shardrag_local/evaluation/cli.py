@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N judged queries")
     parser.add_argument("--docs-per-file", type=int, default=250, help="documents per uploaded JSON Lines file")
     parser.add_argument("--data-dir", type=Path, default=None, help="fresh data directory (default: a temp dir)")
+    parser.add_argument(
+        "--settings",
+        type=json.loads,
+        default=None,
+        help='extra runtime settings as JSON, e.g. \'{"ingestion": {"chunk_size": 128}}\'',
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip exact dense and BM25")
     parser.add_argument("--no-sharding-check", action="store_true", help="skip the brute-force comparison")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: bench/results/eval-<name>.json)")
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         baselines=not args.no_baselines,
         sharding_check=not args.no_sharding_check,
         data_dir=args.data_dir,
+        settings=args.settings,
     )
     command = "python -m shardrag_local.evaluation " + shlex.join(argv)
     report = stamp(run_evaluation(options), command.strip())

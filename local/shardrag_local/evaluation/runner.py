@@ -41,6 +41,8 @@ class EvalOptions:
     baselines: bool = True
     sharding_check: bool = True
     data_dir: Path | None = None
+    #: Extra runtime settings (e.g. ``{"ingestion": {"chunk_size": 128}}``) for sweeps; the shard count wins.
+    settings: dict[str, Any] | None = None
 
 
 def _progress(message: str) -> None:
@@ -65,7 +67,7 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
             "sha256": dataset.checksums,
         },
     }
-    with LocalSystem(shards=options.shards, data_dir=options.data_dir) as system:
+    with LocalSystem(shards=options.shards, data_dir=options.data_dir, settings=options.settings) as system:
         assert system.runtime is not None
         settings = system.runtime.settings
         result["settings"] = {
