@@ -58,8 +58,7 @@ TEXTS = [
     # > 256 tokens: truncation at max_seq_length is exercised
     "Cold starts dominate tail latency for serverless retrieval, so the model is exported to ONNX. " * 20,
     " ".join(f"token{i}" for i in range(400)),
-    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore. "
-    * 25,
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore. " * 25,
     # near-duplicates: small differences must survive
     "The cat sat on the mat.",
     "The cat sat on the hat.",
@@ -126,9 +125,7 @@ def embedder() -> OnnxEmbedder:
 
 
 def _reference_embed(reference: Any, texts: list[str]) -> np.ndarray:
-    vectors: np.ndarray = reference.encode(
-        texts, batch_size=16, convert_to_numpy=True, show_progress_bar=False
-    )
+    vectors: np.ndarray = reference.encode(texts, batch_size=16, convert_to_numpy=True, show_progress_bar=False)
     return vectors
 
 

@@ -16,9 +16,7 @@ MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
 QUESTION = "How does the router choose a shard?"
 HITS = [
     Hit(chunk_id="c1", doc_id="d1", score=0.9, text="The router hashes the doc id.", source="s3://b/1.md"),
-    Hit(
-        chunk_id="c2", doc_id="d2", score=0.8, text="Each shard is a Milvus Lite file.", source="s3://b/2.md"
-    ),
+    Hit(chunk_id="c2", doc_id="d2", score=0.8, text="Each shard is a Milvus Lite file.", source="s3://b/2.md"),
     Hit(chunk_id="c3", doc_id="d3", score=0.7, text="Bananas are yellow.", source="s3://b/3.md"),
 ]
 
@@ -139,9 +137,7 @@ def test_text_blocks_are_joined_and_other_blocks_skipped(client: Any, stubber: S
 
 
 def test_truncated_reply_at_max_tokens_is_still_an_answer(client: Any, stubber: Stubber) -> None:
-    stubber.add_response(
-        "converse", converse_response("The router [1", "max_tokens"), expected_params(PromptBuilder())
-    )
+    stubber.add_response("converse", converse_response("The router [1", "max_tokens"), expected_params(PromptBuilder()))
     answer = make_generator(client).run(QUESTION, HITS)
     assert answer.text == "The router [1"
     assert answer.citations
@@ -198,12 +194,8 @@ def test_empty_output_becomes_generation_failed(client: Any, stubber: Stubber, c
 
 
 @pytest.mark.parametrize("stop_reason", ["content_filtered", "model_context_window_exceeded"])
-def test_unusable_stop_reasons_become_generation_failed(
-    client: Any, stubber: Stubber, stop_reason: str
-) -> None:
-    stubber.add_response(
-        "converse", converse_response("partial", stop_reason), expected_params(PromptBuilder())
-    )
+def test_unusable_stop_reasons_become_generation_failed(client: Any, stubber: Stubber, stop_reason: str) -> None:
+    stubber.add_response("converse", converse_response("partial", stop_reason), expected_params(PromptBuilder()))
     with pytest.raises(GenerationFailed, match=stop_reason):
         make_generator(client).run(QUESTION, HITS)
 

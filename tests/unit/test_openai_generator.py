@@ -30,9 +30,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 QUESTION = "How does the router choose a shard?"
 HITS = [
     Hit(chunk_id="c1", doc_id="d1", score=0.9, text="The router hashes the doc id.", source="s3://b/1.md"),
-    Hit(
-        chunk_id="c2", doc_id="d2", score=0.8, text="Each shard is a Milvus Lite file.", source="s3://b/2.md"
-    ),
+    Hit(chunk_id="c2", doc_id="d2", score=0.8, text="Each shard is a Milvus Lite file.", source="s3://b/2.md"),
 ]
 
 
@@ -300,9 +298,7 @@ def test_factory_reads_the_key_from_secrets_manager_and_sends_it(
 ) -> None:
     # GIVEN settings naming an endpoint and a JSON secret holding the key
     client, stub = secrets
-    stub.add_response(
-        "get_secret_value", _secret_value('{"api_key": "sk-from-secret"}'), {"SecretId": "llm-key"}
-    )
+    stub.add_response("get_secret_value", _secret_value('{"api_key": "sk-from-secret"}'), {"SecretId": "llm-key"})
     settings = GeneratorSettings(
         kind="openai", model_id=MODEL, endpoint_url=endpoint.url, api_key_secret="llm-key", max_tokens=64
     )

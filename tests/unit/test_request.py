@@ -53,3 +53,16 @@ def test_oversized_body_is_refused_before_parsing() -> None:
 def test_top_k_bounds_are_inclusive() -> None:
     assert parse_query_request({"question": "q", "top_k": 1}).top_k == 1
     assert parse_query_request({"question": "q", "top_k": 50}).top_k == 50
+
+
+def test_deep_rankings_are_served_as_ids_only() -> None:
+    ids_only = parse_query_request({"question": "q", "top_k": 200, "generate": False, "include_text": False})
+    assert ids_only.top_k == 200 and ids_only.include_text is False
+    for body in (
+        {"question": "q", "top_k": 51},
+        {"question": "q", "top_k": 51, "generate": False},
+        {"question": "q", "top_k": 51, "include_text": False},
+        {"question": "q", "top_k": 201, "generate": False, "include_text": False},
+    ):
+        with pytest.raises(BadRequest, match="top_k"):
+            parse_query_request(body)

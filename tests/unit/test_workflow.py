@@ -12,7 +12,7 @@ from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
 from shardrag.services import build_query_workflow
 from shardrag.store.memory import InMemoryVectorStore
-from shardrag.workflow import PAYLOAD_HIT_BUDGET_BYTES, QueryWorkflow, hit_text_budget
+from shardrag.workflow import IDS_ONLY_MAX_HITS, PAYLOAD_HIT_BUDGET_BYTES, QueryWorkflow, hit_text_budget
 
 DOCS = {
     "tides": "Ocean tides are caused by the gravitational pull of the Moon on the oceans.",
@@ -118,3 +118,20 @@ def test_hit_text_is_bounded_so_the_parallel_output_fits_the_payload_limit() -> 
         # ~400 bytes of ids/metadata per hit on top of the text
         assert shards * candidates * min(budget + 400, 2400) <= max(PAYLOAD_HIT_BUDGET_BYTES, shards * candidates * 600)
         assert 200 <= budget <= 2000
+
+
+def test_ids_only_hits_carry_no_text_and_respect_the_payload_limit(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    response = _run(workflow, {"question": "waggle dance", "generate": False, "include_text": False, "top_k": 60})
+    assert response["hits"] and all(h["text"] == "" and h["source"] == "" for h in response["hits"])
+    assert response["hits"][0]["doc_id"] == "bees"
+
+
+def test_ids_only_depth_is_bounded_by_shard_count(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(store={"shard_count": 16, "dimension": hashing_embedder.dimension})
+    workflow = build_query_workflow(settings, embed=lambda t: [0.0], stores=lambda i: None, make_generator=lambda: None)  # type: ignore[arg-type,return-value]
+    deepest = IDS_ONLY_MAX_HITS // 16
+    body = {"question": "q", "generate": False, "include_text": False}
+    assert workflow.resolve({**body, "top_k": deepest}).candidates == deepest
+    with pytest.raises(BadRequest, match="payload limit"):
+        workflow.resolve({**body, "top_k": deepest + 1})

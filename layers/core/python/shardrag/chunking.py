@@ -3,6 +3,7 @@ ingestion parser turns into Markdown headings)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -114,11 +115,9 @@ class Chunker:
             if bounds[-1] < token < len(spans):
                 bounds.append(token)
         bounds.append(len(spans))
-        return list(zip(bounds, bounds[1:], strict=False))
+        return list(itertools.pairwise(bounds))
 
-    def _windows(
-        self, spans: Sequence[tuple[int, int]], sections: list[tuple[int, int]]
-    ) -> list[tuple[int, int]]:
+    def _windows(self, spans: Sequence[tuple[int, int]], sections: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Inclusive token ranges of the windows: small neighbouring sections are packed into one window (a
         heading alone is a poor chunk); a section longer than the window is cut with overlap inside it."""
         windows: list[tuple[int, int]] = []

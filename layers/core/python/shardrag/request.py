@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from shardrag.errors import BadRequest
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
+#: Deeper rankings (evaluation: recall@100 at document level) are served as ids and scores only, which keeps
+#: the Parallel state's output under the 256 KiB payload limit (see ``workflow.IDS_ONLY_MAX_HITS``).
+MAX_TOP_K_IDS_ONLY = 200
 #: Request bodies larger than this are refused before parsing (the question cap bounds the rest).
 MAX_BODY_BYTES = 64 * 1024
 
@@ -23,9 +26,17 @@ class QueryRequest(BaseModel):
 
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, strict=True)
     # Strict: JSON true or "5" is a client bug to report, not a number to guess.
-    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, strict=True)
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K_IDS_ONLY, strict=True)
     generate: bool = Field(default=True, strict=True)
+    #: ``false`` returns hits as ids, scores and positions only (no text, source, title or metadata).
+    include_text: bool = Field(default=True, strict=True)
     filters: dict[str, FilterValue] | None = None
+
+    @model_validator(mode="after")
+    def _deep_rankings_are_ids_only(self) -> QueryRequest:
+        if self.top_k is not None and self.top_k > MAX_TOP_K and (self.generate or self.include_text):
+            raise ValueError(f"top_k above {MAX_TOP_K} needs generate=false and include_text=false (ranked ids only)")
+        return self
 
     @field_validator("question")
     @classmethod

@@ -24,6 +24,8 @@ from shardrag.search import ShardSearcher
 
 #: Share of the 256 KiB state payload limit that shard hits may take in the Parallel state's output.
 PAYLOAD_HIT_BUDGET_BYTES = 160 * 1024
+#: Ids-only hits are ~100 bytes (chunk id, doc id, score, position, shard): the most the Parallel output holds.
+IDS_ONLY_MAX_HITS = PAYLOAD_HIT_BUDGET_BYTES // 100
 
 
 class ResolvedQuery(Record):
@@ -33,6 +35,7 @@ class ResolvedQuery(Record):
     top_k: int
     candidates: int
     generate: bool
+    include_text: bool = True
     filters: dict[str, Any] | None = None
     filter_expr: str = ""
 
@@ -112,11 +115,18 @@ class QueryWorkflow:
     def resolve(self, raw_request: Any) -> ResolvedQuery:
         request = parse_query_request(raw_request)
         top_k = request.resolved_top_k(self._default_top_k)
+        candidates = max(top_k, self._min_candidates)
+        if not request.include_text and candidates * self._shard_count > IDS_ONLY_MAX_HITS:
+            raise BadRequest(
+                f"top_k {top_k} over {self._shard_count} shards exceeds the state payload limit; "
+                f"use top_k <= {IDS_ONLY_MAX_HITS // self._shard_count}"
+            )
         return ResolvedQuery(
             question=request.question,
             top_k=top_k,
-            candidates=max(top_k, self._min_candidates),
+            candidates=candidates,
             generate=request.generate,
+            include_text=request.include_text,
             filters=request.filters,
             filter_expr=self._filters.run(request.filters),
         )
@@ -146,8 +156,11 @@ class QueryWorkflow:
             step.shard,
             SearchRequest(vector=step.vector, top_k=query.candidates, filter_expr=query.filter_expr),
         )
-        budget = hit_text_budget(self._shard_count, query.candidates)
-        hits = [h.model_copy(update={"text": h.text[:budget]}) for h in result.hits]
+        if query.include_text:
+            budget = hit_text_budget(self._shard_count, query.candidates)
+            hits = [h.model_copy(update={"text": h.text[:budget]}) for h in result.hits]
+        else:
+            hits = [h.model_copy(update={"text": "", "source": "", "title": "", "metadata": {}}) for h in result.hits]
         return {"hits": [h.model_dump() for h in hits], "took_ms": result.took_ms}
 
     def fuse_generate(self, payload: Any) -> dict[str, Any]:

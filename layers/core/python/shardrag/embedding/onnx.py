@@ -49,9 +49,7 @@ class OnnxEmbedder:
         ``threads`` is onnxruntime's intra-op thread count; 0 lets onnxruntime use every core.
         """
         if max_seq_length < 2:
-            raise ConfigurationError(
-                f"max_seq_length must be at least 2 ([CLS], [SEP]), got {max_seq_length}"
-            )
+            raise ConfigurationError(f"max_seq_length must be at least 2 ([CLS], [SEP]), got {max_seq_length}")
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
         if threads < 0:

@@ -125,9 +125,7 @@ def _parse(response: Mapping[str, Any], model_id: str) -> tuple[str, str]:
         block["text"] for block in blocks if isinstance(block, Mapping) and isinstance(block.get("text"), str)
     ).strip()
     if not text:
-        raise GenerationFailed(
-            f"Bedrock model {model_id} returned an empty answer (stopReason={stop_reason})"
-        )
+        raise GenerationFailed(f"Bedrock model {model_id} returned an empty answer (stopReason={stop_reason})")
     return text, stop_reason
 
 

@@ -82,9 +82,7 @@ class ExtractiveGenerator:
     def run(self, question: str, hits: Sequence[Hit]) -> Answer:
         """Quote the most relevant sentences of the best ``passages`` hits, each with its citation."""
         candidates = self._candidates(hits)
-        sentences = [
-            sentence for rank, hit in enumerate(candidates) for sentence in self._sentences(rank, hit.text)
-        ]
+        sentences = [sentence for rank, hit in enumerate(candidates) for sentence in self._sentences(rank, hit.text)]
         if not sentences:
             return Answer(text=NOT_FOUND_ANSWER, citations=[], model=self.name)
         chosen = self._select(_terms(question), sentences)

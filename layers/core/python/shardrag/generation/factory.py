@@ -89,14 +89,10 @@ def read_api_key(secret_id: str, *, client: Any | None = None, region: str | Non
         try:
             fields = json.loads(secret)
         except json.JSONDecodeError:
-            raise ConfigurationError(
-                f"API key secret {secret_id!r} looks like JSON but does not parse"
-            ) from None
+            raise ConfigurationError(f"API key secret {secret_id!r} looks like JSON but does not parse") from None
         for key in _SECRET_KEYS:
             value = fields.get(key) if isinstance(fields, dict) else None
             if isinstance(value, str) and value:
                 return value
-        raise ConfigurationError(
-            f"API key secret {secret_id!r} has none of the fields {', '.join(_SECRET_KEYS)}"
-        )
+        raise ConfigurationError(f"API key secret {secret_id!r} has none of the fields {', '.join(_SECRET_KEYS)}")
     return secret

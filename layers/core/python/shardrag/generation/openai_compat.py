@@ -139,9 +139,7 @@ class OpenAICompatibleGenerator:
             raise GenerationFailed(f"chat endpoint {self.url} answered HTTP {exc.code}: {detail}") from exc
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
-                raise GenerationFailed(
-                    f"chat endpoint {self.url} timed out after {self.timeout_s:g}s"
-                ) from exc
+                raise GenerationFailed(f"chat endpoint {self.url} timed out after {self.timeout_s:g}s") from exc
             raise GenerationFailed(f"chat endpoint {self.url} unreachable: {exc.reason}") from exc
         except TimeoutError as exc:
             # A timeout while reading the body surfaces bare, not wrapped in URLError.
@@ -162,9 +160,7 @@ class OpenAICompatibleGenerator:
 def _parse(reply: Mapping[str, Any], url: str) -> tuple[str, str]:
     """``choices[0].message.content`` (a string or a list of text parts) and the finish reason."""
     if "error" in reply and "choices" not in reply:
-        raise GenerationFailed(
-            f"chat endpoint {url} returned an error: {_shorten(json.dumps(reply['error']))}"
-        )
+        raise GenerationFailed(f"chat endpoint {url} returned an error: {_shorten(json.dumps(reply['error']))}")
     choices = reply.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         raise GenerationFailed(f"chat endpoint {url} returned no choices")
@@ -174,18 +170,14 @@ def _parse(reply: Mapping[str, Any], url: str) -> tuple[str, str]:
     if isinstance(content, list):
         # Some servers answer with content parts, as in the request format for multimodal input.
         content = "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, Mapping) and part.get("type") == "text"
+            part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"
         )
     if not isinstance(content, str):
         raise GenerationFailed(f"chat endpoint {url} returned a choice without message content")
     text = content.strip()
     finish_reason = str(choice.get("finish_reason") or "")
     if not text:
-        raise GenerationFailed(
-            f"chat endpoint {url} returned an empty answer (finish_reason={finish_reason})"
-        )
+        raise GenerationFailed(f"chat endpoint {url} returned an empty answer (finish_reason={finish_reason})")
     return text, finish_reason
 
 

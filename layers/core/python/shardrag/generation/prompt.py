@@ -185,9 +185,7 @@ class PromptBuilder:
             truncated = False
             if used + cost > self.token_budget:
                 remaining = self.token_budget - used
-                fitted = (
-                    self._fit(ref, hit, text, remaining) if remaining >= self.min_passage_tokens else None
-                )
+                fitted = self._fit(ref, hit, text, remaining) if remaining >= self.min_passage_tokens else None
                 if fitted is None:
                     break
                 text, block, cost = fitted
@@ -204,9 +202,7 @@ class PromptBuilder:
             + "</context>\n\n"
             + f"<question>\n{neutralise(question.strip())}\n</question>"
         )
-        return Prompt(
-            system=self.system_instruction, user=user, passages=tuple(passages), context_tokens=used
-        )
+        return Prompt(system=self.system_instruction, user=user, passages=tuple(passages), context_tokens=used)
 
     def _fit(self, ref: int, hit: Hit, text: str, remaining: int) -> tuple[str, str, int] | None:
         """The longest word-boundary prefix of ``text`` whose rendered block fits ``remaining`` tokens.
