@@ -87,10 +87,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(s.get('recall@50'))} | {_fmt(s.get('recall@100'))} | {_fmt(s.get('mrr@10'))} |"
         )
     if report.get("ratios"):
-        lines += ["", "| ratio | nDCG@10 | recall@10 | recall@50 | MRR@10 |", "|---|---|---|---|---|"]
+        lines += ["", "| ratio | nDCG@10 | recall@10 | recall@50 | recall@100 | MRR@10 |", "|---|---|---|---|---|---|"]
         for name, r in report["ratios"].items():
             lines.append(
                 f"| {name} | {_fmt(r.get('ndcg@10'))} | {_fmt(r.get('recall@10'))} | {_fmt(r.get('recall@50'))} | "
+                f"{_fmt(r.get('recall@100'))} | "
                 f"{_fmt(r.get('mrr@10'))} |"
             )
     lines += ["", *[f"- {note}" for note in report.get("notes", [])]]

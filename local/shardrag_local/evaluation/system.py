@@ -155,7 +155,10 @@ class LocalSystem:
 
     def query(self, query_id: str, question: str, *, top_k: int = 50, timeout_s: float = 120) -> QueryObservation:
         """``POST /query`` with ``generate: false``; the client clock covers the whole HTTP round trip."""
-        body = json.dumps({"question": question, "generate": False, "top_k": top_k}).encode()
+        # Rankings deeper than 50 come back as ids and scores only (the API's payload-bounded evaluation mode).
+        body = json.dumps(
+            {"question": question, "generate": False, "top_k": top_k, "include_text": top_k <= 50}
+        ).encode()
         request = urllib.request.Request(
             self.url + "/query", data=body, method="POST", headers={"Content-Type": "application/json"}
         )
