@@ -77,6 +77,10 @@ class LocalRuntime:
         stores = services.shard_stores()
         for store in stores.all():
             store.ensure_ready()
+        # pymilvus sets its own loggers' levels when it is imported (lazily, just above); a stopped local shard
+        # would otherwise print a full traceback per query. The handler still reports the failure by name.
+        for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         log.info("local runtime up in %.1f s", time.perf_counter() - started)
 
     def stop(self) -> None:
