@@ -4,7 +4,7 @@ import pytest
 from shardrag.errors import BadRequest
 from shardrag.filters import FilterCompiler
 
-compiler = FilterCompiler({"year": "number", "lang": "string", "reviewed": "bool"})
+compiler = FilterCompiler({"year": "number", "lang": "string", "reviewed": "bool", "published": "date"})
 
 
 def test_builtins_and_declared_fields_compile() -> None:
@@ -62,8 +62,22 @@ def test_hostile_strings_stay_one_literal(hostile: str) -> None:
         {"lang": [{"nested": 1}]},
         {"source_prefix": ""},
         {"year": float("nan")},
+        {"year": "2005"},
+        {"year": {"gte": "2005"}},
+        {"lang": 3},
+        {"lang": ["en", 3]},
+        {"reviewed": "yes"},
+        {"published": {"gte": "last week"}},
+        {"doc_id": 7},
     ],
 )
 def test_bad_filters_are_bad_requests(filters: dict) -> None:
     with pytest.raises(BadRequest):
         compiler.run(filters)
+
+
+def test_dates_and_booleans_compile_as_typed_literals() -> None:
+    expr = compiler.run({"published": {"gte": "2020-01-01", "lt": "2021-06-30T12:00:00Z"}, "reviewed": True})
+    assert 'metadata["published"] >= "2020-01-01"' in expr
+    assert 'metadata["published"] < "2021-06-30T12:00:00Z"' in expr
+    assert 'metadata["reviewed"] == true' in expr

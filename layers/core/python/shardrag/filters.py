@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -34,6 +35,23 @@ def _literal(value: Any, where: str) -> str:
     raise BadRequest(f"filters.{where}: expected a string, number or boolean, got {type(value).__name__}")
 
 
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$")
+
+
+def _check_type(name: str, declared: str, value: Any) -> None:
+    """A value must match its field's declared type: a string compared with a number field matches nothing in
+    Milvus and would look like an empty result instead of the client error it is."""
+    ok = {
+        "string": isinstance(value, str),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        # ISO 8601 strings order correctly as strings, which is how Milvus compares them in JSON fields.
+        "date": isinstance(value, str) and bool(_DATE.match(value)),
+    }.get(declared, True)
+    if not ok:
+        raise BadRequest(f"filters.{name}: expected a {declared} value, got {value!r:.60}")
+
+
 def _like_prefix(prefix: str) -> str:
     for ch in _LIKE_SPECIALS:
         prefix = prefix.replace(ch, "\\" + ch)
@@ -47,6 +65,9 @@ class FilterCompiler:
 
     def __init__(self, metadata_fields: Mapping[str, str] | None = None) -> None:
         self._metadata_fields = dict(metadata_fields or {})
+
+    def _check(self, name: str, value: Any) -> None:
+        _check_type(name, self._metadata_fields.get(name, "string"), value)
 
     def _field(self, name: str) -> str:
         if name == "doc_id":
@@ -72,6 +93,8 @@ class FilterCompiler:
                 if not value or len(value) > MAX_IN_VALUES:
                     raise BadRequest(f"filters.{name}: a list needs 1..{MAX_IN_VALUES} values")
                 # ``in [...]`` on a JSON path is rejected by Milvus Lite; an OR of equalities works everywhere.
+                for item in value:
+                    self._check(name, item)
                 ors = " or ".join(f"{field} == {_literal(v, name)}" for v in value)
                 clauses.append(f"({ors})")
             elif isinstance(value, dict):
@@ -81,7 +104,9 @@ class FilterCompiler:
                     bound = value[op]
                     if isinstance(bound, bool) or not isinstance(bound, int | float | str):
                         raise BadRequest(f"filters.{name}.{op}: a bound must be a number or an ISO date string")
+                    self._check(name, bound)
                     clauses.append(f"{field} {_RANGE_OPS[op]} {_literal(bound, name)}")
             else:
+                self._check(name, value)
                 clauses.append(f"{field} == {_literal(value, name)}")
         return " and ".join(clauses)
