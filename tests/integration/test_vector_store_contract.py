@@ -97,3 +97,22 @@ def test_hostile_ids_are_literals(store: VectorStore) -> None:
 
 def test_empty_store_returns_no_hits(store: VectorStore) -> None:
     assert store.search(SearchRequest(vector=[1.0] * DIM, top_k=3)) == []
+
+
+def test_an_existing_collection_with_another_layout_is_refused(tmp_path: Path) -> None:
+    from pymilvus import DataType, MilvusClient
+    from shardrag.errors import ConfigurationError
+
+    uri = str(tmp_path / "old.db")
+    client = MilvusClient(uri)
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
+    index = client.prepare_index_params()
+    index.add_index(field_name="dense", index_type="FLAT", metric_type="COSINE")
+    client.create_collection("legacy", schema=schema, index_params=index)
+    store = MilvusVectorStore(
+        ShardEndpoint(uri=uri, collection="legacy"), shard=0, dimension=DIM, index=IndexSettings()
+    )
+    with pytest.raises(ConfigurationError, match="reindex"):
+        store.ensure_ready()

@@ -60,10 +60,3 @@ class DocumentIndexer:
             for shard in sorted({shard for _, shard, _ in planned}):
                 self._store_for(shard).flush()
         return results
-
-    def delete(self, doc_id: str) -> int:
-        shard = shard_for(doc_id, self._shard_count)
-        store = self._store_for(shard)
-        removed = store.delete_document(doc_id)
-        store.flush()
-        return removed

@@ -10,6 +10,7 @@ from typing import Any
 
 from pymilvus import MilvusClient
 from shardrag.config import IndexSettings, ShardEndpoint
+from shardrag.errors import ConfigurationError
 from shardrag.records import MAX_HIT_TEXT_CHARS, EmbeddedChunk, Hit, SearchRequest
 from shardrag.store.literals import escape_string
 from shardrag.store.schema import (
@@ -79,7 +80,9 @@ class MilvusVectorStore:
         with self._lock:
             if self._ready:
                 return
-            if not client.has_collection(self._collection):
+            if client.has_collection(self._collection):
+                self._check_schema(client)
+            else:
                 index_params = client.prepare_index_params()
                 index_params.add_index(
                     field_name=DENSE_FIELD,
@@ -95,6 +98,17 @@ class MilvusVectorStore:
             # A collection comes back released after a restart: load it explicitly before searching.
             client.load_collection(self._collection)
             self._ready = True
+
+    def _check_schema(self, client: MilvusClient) -> None:
+        """An existing collection must have this release's fields: writing a different layout would fail row by
+        row (or, worse, search a field that is not there), so refuse at start with what to do instead."""
+        expected = {field.name for field in build_schema(self._dimension, self._max_text_bytes).fields}
+        found = {str(field["name"]) for field in client.describe_collection(self._collection)["fields"]}
+        if found != expected:
+            raise ConfigurationError(
+                f"collection {self._collection!r} at {self._endpoint.uri} has fields {sorted(found)}, this release "
+                f"expects {sorted(expected)}: index into a new collection (store.collection) and reindex"
+            )
 
     def reset(self) -> None:
         """Forget the connection so that the next call reconnects (after a shard restart)."""

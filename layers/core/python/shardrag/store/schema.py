@@ -11,7 +11,6 @@ from typing import Any, Final
 
 from pymilvus import DataType, MilvusClient
 
-SCHEMA_VERSION: Final = 1
 DENSE_FIELD: Final = "dense"
 OUTPUT_FIELDS: Final = (
     "chunk_id",
