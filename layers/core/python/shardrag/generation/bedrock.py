@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from shardrag.errors import GenerationFailed
+from shardrag.generation.base import check_sampling
 from shardrag.generation.prompt import NOT_FOUND_ANSWER, PromptBuilder
 from shardrag.records import Answer, Hit
 
@@ -53,12 +54,7 @@ class BedrockGenerator:
     ) -> None:
         if not model_id:
             raise ValueError("model_id must not be empty")
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if not 0.0 <= temperature <= 2.0:
-            raise ValueError("temperature must be between 0 and 2")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
+        check_sampling(max_tokens=max_tokens, temperature=temperature, timeout_s=timeout_s)
         self.model_id = model_id
         self.prompt_builder = prompt_builder or PromptBuilder()
         self.max_tokens = max_tokens

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shardrag.errors import ConfigurationError, GenerationFailed
+from shardrag.generation.base import check_sampling
 from shardrag.generation.prompt import NOT_FOUND_ANSWER, PromptBuilder
 from shardrag.records import Answer, Hit
 
@@ -66,12 +67,7 @@ class OpenAICompatibleGenerator:
     ) -> None:
         if not model:
             raise ValueError("model must not be empty")
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if not 0.0 <= temperature <= 2.0:
-            raise ValueError("temperature must be between 0 and 2")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
+        check_sampling(max_tokens=max_tokens, temperature=temperature, timeout_s=timeout_s)
         self.url = chat_completions_url(endpoint_url)
         self.model = model
         self.prompt_builder = prompt_builder or PromptBuilder()
