@@ -30,6 +30,11 @@ class ReconcileReport(Record):
         return len(self.missing) + len(self.changed) + len(self.orphaned) + len(self.retried)
 
 
+def _lease_expired(state: SourceState, now_ms: int) -> bool:
+    """A worker claimed the key and never finished (crashed or timed out): its claim is over."""
+    return state.status == "processing" and state.lease_until_ms < now_ms
+
+
 class Reconciler:
     """Finds keys whose registry state disagrees with the bucket and hands repair events to ``send``."""
 
@@ -76,7 +81,7 @@ class Reconciler:
                 )
                 continue
             state = known
-            stuck = state.status == "processing" and state.lease_until_ms < now_ms
+            stuck = _lease_expired(state, now_ms)
             differs = state.status == "deleted" or (state.status in ("indexed", "failed") and state.etag != info.etag)
             retry = retry_failed and state.status == "failed" and state.etag == info.etag
             if differs or stuck or retry:
@@ -96,7 +101,7 @@ class Reconciler:
         for key, state in sorted(states.items()):
             if key in listing:
                 continue
-            stuck = state.status == "processing" and state.lease_until_ms < now_ms
+            stuck = _lease_expired(state, now_ms)
             if state.status in ("indexed", "failed") or stuck:
                 orphaned.append(key)
                 repairs.append(
