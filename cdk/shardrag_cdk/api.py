@@ -13,6 +13,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 from shardrag.api_contract import GENERIC_MESSAGE
+from shardrag.config import TenancySettings
 from shardrag.errors import ERROR_STATUS
 
 from shardrag_cdk import api_mapping
@@ -25,20 +26,84 @@ JSON: Final = "application/json"
 RESPONSE_STATUSES: Final = sorted({200, 500, 504, *(status for status, _ in ERROR_STATUS.values())})
 
 
-class ApiAuth(Construct):
-    """Method authorisation for the configured mode: IAM (SigV4), API key + usage plan, or Cognito."""
+class UserPool(Construct):
+    """The stack's own Cognito user pool: administrators create the users, each with an immutable tenant.
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: ApiConfig) -> None:
+    Without self sign-up nobody chooses their own attributes, and an immutable custom attribute is written
+    once, at creation (``admin-create-user --user-attributes Name=custom:tenant,Value=...``): a user cannot move
+    to another tenant, nor can a later administrator mistake.
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, tenant_attribute: str | None, deployment: DeploymentConfig
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.pool = cognito.UserPool(
+            self,
+            "Pool",
+            self_sign_up_enabled=False,
+            custom_attributes=(
+                {tenant_attribute: cognito.StringAttribute(min_len=1, max_len=128, mutable=False)}
+                if tenant_attribute
+                else None
+            ),
+            password_policy=cognito.PasswordPolicy(
+                min_length=12, require_digits=True, require_lowercase=True, require_uppercase=True, require_symbols=True
+            ),
+            mfa=cognito.Mfa.REQUIRED,
+            mfa_second_factor=cognito.MfaSecondFactor(otp=True, sms=False),
+            account_recovery=cognito.AccountRecovery.NONE,
+            removal_policy=removal_policy(deployment),
+        )
+        # The API reads no attribute a user could write: clients may write none (the tenant is immutable anyway).
+        self.client = self.pool.add_client(
+            "Client",
+            auth_flows=cognito.AuthFlow(user_srp=True),
+            generate_secret=False,
+            write_attributes=cognito.ClientAttributes(),
+        )
+        acknowledge(
+            self.pool,
+            (
+                "AwsSolutions-COG8",
+                "Threat protection needs the Plus feature plan, a per-user cost left to the operator; users are "
+                "created by administrators only, MFA is required and passwords are long.",
+            ),
+        )
+        CfnOutput(self, "UserPoolId", value=self.pool.user_pool_id, description="admin-create-user here")
+        CfnOutput(self, "UserPoolClientId", value=self.client.user_pool_client_id, description="sign in (SRP)")
+
+
+class ApiAuth(Construct):
+    """Method authorisation for the configured mode: IAM (SigV4), API key + usage plan, or Cognito ID tokens."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: ApiConfig,
+        tenancy: TenancySettings,
+        tenant_attribute: str | None,
+        deployment: DeploymentConfig,
+    ) -> None:
         super().__init__(scope, construct_id)
         self.config = config
+        #: Where the integration reads the caller's tenant (None: single-tenant).
+        self.tenant_reference = api_mapping.tenant_reference(config.auth, tenancy)
         if config.auth == "iam":
             self.method_options = apigw.MethodOptions(authorization_type=apigw.AuthorizationType.IAM)
         elif config.auth == "api_key":
             self.method_options = apigw.MethodOptions(api_key_required=True)
         else:
-            assert config.cognito_user_pool_arn  # the config model guarantees it for this mode
-            pool = cognito.UserPool.from_user_pool_arn(self, "UserPool", config.cognito_user_pool_arn)
+            pool = (
+                cognito.UserPool.from_user_pool_arn(self, "UserPool", config.cognito_user_pool_arn)
+                if config.cognito_user_pool_arn
+                else UserPool(self, "Users", tenant_attribute=tenant_attribute, deployment=deployment).pool
+            )
             authorizer = apigw.CognitoUserPoolsAuthorizer(self, "Authorizer", cognito_user_pools=[pool])
+            # No OAuth scopes on the methods: API Gateway then takes the token as an ID token, the one that
+            # carries the user's custom attributes (the tenant claim).
             self.method_options = apigw.MethodOptions(
                 authorization_type=apigw.AuthorizationType.COGNITO, authorizer=authorizer
             )
@@ -76,6 +141,7 @@ class QueryRoute(Construct):
         api: apigw.RestApi,
         state_machine: sfn.IStateMachine,
         method_options: apigw.MethodOptions,
+        tenant_reference: str | None,
     ) -> None:
         super().__init__(scope, construct_id)
         model = apigw.CfnModel(
@@ -94,7 +160,7 @@ class QueryRoute(Construct):
         )
         integration = apigw.StepFunctionsIntegration.start_execution(
             state_machine,
-            request_templates={JSON: api_mapping.request_template(state_machine.state_machine_arn)},
+            request_templates={JSON: api_mapping.request_template(state_machine.state_machine_arn, tenant_reference)},
             integration_responses=[
                 apigw.IntegrationResponse(
                     status_code="200", response_templates={JSON: api_mapping.response_template()}
@@ -133,6 +199,8 @@ class QueryApi(Construct):
         state_machine: sfn.IStateMachine,
         config: ApiConfig,
         deployment: DeploymentConfig,
+        tenancy: TenancySettings,
+        tenant_attribute: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.access_logs = logs.LogGroup(
@@ -141,7 +209,9 @@ class QueryApi(Construct):
             retention=log_retention(deployment),
             removal_policy=removal_policy(deployment),
         )
-        self.auth = ApiAuth(self, "Auth", config=config)
+        self.auth = ApiAuth(
+            self, "Auth", config=config, tenancy=tenancy, tenant_attribute=tenant_attribute, deployment=deployment
+        )
         self.api = apigw.RestApi(
             self,
             "Api",
@@ -175,7 +245,12 @@ class QueryApi(Construct):
             ),
         )
         self.query = QueryRoute(
-            self, "Query", api=self.api, state_machine=state_machine, method_options=self.auth.method_options
+            self,
+            "Query",
+            api=self.api,
+            state_machine=state_machine,
+            method_options=self.auth.method_options,
+            tenant_reference=self.auth.tenant_reference,
         )
         self.api.root.add_resource("health").add_method(
             "GET",

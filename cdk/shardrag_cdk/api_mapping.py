@@ -8,10 +8,12 @@ same status codes and bodies; a test compares them entry by entry.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from shardrag.api_contract import GENERIC_MESSAGE
+from shardrag.config import TenancySettings
 from shardrag.errors import ERROR_STATUS
 from shardrag.request import query_request_schema
 
@@ -20,23 +22,56 @@ TIMEOUT_MESSAGE: Final = "the query workflow timed out"
 MAX_MESSAGE_CHARS: Final = 500
 #: VTL: escape a string for a JSON body. escapeJavaScript also escapes ``'`` as ``\\'``, invalid in JSON.
 _JSON_STRING = '$util.escapeJavaScript({value}).replaceAll("\\\\\'","\'")'
+#: A claim name that can sit inside a VTL single-quoted key (``custom:tenant``, ``tenant_id``).
+CLAIM_PATTERN: Final = r"[A-Za-z0-9_.:-]{1,128}"
 
 
-def request_template(state_machine_arn: str) -> str:
-    """The StartSyncExecution request: the validated body, untouched, is the execution input.
+def tenant_reference(auth: str, tenancy: TenancySettings) -> str | None:
+    """The VTL reference that holds the caller's tenant, taken from its verified identity; None in single mode.
 
-    CDK's default template wraps the body in ``{"body": …, "querystring": …, "path": …}``; the workflow (like
-    the local API) takes the request object itself as its input.
+    Only a Cognito user pool's ID-token claims carry a tenant API Gateway can read: ``$context.identity`` holds
+    an IAM caller's ARN and account but not its principal tags, and an API key identifies a client for usage
+    plans, not a tenant. The deployment config refuses multi-tenant mode with those (see ``config.py``).
+    """
+    if tenancy.mode == "single":
+        return None
+    if auth != "cognito":
+        raise ValueError(f"multi-tenant mode needs auth 'cognito', not {auth!r}")
+    if not re.fullmatch(CLAIM_PATTERN, tenancy.claim):
+        raise ValueError(f"tenancy.claim {tenancy.claim!r} does not match {CLAIM_PATTERN}")
+    # Bracket notation: a name such as custom:tenant cannot be written in dot notation.
+    return f"$context.authorizer.claims['{tenancy.claim}']"
+
+
+def request_template(state_machine_arn: str, tenant: str | None = None) -> str:
+    """The StartSyncExecution request: ``{"request": <the validated body, untouched>, "caller": {"tenant"}}``.
+
+    ``tenant`` is a VTL reference into the request context (:func:`tenant_reference`), never the body; without
+    one (single-tenant mode) the tenant is empty. An absent claim also gives an empty tenant, which the workflow
+    refuses in multi-tenant mode. The input is a JSON string inside the request JSON, so the tenant, a JSON
+    string inside the input, is escaped twice.
     """
     body = _JSON_STRING.format(value="$input.json('$')")
-    return "\n".join(
-        [
-            "{",
-            f'  "stateMachineArn": "{state_machine_arn}",',
-            f'  "input": "{body}"',
-            "}",
+    lines: list[str] = []
+    if tenant:
+        lines += [
+            '#set($tenant = "")',
+            f"#if({tenant})",
+            f"#set($tenant = {tenant})",
+            "#end",
+            "#set($tenant = " + _JSON_STRING.format(value="$tenant") + ")",
         ]
-    )
+        caller = _JSON_STRING.format(value="$tenant")
+    else:
+        caller = ""
+    execution_input = f'{{\\"request\\": {body}, \\"caller\\": {{\\"tenant\\": \\"{caller}\\"}}}}'
+    lines += [
+        "{",
+        f'  "stateMachineArn": "{state_machine_arn}",',
+        f'  "input": "{execution_input}"',
+        "}",
+    ]
+    return "\n".join(lines)
 
 
 def _error_branch(keyword: str, name: str, status: int, code: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from shardrag.config import Settings
 
+from shardrag_cdk.api_mapping import CLAIM_PATTERN
 from shardrag_cdk.layout import FunctionName
 
 #: CloudWatch Logs accepts only these retention periods (days).
@@ -23,6 +24,8 @@ LogRetentionDays = Literal[
 
 #: SQS caps a visibility timeout at 12 hours.
 _MAX_VISIBILITY_S = 12 * 3600
+#: A Cognito custom attribute's claim (Cognito caps custom attribute names at 20 characters).
+_CUSTOM_ATTRIBUTE = r"custom:([A-Za-z0-9_-]{1,20})"
 
 
 class DeploymentConfigError(Exception):
@@ -70,8 +73,9 @@ class FunctionsConfig(_Model):
 class ApiConfig(_Model):
     """The public query API."""
 
-    #: iam: SigV4-signed requests (default); api_key: x-api-key + usage plan; cognito: a user pool's JWTs.
+    #: iam: SigV4-signed requests (default); api_key: x-api-key + usage plan; cognito: a user pool's ID tokens.
     auth: Literal["iam", "api_key", "cognito"] = "iam"
+    #: An existing user pool (cognito only); None: the stack creates one (admin-created users only).
     cognito_user_pool_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:cognito-idp:[a-z0-9-]+:\d{12}:userpool/[\w-]+$"
     )
@@ -87,8 +91,6 @@ class ApiConfig(_Model):
 
     @model_validator(mode="after")
     def _auth_needs(self) -> ApiConfig:
-        if self.auth == "cognito" and not self.cognito_user_pool_arn:
-            raise ValueError("auth 'cognito' needs cognito_user_pool_arn")
         if self.auth != "cognito" and self.cognito_user_pool_arn:
             raise ValueError(f"cognito_user_pool_arn is set but auth is {self.auth!r}")
         if self.auth != "api_key" and self.quota_per_day is not None:
@@ -200,11 +202,48 @@ class EnvironmentConfig(_Model):
         generator = self.settings.generator
         if generator.kind == "openai" and not generator.endpoint_url:
             raise ValueError("settings.generator.kind 'openai' needs settings.generator.endpoint_url")
+        self._tenancy_deployable()
         return self
+
+    def _tenancy_deployable(self) -> None:
+        """Multi-tenant mode needs a tenant the API can read from the caller's verified identity."""
+        tenancy, api = self.settings.tenancy, self.deployment.api
+        if tenancy.mode == "single":
+            return
+        if api.auth == "iam":
+            raise ValueError(
+                "settings.tenancy.mode 'multi' needs deployment.api.auth 'cognito': API Gateway does not expose "
+                "an IAM caller's principal tags to the integration ($context.identity has its ARN and account, "
+                "not its tags), so the tenant could not come from the caller's identity"
+            )
+        if api.auth == "api_key":
+            raise ValueError(
+                "settings.tenancy.mode 'multi' needs deployment.api.auth 'cognito': an API key identifies a "
+                "client for throttling and quotas, not a tenant (AWS advises against API keys for authorization)"
+            )
+        if not re.fullmatch(CLAIM_PATTERN, tenancy.claim):
+            raise ValueError(f"settings.tenancy.claim {tenancy.claim!r} must match {CLAIM_PATTERN}")
+        if api.cognito_user_pool_arn is None and not re.fullmatch(_CUSTOM_ATTRIBUTE, tenancy.claim):
+            raise ValueError(
+                f"settings.tenancy.claim {tenancy.claim!r}: the user pool this stack creates holds the tenant in "
+                "a custom attribute, so the claim must be 'custom:<name>' (name: 1-20 letters, digits, _ or -)"
+            )
 
     @property
     def stack_name(self) -> str:
         return f"ShardRag-{self.name}"
+
+    def tenant_attribute(self) -> str | None:
+        """The custom attribute (without ``custom:``) the stack's own user pool declares for the tenant.
+
+        None in single-tenant mode, and with an existing pool (``cognito_user_pool_arn``), which the stack does not
+        manage: that pool must already issue the configured claim.
+        """
+        api = self.deployment.api
+        match = re.fullmatch(_CUSTOM_ATTRIBUTE, self.settings.tenancy.claim)
+        if self.settings.tenancy.mode == "single" or api.auth != "cognito" or api.cognito_user_pool_arn or not match:
+            return None
+        return match[1]
 
     def milvus_secret_names(self) -> tuple[str, ...]:
         """Secrets Manager names of the shard tokens, deduplicated, in shard order."""

@@ -52,7 +52,13 @@ class ShardRagStack(Stack):
             deployment=deployment,
         )
         api = QueryApi(
-            self, "QueryApi", state_machine=workflow.state_machine, config=deployment.api, deployment=deployment
+            self,
+            "QueryApi",
+            state_machine=workflow.state_machine,
+            config=deployment.api,
+            deployment=deployment,
+            tenancy=settings.tenancy,
+            tenant_attribute=config.tenant_attribute(),
         )
         Observability(
             self,

@@ -20,6 +20,8 @@ from shardrag_local.runtime import LocalRuntime
 
 log = logging.getLogger("shardrag.local.api")
 _ADMIN_SHARD = re.compile(r"^/admin/shards/(\d+)/(stop|start)$")
+#: Multi-tenant mode, locally: the caller's tenant (deployed, it comes from the caller's Cognito identity).
+TENANT_HEADER = "X-ShardRAG-Tenant"
 
 
 class ApiHandler(BaseHTTPRequestHandler):
@@ -72,7 +74,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             body = self._read_body()
             if self.path == "/query":
                 request = parse_query_body(body)
-                status, response = self.server.runtime.execute(request.model_dump(exclude_none=True))
+                # Locally the header stands in for the caller identity API Gateway maps (Cognito claim).
+                tenant = self.headers.get(TENANT_HEADER, "")
+                status, response = self.server.runtime.execute(request.model_dump(exclude_none=True), tenant=tenant)
             elif match := _ADMIN_SHARD.match(self.path):
                 status, response = self._admin(int(match.group(1)), match.group(2))
             else:

@@ -94,9 +94,14 @@ class LocalRuntime:
             store.close()
 
     # -- the query path ------------------------------------------------------------------------------
-    def execute(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Run the query state machine synchronously and map the result like API Gateway does."""
-        result = self.aws.start_sync_execution(self.query_arn, json.dumps(body), name=uuid.uuid4().hex)
+    def execute(self, body: dict[str, Any], *, tenant: str = "") -> tuple[int, dict[str, Any]]:
+        """Run the query state machine synchronously and map the result like API Gateway does.
+
+        The execution input has the deployed shape: the body as the request, the caller's tenant beside it
+        (API Gateway takes it from the caller's identity; locally the API server passes what stands in for it).
+        """
+        execution_input = {"request": body, "caller": {"tenant": tenant}}
+        result = self.aws.start_sync_execution(self.query_arn, json.dumps(execution_input), name=uuid.uuid4().hex)
         return map_execution(result)
 
     # -- shards (local operations) -------------------------------------------------------------------
@@ -111,7 +116,7 @@ class LocalRuntime:
 
     def start_shard(self, shard: int) -> None:
         store = services.shard_stores()(shard)
-        reset = getattr(store, "reset", None)
+        reset = getattr(getattr(store, "inner", store), "reset", None)
         if reset is not None:
             reset()
         store.ensure_ready()

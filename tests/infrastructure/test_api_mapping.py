@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from shardrag.api_contract import GENERIC_MESSAGE
+from shardrag.config import TenancySettings
 from shardrag.errors import ERROR_STATUS
 from shardrag.request import query_request_schema
 from shardrag_cdk import api_mapping
@@ -44,7 +46,37 @@ def test_response_template_has_a_branch_per_known_error_and_a_generic_fallback()
     assert template.count("#if(") == template.count("#end")
 
 
-def test_request_template_passes_the_body_as_the_execution_input() -> None:
-    template = api_mapping.request_template("arn:aws:states:us-east-1:123456789012:stateMachine:q")
-    assert '"stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:q"' in template
-    assert "$util.escapeJavaScript($input.json('$'))" in template
+ARN = "arn:aws:states:us-east-1:123456789012:stateMachine:q"
+CLAIM = "$context.authorizer.claims['custom:tenant']"
+
+
+def test_request_template_passes_the_body_as_the_request_and_an_empty_tenant_in_single_mode() -> None:
+    template = api_mapping.request_template(ARN)
+    assert f'"stateMachineArn": "{ARN}"' in template
+    body = "$util.escapeJavaScript($input.json('$'))"
+    assert f'"input": "{{\\"request\\": {body}' in template
+    assert '\\"caller\\": {\\"tenant\\": \\"\\"}}"' in template
+    assert "$context" not in template and "#" not in template
+
+
+def test_request_template_reads_the_tenant_from_the_identity_and_escapes_it_twice() -> None:
+    template = api_mapping.request_template(ARN, CLAIM)
+    # Absent claim: an empty tenant (refused by the workflow in multi mode), never the reference's literal text.
+    assert template.startswith(f'#set($tenant = "")\n#if({CLAIM})\n#set($tenant = {CLAIM})\n#end\n')
+    # Once for the input's own JSON, once more because the input is a string inside the request JSON.
+    assert template.count("$util.escapeJavaScript($tenant)") == 2
+    assert '\\"tenant\\": \\"$util.escapeJavaScript($tenant)' in template
+    # The body is passed as is: nothing reads a tenant from it.
+    assert "$input.path" not in template and template.count("$input.json('$')") == 1
+
+
+def test_tenant_reference_follows_the_tenancy_mode() -> None:
+    single, multi = TenancySettings(), TenancySettings(mode="multi", claim="custom:tenant")
+    assert all(api_mapping.tenant_reference(auth, single) is None for auth in ("iam", "api_key", "cognito"))
+    assert api_mapping.tenant_reference("cognito", multi) == CLAIM
+    for auth in ("iam", "api_key"):
+        with pytest.raises(ValueError, match="needs auth 'cognito'"):
+            api_mapping.tenant_reference(auth, multi)
+    # A claim name that would end the VTL key and inject a directive is refused.
+    with pytest.raises(ValueError, match=r"tenancy\.claim"):
+        api_mapping.tenant_reference("cognito", TenancySettings(mode="multi", claim="x'] #set($tenant = 'a"))

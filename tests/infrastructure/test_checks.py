@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "workflow_log_level": "ERROR",
     },
     "waf": {"api": {"waf_web_acl_arn": "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/shardrag/0a1b2c3d"}},
+    # Multi-tenant with the stack's own user pool (no cognito_user_pool_arn).
+    "cognito_multi": {"api": {"auth": "cognito"}},
+}
+#: Runtime settings overrides per variant (deep-merged into dev's settings section by section).
+VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
+    "cognito_multi": {"tenancy": {"mode": "multi", "claim": "custom:tenant"}}
 }
 
 
@@ -37,7 +44,8 @@ def variants(synthesised: dict[str, Synthesis], tmp_path_factory: pytest.TempPat
     for name, overrides in VARIANTS.items():
         dev = CDK_CONTEXT["environments"]["dev"]
         deployment = {**dev.get("deployment", {}), **overrides}
-        environments = {**CDK_CONTEXT["environments"], "dev": {**dev, "deployment": deployment}}
+        settings = {**dev["settings"], **VARIANT_SETTINGS.get(name, {})}
+        environments = {**CDK_CONTEXT["environments"], "dev": {**dev, "settings": settings, "deployment": deployment}}
         results[name] = synthesise("dev", tmp_path_factory.mktemp(f"cdk-{name}"), {"environments": environments})
     return results
 
@@ -66,6 +74,35 @@ def test_cognito_mode_uses_the_configured_pool(variants: dict[str, Synthesis]) -
     assert authorizer["Type"] == "COGNITO_USER_POOLS"
     assert authorizer["ProviderARNs"] == [VARIANTS["cognito"]["api"]["cognito_user_pool_arn"]]
     assert all(a["AlarmActions"] for a in synth.properties("AWS::CloudWatch::Alarm"))
+
+
+def test_multi_tenant_cognito_maps_the_claim_from_a_pool_with_an_immutable_tenant(
+    variants: dict[str, Synthesis],
+) -> None:
+    synth = variants["cognito_multi"]
+    (pool,) = synth.properties("AWS::Cognito::UserPool")
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True  # nobody signs up, picking a tenant
+    (tenant,) = [a for a in pool["Schema"] if a["Name"] == "tenant"]
+    assert tenant["Mutable"] is False
+    (client,) = synth.properties("AWS::Cognito::UserPoolClient")
+    assert not client.get("WriteAttributes")
+    (authorizer,) = synth.properties("AWS::ApiGateway::Authorizer")
+    assert authorizer["Type"] == "COGNITO_USER_POOLS"
+    assert authorizer["ProviderARNs"] == [
+        {"Fn::GetAtt": [next(iter(synth.resources("AWS::Cognito::UserPool"))), "Arn"]}
+    ]
+    (post,) = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "POST"]
+    assert post["AuthorizationType"] == "COGNITO_USER_POOLS"
+    assert not post.get("AuthorizationScopes")  # scopes would make API Gateway expect an access token: no claim
+    template = json.dumps(post["Integration"]["RequestTemplates"]["application/json"])
+    assert json.dumps("#set($tenant = $context.authorizer.claims['custom:tenant'])")[1:-1] in template
+
+
+def test_single_tenant_sends_an_empty_tenant(variants: dict[str, Synthesis]) -> None:
+    (post,) = [m for m in variants["cognito"].properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "POST"]
+    template = json.dumps(post["Integration"]["RequestTemplates"]["application/json"])
+    assert "$context.authorizer" not in template
+    assert json.dumps('\\"caller\\": {\\"tenant\\": \\"\\"}}')[1:-1] in template
 
 
 def test_waf_variant_associates_the_web_acl(variants: dict[str, Synthesis]) -> None:

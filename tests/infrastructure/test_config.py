@@ -27,6 +27,12 @@ def _environments(**changes: Any) -> dict[str, Any]:
     return environments
 
 
+POOL = "arn:aws:cognito-idp:us-east-1:123456789012:userpool/us-east-1_Abc123"
+MULTI = {"tenancy": {"mode": "multi"}}
+#: Cognito with the stack's own user pool (no cognito_user_pool_arn).
+COGNITO = {"auth": "cognito"}
+
+
 def test_every_environment_validates() -> None:
     for name in CDK_CONTEXT["environments"]:
         config = load_environment(CDK_CONTEXT["environments"], name)
@@ -41,7 +47,34 @@ def test_every_environment_validates() -> None:
         (CDK_CONTEXT["environments"], None, "choose an environment with -c env=<name>"),
         (None, "dev", "no 'environments' mapping"),
         (_environments(deployment={"api": {"auth": "basic"}}), "dev", "deployment.api.auth"),
-        (_environments(deployment={"api": {"auth": "cognito"}}), "dev", "needs cognito_user_pool_arn"),
+        (_environments(deployment={"api": {"auth": "iam", "cognito_user_pool_arn": POOL}}), "dev", "but auth is 'iam'"),
+        (_environments(settings=MULTI), "dev", "API Gateway does not expose an IAM caller's principal tags"),
+        (
+            _environments(settings=MULTI, deployment={"api": {"auth": "api_key"}}),
+            "dev",
+            "an API key identifies a client for throttling and quotas, not a tenant",
+        ),
+        (
+            _environments(
+                settings={"tenancy": {"mode": "multi", "claim": "tenant']) #set($x = 1"}},
+                deployment={"api": {"auth": "cognito", "cognito_user_pool_arn": POOL}},
+            ),
+            "dev",
+            "settings.tenancy.claim",
+        ),
+        (
+            _environments(settings={"tenancy": {"mode": "multi", "claim": "tenant"}}, deployment={"api": COGNITO}),
+            "dev",
+            "the claim must be 'custom:<name>'",
+        ),
+        (
+            _environments(
+                settings={"tenancy": {"mode": "multi", "claim": "custom:a_tenant_attribute_name"}},
+                deployment={"api": COGNITO},
+            ),
+            "dev",
+            "the claim must be 'custom:<name>'",
+        ),
         (_environments(settings={"store": {"shard_count": 3}}), "dev", "lists 4 endpoints but store.shard_count is 3"),
         (_environments(settings={"retrieval": {"top_k": 0}}), "dev", "settings.retrieval.top_k"),
         (
@@ -83,6 +116,28 @@ def test_bad_config_is_rejected_with_a_clear_message(environments: Any, name: st
     with pytest.raises(DeploymentConfigError) as caught:
         load_environment(environments, name)
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("api", "claim", "attribute"),
+    [
+        (COGNITO, "custom:tenant", "tenant"),  # the stack's pool declares the attribute
+        ({**COGNITO, "cognito_user_pool_arn": POOL}, "custom:tenant", None),  # an existing pool: declares its own
+        ({**COGNITO, "cognito_user_pool_arn": POOL}, "tenant_id", None),  # and may issue any claim name
+    ],
+)
+def test_multi_tenant_cognito_is_deployable(api: dict[str, Any], claim: str, attribute: str | None) -> None:
+    config = load_environment(
+        _environments(settings={"tenancy": {"mode": "multi", "claim": claim}}, deployment={"api": api}), "dev"
+    )
+    assert config.settings.tenancy.mode == "multi"
+    assert config.tenant_attribute() == attribute
+
+
+def test_single_tenant_needs_no_tenant_attribute() -> None:
+    for auth in ("iam", "api_key", "cognito"):
+        config = load_environment(_environments(deployment={"api": {"auth": auth}}), "dev")
+        assert config.tenant_attribute() is None
 
 
 def test_bad_config_stops_the_app_build(synthesised: Any) -> None:

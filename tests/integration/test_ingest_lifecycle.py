@@ -36,7 +36,7 @@ def _all_chunk_ids(runtime: Any) -> list[str]:
 
     ids: list[str] = []
     for store in services.shard_stores().all():
-        ids += store._query_ids('chunk_id != ""')
+        ids += store.inner._query_ids('chunk_id != ""')
     return ids
 
 

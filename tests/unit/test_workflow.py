@@ -130,8 +130,9 @@ def test_ids_only_hits_carry_no_text_and_respect_the_payload_limit(setup) -> Non
 def test_ids_only_depth_is_bounded_by_shard_count(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(store={"shard_count": 16, "dimension": hashing_embedder.dimension})
     workflow = build_query_workflow(settings, embed=lambda t: [0.0], stores=lambda i: None, make_generator=lambda: None)  # type: ignore[arg-type,return-value]
-    deepest = IDS_ONLY_MAX_HITS // 16
-    body = {"question": "q", "generate": False, "include_text": False}
-    assert workflow.resolve({**body, "top_k": deepest}).candidates == deepest
-    with pytest.raises(BadRequest, match="payload limit"):
-        workflow.resolve({**body, "top_k": deepest + 1})
+    for mode, lists in (("dense", 1), ("bm25", 1), ("hybrid", 2)):
+        deepest = IDS_ONLY_MAX_HITS // (16 * lists)
+        body = {"question": "q", "generate": False, "include_text": False, "mode": mode}
+        assert workflow.resolve({**body, "top_k": deepest}).candidates == deepest
+        with pytest.raises(BadRequest, match="payload limit"):
+            workflow.resolve({**body, "top_k": deepest + 1})

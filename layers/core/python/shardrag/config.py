@@ -90,7 +90,39 @@ class EmbeddingSettings(_Model):
     threads: int = Field(default=0, ge=0, le=64)
 
 
+class Bm25Settings(_Model):
+    """BM25 over chunks (``shardrag.bm25``). ``avgdl`` is fixed rather than measured live so that a stored
+    chunk's weights never depend on when it was written (chunking bounds chunk length, so the true mean moves
+    little; see BENCHMARKS.md for the sensitivity)."""
+
+    #: k1 1.2, b 0.4 measured best over title-prefixed 128-token chunks (short chunks want little length
+    #: normalisation; ``bench/hybrid_study.py``). ``avgdl``: mean BM25 terms per chunk on SciFact (63.8); a 30 %
+    #: error costs at most 0.007 nDCG@10 there.
+    k1: float = Field(default=1.2, ge=0.0, le=10.0)
+    b: float = Field(default=0.4, ge=0.0, le=1.0)
+    avgdl: float = Field(default=64.0, gt=0.0, le=100_000.0)
+    #: How long the query side keeps the summed term statistics before re-reading them.
+    stats_ttl_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+
+
+class FusionSettings(_Model):
+    """How ``hybrid`` combines the dense and BM25 rankings after each is merged across shards."""
+
+    kind: Literal["convex", "rrf"] = "convex"
+    #: Convex: weight of the dense score (BM25 gets 1 - alpha).
+    alpha: float = Field(default=0.6, ge=0.0, le=1.0)
+    normalisation: Literal["zscore", "minmax"] = "zscore"
+    #: Candidates per modality that fusion normalises and combines (the global top of each merged list).
+    depth: int = Field(default=100, ge=1, le=200)
+    #: RRF: the rank constant.
+    rrf_k: int = Field(default=60, ge=1, le=1000)
+
+
 class RetrievalSettings(_Model):
+    #: Default mode of a query without ``mode``.
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    bm25: Bm25Settings = Bm25Settings()
+    fusion: FusionSettings = FusionSettings()
     top_k: int = Field(default=8, ge=1, le=50)
     #: Hits each shard returns: at least the requested top_k so that the merge is exact.
     min_candidates_per_shard: int = Field(default=10, ge=1, le=200)
@@ -148,6 +180,22 @@ class IngestionSettings(_Model):
         return self
 
 
+class TenancySettings(_Model):
+    """Who may see which chunks. ``multi``: every query is scoped to the caller's tenant, which the API front
+    takes from the caller's identity (a Cognito claim; the local API's ``X-ShardRAG-Tenant`` header stands in
+    for it) and never from the request body; a query without a tenant is refused (403)."""
+
+    mode: Literal["single", "multi"] = "single"
+    #: Cognito user-pool claim that holds the caller's tenant (deployed ``auth: cognito``).
+    claim: str = Field(default="custom:tenant", min_length=1, max_length=128)
+    #: IAM principal tag that holds the caller's tenant (deployed ``auth: iam``, where the front can read it).
+    principal_tag: str = Field(default="tenant", min_length=1, max_length=128)
+
+
+#: What a tenant id may look like (S3 key prefix segment, Milvus partition-key value).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
 class Settings(_Model):
     environment: str = "local"
     data_dir: str = ".shardrag"
@@ -157,6 +205,7 @@ class Settings(_Model):
     retrieval: RetrievalSettings = RetrievalSettings()
     generator: GeneratorSettings = GeneratorSettings()
     ingestion: IngestionSettings = IngestionSettings()
+    tenancy: TenancySettings = TenancySettings()
 
     def shard_endpoints(self) -> tuple[ShardEndpoint, ...]:
         return self.store.endpoints(Path(self.data_dir))

@@ -28,6 +28,13 @@ class BadRequest(ShardRagError):
     code = "bad_request"
 
 
+class Forbidden(ShardRagError):
+    """The caller may not run this query: in multi-tenant mode, its identity carries no valid tenant (HTTP 403)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class ShardsUnavailable(ShardRagError):
     """No shard answered: nothing can be retrieved (HTTP 503)."""
 
@@ -58,6 +65,6 @@ class ConfigurationError(ShardRagError):
 #: Step Functions error name -> (HTTP status, public code). Unknown names map to a 500 without details.
 ERROR_STATUS: dict[str, tuple[int, str]] = {
     cls.__name__: (cls.status, cls.code)
-    for cls in (BadRequest, ShardsUnavailable, ShardSearchFailed, GenerationFailed, ConfigurationError)
+    for cls in (BadRequest, Forbidden, ShardsUnavailable, ShardSearchFailed, GenerationFailed, ConfigurationError)
 }
 ERROR_STATUS["States.Timeout"] = (504, "timeout")

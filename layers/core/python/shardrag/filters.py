@@ -77,10 +77,12 @@ class FilterCompiler:
         declared = ", ".join(sorted(["doc_id", "source_prefix", *self._metadata_fields]))
         raise BadRequest(f"filters: unknown field {name!r}; filterable fields are: {declared}")
 
-    def run(self, filters: Mapping[str, Any] | None) -> str:
+    def run(self, filters: Mapping[str, Any] | None, *, tenant: str | None = None) -> str:
+        """The Milvus expression for ``filters``; with ``tenant``, scoped to that tenant's chunks first (the
+        partition key lets Milvus search only that tenant's partition)."""
+        clauses: list[str] = [] if tenant is None else [f"tenant == {escape_string(tenant)}"]
         if not filters:
-            return ""
-        clauses: list[str] = []
+            return " and ".join(clauses)
         for name in sorted(filters):
             value = filters[name]
             if name == "source_prefix":

@@ -98,6 +98,7 @@ def openapi_document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryResponse"}}},
                         },
                         "400": _error_response("Malformed request"),
+                        "403": _error_response("Multi-tenant mode: the caller's identity carries no valid tenant"),
                         "502": _error_response("The generator failed"),
                         "503": _error_response("No shard answered"),
                         "504": _error_response("The workflow timed out"),

@@ -19,6 +19,25 @@ class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class SparseVector(Record):
+    """A sparse vector as parallel lists (JSON-able through the state machine; Milvus takes ``as_dict()``)."""
+
+    indices: list[int] = Field(default_factory=list)
+    values: list[float] = Field(default_factory=list)
+
+    @property
+    def is_empty_marker(self) -> bool:
+        return self.indices == [0]
+
+    def as_dict(self) -> dict[int, float]:
+        return dict(zip(self.indices, self.values, strict=True))
+
+    @classmethod
+    def from_dict(cls, weights: dict[int, float]) -> SparseVector:
+        ids = sorted(weights)
+        return cls(indices=ids, values=[float(weights[i]) for i in ids])
+
+
 class Chunk(Record):
     """One retrievable unit as stored in a shard."""
 
@@ -36,6 +55,8 @@ class Chunk(Record):
 class EmbeddedChunk(Record):
     chunk: Chunk
     vector: list[float]
+    #: The chunk's BM25 document side (``shardrag.bm25``); ``None`` only where no lexical index is kept.
+    sparse: SparseVector | None = None
 
 
 class Hit(Record):
@@ -53,11 +74,13 @@ class Hit(Record):
 
 
 class SearchRequest(Record):
-    """What one shard is asked: the query vector, how many hits, and an optional compiled filter."""
+    """What one shard is asked: the query vectors, how many hits, and an optional compiled filter."""
 
     vector: list[float]
     top_k: int
     filter_expr: str = ""
+    #: BM25 query side (term id -> IDF); ``None`` when the query does not search lexically.
+    sparse: SparseVector | None = None
 
 
 class ShardResult(Record):
@@ -65,7 +88,10 @@ class ShardResult(Record):
 
     shard: int
     status: Literal["ok", "failed", "skipped"]
+    #: Dense (cosine) hits, best first.
     hits: list[Hit] = Field(default_factory=list)
+    #: BM25 hits, best first (modes ``bm25`` and ``hybrid``).
+    lexical: list[Hit] = Field(default_factory=list)
     took_ms: float = 0.0
     error: str | None = None
 

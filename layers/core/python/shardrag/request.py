@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from shardrag.errors import BadRequest
@@ -17,6 +17,7 @@ MAX_TOP_K_IDS_ONLY = 200
 MAX_BODY_BYTES = 64 * 1024
 
 FilterValue = str | int | float | bool | list[str | int | float] | dict[str, Any]
+Mode = Literal["dense", "bm25", "hybrid"]
 
 
 class QueryRequest(BaseModel):
@@ -31,6 +32,8 @@ class QueryRequest(BaseModel):
     #: ``false`` returns hits as ids, scores and positions only (no text, source, title or metadata).
     include_text: bool = Field(default=True, strict=True)
     filters: dict[str, FilterValue] | None = None
+    #: ``dense`` (embedding), ``bm25`` (lexical) or ``hybrid`` (both, fused); the environment sets the default.
+    mode: Mode | None = None
 
     @model_validator(mode="after")
     def _deep_rankings_are_ids_only(self) -> QueryRequest:

@@ -10,17 +10,24 @@ import os
 import threading
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardrag import env
+from shardrag.artifacts import ArtifactStore, FileArtifactStore, S3ArtifactStore
+from shardrag.bm25 import Bm25Encoder
 from shardrag.config import Settings, cached_settings
 from shardrag.filters import FilterCompiler
-from shardrag.fusion import ScoreMergeFuser
+from shardrag.fusion import ConvexFuser, Fuser, RrfFuser, ScoreMergeFuser
 from shardrag.generation.base import Generator
+from shardrag.records import SparseVector
+from shardrag.request import Mode
 from shardrag.routing import HashRouter
 from shardrag.search import ShardSearcher
 from shardrag.secrets import read_secret
+from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.base import VectorStore
+from shardrag.term_stats import CorpusStatsCache, TermStatsStore, TermStatsTracker, stats_name
 from shardrag.workflow import QueryWorkflow
 
 if TYPE_CHECKING:
@@ -35,8 +42,9 @@ DEFAULT_REGISTRY_TABLE = "shardrag-registry"
 class ShardStores:
     """One store per shard, created on first use and kept for the life of the process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracker: TermStatsTracker | None = None) -> None:
         self._settings = settings
+        self._tracker = tracker or TermStatsTracker(term_stats_store)
         self._endpoints = settings.shard_endpoints()
         self._stores: dict[int, VectorStore] = {}
         self._lock = threading.Lock()
@@ -56,7 +64,7 @@ class ShardStores:
 
                     endpoint = self._endpoints[shard]
                     token = read_secret(endpoint.token_secret) if endpoint.token_secret else None
-                    store = MilvusVectorStore(
+                    milvus = MilvusVectorStore(
                         endpoint,
                         shard=shard,
                         dimension=self._settings.store.dimension,
@@ -64,6 +72,7 @@ class ShardStores:
                         max_text_bytes=self._settings.store.max_text_bytes,
                         token=token,
                     )
+                    store = TermAccountingStore(milvus, shard=shard, tracker=self._tracker)
                     self._stores[shard] = store
         return store
 
@@ -79,6 +88,53 @@ def load_store_driver() -> None:
 @lru_cache(maxsize=1)
 def shard_stores() -> ShardStores:
     return ShardStores(cached_settings())
+
+
+@lru_cache(maxsize=1)
+def artifact_store() -> ArtifactStore:
+    """Index artefacts (BM25 statistics): the artefacts bucket when deployed, else files beside the shards."""
+    bucket = os.environ.get(env.ARTIFACTS_BUCKET)
+    if bucket:
+        import boto3
+
+        return S3ArtifactStore(boto3.client("s3"), bucket, prefix="index")
+    return FileArtifactStore(Path(cached_settings().data_dir) / "index")
+
+
+@lru_cache(maxsize=1)
+def term_stats_store() -> TermStatsStore:
+    endpoints = cached_settings().shard_endpoints()
+    return TermStatsStore(artifact_store(), [stats_name(ep.collection, i) for i, ep in enumerate(endpoints)])
+
+
+@lru_cache(maxsize=1)
+def corpus_stats() -> CorpusStatsCache:
+    return CorpusStatsCache(lambda: term_stats_store().merged(), ttl_s=cached_settings().retrieval.bm25.stats_ttl_s)
+
+
+def bm25_encoder(settings: Settings) -> Bm25Encoder:
+    bm25 = settings.retrieval.bm25
+    return Bm25Encoder(k1=bm25.k1, b=bm25.b, avgdl=bm25.avgdl)
+
+
+@lru_cache(maxsize=1)
+def _query_encoder() -> Bm25Encoder:
+    return bm25_encoder(cached_settings())
+
+
+def lexical_query(text: str) -> SparseVector:
+    """The BM25 query side of ``text`` with the current corpus-wide IDF."""
+    return _query_encoder().query(text, corpus_stats().get())
+
+
+def build_fusers(settings: Settings) -> dict[Mode, Fuser]:
+    fusion = settings.retrieval.fusion
+    hybrid: Fuser = (
+        ConvexFuser(fusion.alpha, depth=fusion.depth, normalisation=fusion.normalisation)
+        if fusion.kind == "convex"
+        else RrfFuser(fusion.rrf_k)
+    )
+    return {"dense": ScoreMergeFuser("dense"), "bm25": ScoreMergeFuser("lexical"), "hybrid": hybrid}
 
 
 @lru_cache(maxsize=1)
@@ -106,20 +162,25 @@ def build_query_workflow(
     settings: Settings,
     *,
     embed: Callable[[str], list[float]] = embed_one,
+    lexical: Callable[[str], SparseVector] = lexical_query,
     stores: Callable[[int], VectorStore] | None = None,
     make_generator: Callable[[], Generator] = generator,
 ) -> QueryWorkflow:
     shard_count = settings.store.shard_count
     return QueryWorkflow(
         embed=embed,
+        lexical_query=lexical,
         router=HashRouter(shard_count),
         searcher=ShardSearcher(stores or shard_stores(), shard_count),
-        fuser=ScoreMergeFuser(),
+        fusers=build_fusers(settings),
+        default_mode=settings.retrieval.mode,
+        fusion_depth=settings.retrieval.fusion.depth,
         generator=make_generator,
         filter_compiler=FilterCompiler(settings.retrieval.metadata_fields),
         default_top_k=settings.retrieval.top_k,
         min_candidates=settings.retrieval.min_candidates_per_shard,
         shard_count=shard_count,
+        multi_tenant=settings.tenancy.mode == "multi",
     )
 
 
@@ -153,7 +214,11 @@ def build_indexer(settings: Settings, *, stores: Callable[[int], VectorStore] | 
         size=settings.ingestion.chunk_size, overlap=settings.ingestion.chunk_overlap, token_spans=model.token_spans
     )
     return DocumentIndexer(
-        chunker=chunker, embedder=model, store_for=stores or shard_stores(), shard_count=settings.store.shard_count
+        chunker=chunker,
+        embedder=model,
+        store_for=stores or shard_stores(),
+        shard_count=settings.store.shard_count,
+        bm25=bm25_encoder(settings),
     )
 
 
@@ -180,5 +245,15 @@ def ingest_service() -> IngestService:
 def reset_caches() -> None:
     """Forget every cached object (settings included): the next call rebuilds from the environment."""
     override(None)
-    for cached in (cached_settings, shard_stores, embedder, generator, ingest_service):
+    for cached in (
+        cached_settings,
+        shard_stores,
+        artifact_store,
+        term_stats_store,
+        corpus_stats,
+        _query_encoder,
+        embedder,
+        generator,
+        ingest_service,
+    ):
         cached.cache_clear()

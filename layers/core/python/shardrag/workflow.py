@@ -7,18 +7,30 @@ handlers through the real state machine.
 
 from __future__ import annotations
 
+import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
-from shardrag.errors import BadRequest
+from shardrag.config import TENANT_PATTERN
+from shardrag.errors import BadRequest, Forbidden
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import FusedHits, Fuser
 from shardrag.generation.base import Generator
-from shardrag.records import MAX_HIT_TEXT_CHARS, Answer, Hit, Record, RoutePlan, SearchRequest, ShardResult
-from shardrag.request import parse_query_request
+from shardrag.records import (
+    MAX_HIT_TEXT_CHARS,
+    Answer,
+    Hit,
+    Record,
+    RoutePlan,
+    SearchRequest,
+    ShardResult,
+    SparseVector,
+)
+from shardrag.request import Mode, parse_query_request
 from shardrag.routing import Router
 from shardrag.search import ShardSearcher
 
@@ -26,6 +38,8 @@ from shardrag.search import ShardSearcher
 PAYLOAD_HIT_BUDGET_BYTES = 160 * 1024
 #: Ids-only hits are ~100 bytes (chunk id, doc id, score, position, shard): the most the Parallel output holds.
 IDS_ONLY_MAX_HITS = PAYLOAD_HIT_BUDGET_BYTES // 100
+#: Hybrid: a shard returns this multiple of its expected share of the fused candidates.
+HYBRID_SHARD_OVERFETCH = 1.5
 
 
 class ResolvedQuery(Record):
@@ -33,15 +47,28 @@ class ResolvedQuery(Record):
 
     question: str
     top_k: int
+    #: Hits with text each shard returns per modality.
     candidates: int
+    #: Hits each shard returns per modality (``>= candidates``; the rest carry ids and scores for fusion).
+    depth: int = 0
     generate: bool
     include_text: bool = True
+    mode: Mode = "hybrid"
     filters: dict[str, Any] | None = None
+    #: The caller's tenant in multi-tenant mode (already part of ``filter_expr``), else empty.
+    tenant: str = ""
     filter_expr: str = ""
+
+
+class Caller(Record):
+    """Who asks, as the API front saw it (API Gateway from the caller's identity; never the request body)."""
+
+    tenant: str = ""
 
 
 class EmbedInput(Record):
     request: Any
+    caller: Caller = Caller()
     started_at: str | None = None
 
 
@@ -54,6 +81,7 @@ class SearchInput(Record):
     shard: int
     request: ResolvedQuery
     vector: list[float]
+    sparse: SparseVector | None = None
 
 
 class FuseInput(Record):
@@ -79,9 +107,11 @@ def _parse(model: type[_R], payload: Any) -> _R:
         raise BadRequest(f"malformed {model.__name__} payload: {exc.error_count()} error(s)") from None
 
 
-def hit_text_budget(shard_count: int, candidates: int) -> int:
-    """Characters of text each shard hit may carry so that the Parallel output stays under the payload limit."""
-    per_hit = PAYLOAD_HIT_BUDGET_BYTES // max(1, shard_count * candidates)
+def hit_text_budget(shard_count: int, candidates: int, tail: int = 0) -> int:
+    """Characters of text each shard hit may carry so that the Parallel output stays under the payload limit
+    (``tail``: further hits per shard that carry ids and scores only)."""
+    available = PAYLOAD_HIT_BUDGET_BYTES - shard_count * tail * 200
+    per_hit = available // max(1, shard_count * candidates)
     # ~400 bytes per hit go to ids, scores and metadata; text is mostly ASCII in practice.
     return max(200, min(MAX_HIT_TEXT_CHARS, per_hit - 400))
 
@@ -93,52 +123,82 @@ class QueryWorkflow:
         self,
         *,
         embed: Callable[[str], list[float]],
+        lexical_query: Callable[[str], SparseVector],
         router: Router,
         searcher: ShardSearcher,
-        fuser: Fuser,
+        fusers: Mapping[Mode, Fuser],
+        default_mode: Mode,
+        fusion_depth: int = 100,
         generator: Callable[[], Generator],
         filter_compiler: FilterCompiler,
         default_top_k: int,
         min_candidates: int,
         shard_count: int,
+        multi_tenant: bool = False,
     ) -> None:
         self._embed = embed
+        self._lexical_query = lexical_query
         self._router = router
         self._searcher = searcher
-        self._fuser = fuser
+        self._fusers = dict(fusers)
+        self._default_mode: Mode = default_mode
+        self._fusion_depth = fusion_depth
         self._generator = generator
         self._filters = filter_compiler
         self._default_top_k = default_top_k
         self._min_candidates = min_candidates
         self._shard_count = shard_count
+        self._multi_tenant = multi_tenant
 
-    def resolve(self, raw_request: Any) -> ResolvedQuery:
+    def _tenant(self, caller: Caller) -> str:
+        if not self._multi_tenant:
+            return ""
+        if not re.fullmatch(TENANT_PATTERN, caller.tenant):
+            # No tenant means no identity to scope by: refusing is the only answer that cannot leak.
+            raise Forbidden("the caller's identity carries no valid tenant")
+        return caller.tenant
+
+    def resolve(self, raw_request: Any, caller: Caller | None = None) -> ResolvedQuery:
         request = parse_query_request(raw_request)
+        tenant = self._tenant(caller or Caller())
         top_k = request.resolved_top_k(self._default_top_k)
+        mode: Mode = request.mode or self._default_mode
         candidates = max(top_k, self._min_candidates)
-        if not request.include_text and candidates * self._shard_count > IDS_ONLY_MAX_HITS:
+        depth = candidates
+        if mode == "hybrid":
+            # Fusion normalises over the global top ``fusion_depth`` of each modality; a shard holds about
+            # 1/shard_count of it under hash placement, fetched with a margin (beyond ``candidates``: ids only).
+            share = math.ceil(self._fusion_depth * HYBRID_SHARD_OVERFETCH / self._shard_count)
+            depth = max(candidates, min(self._fusion_depth, share))
+        lists = 2 if mode == "hybrid" else 1
+        if not request.include_text and depth * lists * self._shard_count > IDS_ONLY_MAX_HITS:
             raise BadRequest(
-                f"top_k {top_k} over {self._shard_count} shards exceeds the state payload limit; "
-                f"use top_k <= {IDS_ONLY_MAX_HITS // self._shard_count}"
+                f"top_k {top_k} in {mode} mode over {self._shard_count} shards exceeds the state payload limit; "
+                f"use top_k <= {IDS_ONLY_MAX_HITS // (self._shard_count * lists)}"
             )
         return ResolvedQuery(
             question=request.question,
             top_k=top_k,
             candidates=candidates,
+            depth=depth,
             generate=request.generate,
             include_text=request.include_text,
+            mode=mode,
             filters=request.filters,
-            filter_expr=self._filters.run(request.filters),
+            tenant=tenant,
+            filter_expr=self._filters.run(request.filters, tenant=tenant or None),
         )
 
     def embed(self, payload: Any) -> dict[str, Any]:
         started = time.perf_counter()
         step = _parse(EmbedInput, payload)
-        query = self.resolve(step.request)
+        query = self.resolve(step.request, step.caller)
         vector = self._embed(query.question)
+        sparse = self._lexical_query(query.question) if query.mode != "dense" else None
         return {
             "request": query.model_dump(),
             "vector": vector,
+            "sparse": sparse.model_dump() if sparse else None,
             "started_at": step.started_at or datetime.now(UTC).isoformat(),
             "timings_ms": {"embed": _ms(started)},
         }
@@ -154,20 +214,41 @@ class QueryWorkflow:
         query = step.request
         result = self._searcher.run(
             step.shard,
-            SearchRequest(vector=step.vector, top_k=query.candidates, filter_expr=query.filter_expr),
+            SearchRequest(
+                vector=step.vector,
+                top_k=max(query.depth, query.candidates),
+                filter_expr=query.filter_expr,
+                sparse=step.sparse,
+            ),
+            dense=query.mode != "bm25",
+            lexical=query.mode != "dense",
         )
+        lists = (query.mode == "hybrid") + 1
         if query.include_text:
-            budget = hit_text_budget(self._shard_count, query.candidates)
-            hits = [h.model_copy(update={"text": h.text[:budget]}) for h in result.hits]
+            tail = max(0, query.depth - query.candidates) * lists
+            budget = hit_text_budget(self._shard_count, query.candidates * lists, tail)
+
+            def shown(found: list[Hit]) -> list[Hit]:
+                return [
+                    h.model_copy(update={"text": h.text[:budget]}) if rank < query.candidates else _ids_only(h)
+                    for rank, h in enumerate(found)
+                ]
         else:
-            hits = [h.model_copy(update={"text": "", "source": "", "title": "", "metadata": {}}) for h in result.hits]
-        return {"hits": [h.model_dump() for h in hits], "took_ms": result.took_ms}
+
+            def shown(found: list[Hit]) -> list[Hit]:
+                return [_ids_only(h) for h in found]
+
+        return {
+            "hits": [h.model_dump() for h in shown(result.hits)],
+            "lexical": [h.model_dump() for h in shown(result.lexical)],
+            "took_ms": result.took_ms,
+        }
 
     def fuse_generate(self, payload: Any) -> dict[str, Any]:
         step = _parse(FuseInput, payload)
         query = step.request
         started = time.perf_counter()
-        fused: FusedHits = self._fuser.run(step.shards, query.top_k)
+        fused: FusedHits = self._fusers[query.mode].run(step.shards, query.top_k)
         fuse_ms = _ms(started)
         answer: Answer | None = None
         generate_ms = 0.0
@@ -194,6 +275,10 @@ class QueryWorkflow:
             "timings_ms": {**timings, "shards": shard_ms},
             "model": answer.model if answer else None,
         }
+
+
+def _ids_only(hit: Hit) -> Hit:
+    return hit.model_copy(update={"text": "", "source": "", "title": "", "metadata": {}})
 
 
 def _public_hit(rank: int, hit: Hit) -> dict[str, Any]:

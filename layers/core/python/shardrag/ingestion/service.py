@@ -20,7 +20,7 @@ from shardrag.ingestion.events import ObjectEvent, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry
 from shardrag.ingestion.source import Blob, ObjectMissing, ObjectSource
-from shardrag.records import EmbeddedChunk, Hit, Record, SearchRequest
+from shardrag.records import EmbeddedChunk, Hit, Record, SearchRequest, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
 
@@ -91,11 +91,17 @@ class _SweepSkipping:
             return 0
         return self._inner.delete_document(doc_id, keep_version=keep_version)
 
-    def chunk_ids(self, doc_id: str) -> list[str]:
-        return self._inner.chunk_ids(doc_id)
+    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
+        return self._inner.chunk_ids(doc_id, keep_version=keep_version)
+
+    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
+        return self._inner.sparse_vectors(chunk_ids)
 
     def search(self, request: SearchRequest) -> list[Hit]:
         return self._inner.search(request)
+
+    def search_lexical(self, request: SearchRequest) -> list[Hit]:
+        return self._inner.search_lexical(request)
 
     def flush(self) -> None:
         self._inner.flush()

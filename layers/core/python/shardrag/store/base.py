@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from shardrag.records import EmbeddedChunk, Hit, SearchRequest
+from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
 
 
 @runtime_checkable
@@ -28,12 +28,20 @@ class VectorStore(Protocol):
         """Delete every chunk of ``doc_id`` (except those of ``keep_version``); returns how many were removed."""
         ...
 
-    def chunk_ids(self, doc_id: str) -> list[str]:
-        """Ids of the chunks stored for ``doc_id``."""
+    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
+        """Ids of the chunks stored for ``doc_id`` (except those of ``keep_version``)."""
+        ...
+
+    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
+        """The stored BM25 vectors of those of ``chunk_ids`` that exist (term statistics bookkeeping)."""
         ...
 
     def search(self, request: SearchRequest) -> list[Hit]:
         """Top ``request.top_k`` chunks by cosine similarity, best first."""
+        ...
+
+    def search_lexical(self, request: SearchRequest) -> list[Hit]:
+        """Top ``request.top_k`` chunks by BM25 (inner product with ``request.sparse``), best first."""
         ...
 
     def flush(self) -> None:

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest
+from shardrag.bm25 import EMPTY_MARKER
+from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector
 
 
 class InMemoryVectorStore:
@@ -18,6 +19,7 @@ class InMemoryVectorStore:
         self._shard = shard
         self._dimension = dimension
         self._rows: dict[str, tuple[Chunk, np.ndarray]] = {}
+        self._sparse: dict[str, SparseVector] = {}
         self._lock = threading.Lock()
         self.unavailable = False
 
@@ -37,6 +39,7 @@ class InMemoryVectorStore:
                     raise ValueError(f"vector has shape {vector.shape}, expected ({self._dimension},)")
                 norm = float(np.linalg.norm(vector)) or 1.0
                 self._rows[item.chunk.chunk_id] = (item.chunk, vector / norm)
+                self._sparse[item.chunk.chunk_id] = item.sparse or EMPTY_MARKER
         return len(chunks)
 
     def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
@@ -44,19 +47,52 @@ class InMemoryVectorStore:
         with self._lock:
             for chunk_id in chunk_ids:
                 self._rows.pop(chunk_id, None)
+                self._sparse.pop(chunk_id, None)
         return len(chunk_ids)
 
     def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
-        stale = [
+        return self.delete_chunks(self.chunk_ids(doc_id, keep_version=keep_version))
+
+    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
+        self._check()
+        return [
             cid
             for cid, (chunk, _) in list(self._rows.items())
             if chunk.doc_id == doc_id and (keep_version is None or chunk.version != keep_version)
         ]
-        return self.delete_chunks(stale)
 
-    def chunk_ids(self, doc_id: str) -> list[str]:
+    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
         self._check()
-        return [cid for cid, (chunk, _) in list(self._rows.items()) if chunk.doc_id == doc_id]
+        return {cid: self._sparse[cid] for cid in chunk_ids if cid in self._sparse}
+
+    def search_lexical(self, request: SearchRequest) -> list[Hit]:
+        self._check()
+        if request.filter_expr:
+            raise NotImplementedError("InMemoryVectorStore does not evaluate filter expressions")
+        if request.sparse is None or not request.sparse.indices:
+            return []
+        query = request.sparse.as_dict()
+        with self._lock:
+            scored = [
+                (sum(query.get(i, 0.0) * v for i, v in zip(vec.indices, vec.values, strict=True)), cid)
+                for cid, vec in self._sparse.items()
+            ]
+            rows = dict(self._rows)
+        ranked = sorted(((score, cid) for score, cid in scored if score > 0), key=lambda p: (-p[0], p[1]))
+        return [self._hit(rows[cid][0], score) for score, cid in ranked[: request.top_k]]
+
+    def _hit(self, chunk: Chunk, score: float) -> Hit:
+        return Hit(
+            chunk_id=chunk.chunk_id,
+            doc_id=chunk.doc_id,
+            score=score,
+            text=chunk.text[:MAX_HIT_TEXT_CHARS],
+            source=chunk.source,
+            title=chunk.title,
+            position=chunk.position,
+            shard=self._shard,
+            metadata=chunk.metadata,
+        )
 
     def search(self, request: SearchRequest) -> list[Hit]:
         self._check()
@@ -70,20 +106,7 @@ class InMemoryVectorStore:
         query /= float(np.linalg.norm(query)) or 1.0
         scores = np.stack([vector for _, vector in rows]) @ query
         order = np.argsort(-scores, kind="stable")[: request.top_k]
-        return [
-            Hit(
-                chunk_id=rows[i][0].chunk_id,
-                doc_id=rows[i][0].doc_id,
-                score=float(scores[i]),
-                text=rows[i][0].text[:MAX_HIT_TEXT_CHARS],
-                source=rows[i][0].source,
-                title=rows[i][0].title,
-                position=rows[i][0].position,
-                shard=self._shard,
-                metadata=rows[i][0].metadata,
-            )
-            for i in order
-        ]
+        return [self._hit(rows[i][0], float(scores[i])) for i in order]
 
     def flush(self) -> None:
         self._check()

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from pymilvus import MilvusClient
+from shardrag.bm25 import EMPTY_MARKER
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.errors import ConfigurationError
-from shardrag.records import MAX_HIT_TEXT_CHARS, EmbeddedChunk, Hit, SearchRequest
+from shardrag.records import MAX_HIT_TEXT_CHARS, EmbeddedChunk, Hit, SearchRequest, SparseVector
 from shardrag.store.literals import escape_string
 from shardrag.store.schema import (
     DENSE_FIELD,
     OUTPUT_FIELDS,
+    SPARSE_FIELD,
     build_schema,
     truncate_utf8,
 )
@@ -90,6 +92,9 @@ class MilvusVectorStore:
                     metric_type="COSINE",
                     params=dict(self._index.params),
                 )
+                index_params.add_index(
+                    field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP", params={}
+                )
                 client.create_collection(
                     collection_name=self._collection,
                     schema=build_schema(self._dimension, self._max_text_bytes),
@@ -135,6 +140,7 @@ class MilvusVectorStore:
             "version": chunk.version,
             "metadata": chunk.metadata,
             DENSE_FIELD: item.vector,
+            SPARSE_FIELD: (item.sparse or EMPTY_MARKER).as_dict(),
         }
 
     def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
@@ -152,11 +158,23 @@ class MilvusVectorStore:
         return len(chunk_ids)
 
     def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
-        stale = self._query_ids(self._doc_filter(doc_id, keep_version))
-        return self.delete_chunks(stale)
+        return self.delete_chunks(self.chunk_ids(doc_id, keep_version=keep_version))
 
-    def chunk_ids(self, doc_id: str) -> list[str]:
-        return self._query_ids(self._doc_filter(doc_id, None))
+    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
+        return self._query_ids(self._doc_filter(doc_id, keep_version))
+
+    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
+        if not chunk_ids:
+            return {}
+        self.ensure_ready()
+        client = self._connect()
+        found: dict[str, SparseVector] = {}
+        ids = list(chunk_ids)
+        for start in range(0, len(ids), _QUERY_PAGE):
+            rows = client.get(self._collection, ids=ids[start : start + _QUERY_PAGE], output_fields=[SPARSE_FIELD])
+            for row in rows:
+                found[str(row["chunk_id"])] = _sparse_from_milvus(row[SPARSE_FIELD])
+        return found
 
     @staticmethod
     def _doc_filter(doc_id: str, keep_version: str | None) -> str:
@@ -180,15 +198,23 @@ class MilvusVectorStore:
             offset += _QUERY_PAGE
 
     def search(self, request: SearchRequest) -> list[Hit]:
+        return self._search(request.vector, DENSE_FIELD, "COSINE", dict(self._index.search_params), request)
+
+    def search_lexical(self, request: SearchRequest) -> list[Hit]:
+        if request.sparse is None or not request.sparse.indices:
+            return []  # no query term is in the corpus: nothing can match lexically
+        return self._search(request.sparse.as_dict(), SPARSE_FIELD, "IP", {}, request)
+
+    def _search(self, query: Any, field: str, metric: str, params: dict[str, Any], request: SearchRequest) -> list[Hit]:
         self.ensure_ready()
         results = self._connect().search(
             self._collection,
-            data=[request.vector],
-            anns_field=DENSE_FIELD,
+            data=[query],
+            anns_field=field,
             limit=request.top_k,
             filter=request.filter_expr,
             output_fields=list(OUTPUT_FIELDS),
-            search_params={"metric_type": "COSINE", "params": dict(self._index.search_params)},
+            search_params={"metric_type": metric, "params": params},
         )
         hits: list[Hit] = []
         for row in results[0] if results else []:
@@ -219,3 +245,10 @@ class MilvusVectorStore:
 
     def close(self) -> None:
         self.reset()
+
+
+def _sparse_from_milvus(value: Any) -> SparseVector:
+    """pymilvus returns a stored sparse row as ``{index: weight}``."""
+    if isinstance(value, dict):
+        return SparseVector.from_dict({int(k): float(v) for k, v in value.items()})
+    raise TypeError(f"unexpected sparse row type {type(value).__name__}")

@@ -1,8 +1,9 @@
 """The chunk collection schema, shared by every shard.
 
 Designed for the later retrieval features so that they extend it rather than rewrite it: ``tenant`` is the
-partition key (tenant scoping), ``metadata`` is JSON (filters on declared fields), ``source`` supports prefix
-filters, and ``version`` lets an overwrite write new chunks before it deletes the stale ones.
+partition key (tenant scoping), ``sparse`` holds BM25 beside the dense vector (hybrid), ``metadata`` is JSON
+(filters on declared fields), ``source`` supports prefix filters, and ``version`` lets an overwrite write new
+chunks before it deletes the stale ones.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any, Final
 from pymilvus import DataType, MilvusClient
 
 DENSE_FIELD: Final = "dense"
+#: BM25 document side (``shardrag.bm25``), searched with the inner product.
+SPARSE_FIELD: Final = "sparse"
 OUTPUT_FIELDS: Final = (
     "chunk_id",
     "doc_id",
@@ -41,6 +44,7 @@ def build_schema(dimension: int, max_text_bytes: int) -> Any:
     schema.add_field("version", DataType.VARCHAR, max_length=128)
     schema.add_field("metadata", DataType.JSON)
     schema.add_field(DENSE_FIELD, DataType.FLOAT_VECTOR, dim=dimension)
+    schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
     return schema
 
 
