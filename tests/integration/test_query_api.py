@@ -129,3 +129,22 @@ def test_one_shard_down_degrades_and_all_down_is_503(api_url: str, local_runtime
             local_runtime.start_shard(shard)
     status, body = _post(api_url + "/query", {"question": "What causes ocean tides?"})
     assert status == 200 and body["degraded"] is False
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_every_retrieval_mode_runs_through_the_state_machine(api_url: str, mode: str) -> None:
+    status, body = _post(api_url + "/query", {"question": "What causes ocean tides?", "mode": mode, "generate": False})
+    assert status == 200, body
+    assert body["hits"] and body["degraded"] is False and body["shards"]["searched"] == [0, 1, 2, 3]
+    assert any("tide" in h["text"].lower() for h in body["hits"][:3])
+
+
+def test_an_unknown_mode_is_a_400(api_url: str) -> None:
+    status, body = _post(api_url + "/query", {"question": "tides?", "mode": "sparse"})
+    assert status == 400 and body["error"]["code"] == "bad_request" and "mode" in body["error"]["message"]
+
+
+def test_a_filter_matching_nothing_answers_that_nothing_was_found(api_url: str) -> None:
+    status, body = _post(api_url + "/query", {"question": "What causes ocean tides?", "filters": {"doc_id": "nope"}})
+    assert status == 200 and body["hits"] == [] and body["citations"] == []
+    assert body["answer"] and "tide" not in body["answer"].lower()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from shardrag.bm25 import Bm25Encoder, CorpusStats
 from shardrag.chunking import Chunker, Document
 from shardrag.config import Settings
-from shardrag.errors import BadRequest, ShardSearchFailed, ShardsUnavailable
+from shardrag.errors import BadRequest, Forbidden, ShardSearchFailed, ShardsUnavailable
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
 from shardrag.services import build_query_workflow
 from shardrag.store.memory import InMemoryVectorStore
-from shardrag.workflow import IDS_ONLY_MAX_HITS, PAYLOAD_HIT_BUDGET_BYTES, QueryWorkflow, hit_text_budget
+from shardrag.workflow import IDS_ONLY_MAX_HITS, PAYLOAD_HIT_BUDGET_BYTES, Caller, QueryWorkflow, hit_text_budget
 
 DOCS = {
     "tides": "Ocean tides are caused by the gravitational pull of the Moon on the oceans.",
@@ -32,9 +33,13 @@ def setup(hashing_embedder):  # type: ignore[no-untyped-def]
         shard_count=3,
     )
     indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}.txt", version="1") for k, v in DOCS.items()])
+    stats = CorpusStats()
+    for store in stores:
+        stats.count(store.sparse_vectors([cid for doc in DOCS for cid in store.chunk_ids(doc)]).values(), +1)
     workflow = build_query_workflow(
         settings,
         embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
+        lexical=lambda text: Bm25Encoder().query(text, stats),
         stores=stores.__getitem__,
         make_generator=ExtractiveGenerator,
     )
@@ -52,7 +57,14 @@ def _run(workflow: QueryWorkflow, body: dict) -> dict:
             shards.append({"shard": index, "status": "skipped"})
             continue
         try:
-            out = workflow.search({"shard": index, "request": embedded["request"], "vector": embedded["vector"]})
+            out = workflow.search(
+                {
+                    "shard": index,
+                    "request": embedded["request"],
+                    "vector": embedded["vector"],
+                    "sparse": embedded["sparse"],
+                }
+            )
             shards.append({"shard": index, "status": "ok", **out})
         except ShardSearchFailed:
             shards.append({"shard": index, "status": "failed", "error": "ShardSearchFailed"})
@@ -136,3 +148,67 @@ def test_ids_only_depth_is_bounded_by_shard_count(hashing_embedder) -> None:  # 
         assert workflow.resolve({**body, "top_k": deepest}).candidates == deepest
         with pytest.raises(BadRequest, match="payload limit"):
             workflow.resolve({**body, "top_k": deepest + 1})
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_every_mode_finds_the_document_and_reports_its_lists(setup, mode: str) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    embedded = workflow.embed({"request": {"question": "waggle dance of honeybees", "mode": mode}})
+    assert embedded["request"]["mode"] == mode
+    assert (embedded["sparse"] is None) == (mode == "dense")
+    response = _run(workflow, {"question": "waggle dance of honeybees", "mode": mode, "generate": False})
+    assert response["hits"][0]["doc_id"] == "bees"
+
+
+def test_bm25_mode_matches_words_not_meaning(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _ = setup
+    response = _run(workflow, {"question": "zzz unknown words only", "mode": "bm25", "generate": False})
+    assert response["hits"] == []
+
+
+def test_default_mode_comes_from_settings(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(retrieval={"mode": "dense"}, store={"dimension": hashing_embedder.dimension})
+    workflow = build_query_workflow(settings, embed=lambda t: [0.0], lexical=lambda t: None, stores=lambda i: None)  # type: ignore[arg-type,return-value]
+    assert workflow.resolve({"question": "q"}).mode == "dense"
+    assert workflow.resolve({"question": "q", "mode": "bm25"}).mode == "bm25"
+    for bad in ("sparse", "", 1, "HYBRID"):
+        with pytest.raises(BadRequest, match="mode"):
+            workflow.resolve({"question": "q", "mode": bad})
+
+
+def _tenant_workflow(hashing_embedder, mode: str = "multi") -> QueryWorkflow:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        tenancy={"mode": mode},
+        store={"dimension": hashing_embedder.dimension},
+        retrieval={"metadata_fields": {"lang": "string"}},
+    )
+    return build_query_workflow(settings, embed=lambda t: [0.0], lexical=lambda t: None, stores=lambda i: None)  # type: ignore[arg-type,return-value]
+
+
+def test_multi_tenant_queries_are_scoped_to_the_callers_tenant(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    workflow = _tenant_workflow(hashing_embedder)
+    query = workflow.resolve({"question": "q", "filters": {"lang": "en"}}, Caller(tenant="acme"))
+    assert query.tenant == "acme"
+    assert query.filter_expr == 'tenant == "acme" and metadata["lang"] == "en"'
+    assert workflow.resolve({"question": "q"}, Caller(tenant="acme")).filter_expr == 'tenant == "acme"'
+
+
+@pytest.mark.parametrize("tenant", ["", "   ", 'a" or tenant != "b', "../x", "x" * 200])
+def test_multi_tenant_without_a_valid_tenant_is_forbidden(hashing_embedder, tenant: str) -> None:  # type: ignore[no-untyped-def]
+    workflow = _tenant_workflow(hashing_embedder)
+    with pytest.raises(Forbidden):
+        workflow.resolve({"question": "q"}, Caller(tenant=tenant))
+    with pytest.raises(Forbidden):
+        workflow.embed({"request": {"question": "q"}, "caller": {"tenant": tenant}})
+
+
+def test_the_tenant_never_comes_from_the_request_body(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    workflow = _tenant_workflow(hashing_embedder)
+    with pytest.raises(BadRequest, match="tenant"):
+        workflow.resolve({"question": "q", "tenant": "acme"}, Caller(tenant="other"))
+
+
+def test_single_tenant_mode_ignores_the_caller(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    workflow = _tenant_workflow(hashing_embedder, mode="single")
+    query = workflow.resolve({"question": "q"}, Caller(tenant="acme"))
+    assert query.tenant == "" and query.filter_expr == ""

@@ -55,6 +55,13 @@ class SourceContext:
     tenant: str
     settings: IngestionSettings
 
+    def line_doc_id(self, raw_id: str) -> str:
+        """A bulk file's line id, made unique per tenant: with tenants from key prefixes, two tenants' files may
+        use the same ids, and a shared id would let one tenant's upload overwrite the other's document."""
+        if self.settings.tenant_source == "default":
+            return raw_id
+        return f"{self.tenant}/{raw_id}"
+
     @property
     def stem_title(self) -> str:
         name = PurePosixPath(self.key).name
@@ -453,7 +460,7 @@ class JsonLinesParser:
         if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id).strip():
             report.reject(line_no, "missing _id/id")
             return None
-        doc_id = str(raw_id).strip()
+        doc_id = ctx.line_doc_id(str(raw_id).strip())
         text, title, metadata = obj.get("text"), obj.get("title") or "", obj.get("metadata") or {}
         if len(doc_id) > _MAX_ID_CHARS:
             report.reject(line_no, "id too long")

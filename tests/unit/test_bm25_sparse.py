@@ -1,0 +1,238 @@
+"""BM25 as sparse vectors: tokenisation parity with bm25s, exact scores by inner product, corpus statistics."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from pathlib import Path
+
+import bm25s
+import boto3
+import pytest
+import Stemmer
+from moto import mock_aws
+from shardrag.artifacts import FileArtifactStore, S3ArtifactStore
+from shardrag.bm25 import EMPTY_MARKER, Bm25Encoder, CorpusStats, Tokenizer, idf, term_id
+from shardrag.records import Chunk, EmbeddedChunk, SparseVector
+from shardrag.store.accounting import TermAccountingStore
+from shardrag.store.memory import InMemoryVectorStore
+from shardrag.term_stats import (
+    CorpusStatsCache,
+    TermStatsStore,
+    TermStatsTracker,
+    decode_stats,
+    encode_stats,
+    stats_name,
+)
+
+CORPUS = [
+    "Ocean tides are caused by the gravitational pull of the Moon and the Sun.",
+    "The Moon orbits the Earth; its gravity raises tides in the oceans.",
+    "Photosynthesis converts light energy into chemical energy in plants.",
+    "Running shoes wear out after several hundred kilometres of running.",
+]
+
+
+def test_tokenizer_matches_bm25s() -> None:
+    stemmer = Stemmer.Stemmer("english")
+    for text in [*CORPUS, "The QUICK brown foxes were jumping, isn't it? 42 x y", "Café naïve résumé"]:
+        tokens = bm25s.tokenize([text], stopwords="en", stemmer=stemmer, show_progress=False, return_ids=False)
+        assert Tokenizer().terms(text) == tokens[0]
+
+
+def test_term_ids_are_stable_and_never_the_empty_marker_id() -> None:
+    assert term_id("moon") == term_id("moon") != term_id("tide")
+    assert all(1 <= term_id(t) < 2**32 - 1 for t in ("a", "moon", "x" * 300, "é"))
+
+
+def test_stopword_only_text_stores_the_empty_marker() -> None:
+    encoder = Bm25Encoder()
+    assert encoder.document("the and of to") == EMPTY_MARKER
+    assert encoder.document("") == EMPTY_MARKER
+
+
+def _reference_bm25(query: str, docs: list[str], k1: float, b: float, avgdl: float) -> list[float]:
+    """Textbook BM25 (Lucene IDF, each distinct query term once) computed directly from token counts."""
+    tok = Tokenizer()
+    counts = [Counter(tok.terms(d)) for d in docs]
+    n = len(docs)
+    scores = []
+    for tf in counts:
+        length = sum(tf.values())
+        score = 0.0
+        for term in set(tok.terms(query)):
+            df = sum(1 for c in counts if term in c)
+            if df and tf[term]:
+                norm = tf[term] + k1 * (1 - b + b * length / avgdl)
+                score += math.log(1 + (n - df + 0.5) / (df + 0.5)) * tf[term] * (k1 + 1) / norm
+        scores.append(score)
+    return scores
+
+
+def _dot(a: SparseVector, b: SparseVector) -> float:
+    weights = a.as_dict()
+    return sum(weights.get(i, 0.0) * v for i, v in zip(b.indices, b.values, strict=True))
+
+
+def test_inner_product_of_the_two_sides_is_bm25() -> None:
+    encoder = Bm25Encoder(k1=1.2, b=0.4, avgdl=9.0)
+    stats = CorpusStats()
+    vectors = [encoder.document(d) for d in CORPUS]
+    stats.count(vectors, +1)
+    query = encoder.query("What causes the tides of the ocean? Moon moon", stats)
+    got = [_dot(query, v) for v in vectors]
+    want = _reference_bm25("What causes the tides of the ocean? Moon moon", CORPUS, 1.2, 0.4, 9.0)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert got[0] > got[1] > 0 and got[2] == got[3] == 0
+
+
+def test_stats_summed_over_shards_give_the_same_idf_as_one_index() -> None:
+    encoder = Bm25Encoder()
+    vectors = [encoder.document(d) for d in CORPUS]
+    whole, left, right = CorpusStats(), CorpusStats(), CorpusStats()
+    whole.count(vectors, +1)
+    left.count(vectors[:1], +1)
+    right.count(vectors[1:], +1)
+    merged = CorpusStats()
+    merged.add(left)
+    merged.add(right)
+    assert merged == whole
+    assert encoder.query("moon tides", merged) == encoder.query("moon tides", whole)
+
+
+def test_query_terms_unknown_to_the_corpus_are_dropped() -> None:
+    stats = CorpusStats()
+    stats.count([Bm25Encoder().document(CORPUS[0])], +1)
+    query = Bm25Encoder().query("moon zebra", stats)
+    assert query.indices == [term_id("moon")]
+    assert query.values == [pytest.approx(idf(1, 1))]
+
+
+def test_counts_never_go_below_zero() -> None:
+    stats = CorpusStats()
+    vector = Bm25Encoder().document(CORPUS[0])
+    stats.count([vector], +1)
+    delta = CorpusStats()
+    delta.count([vector, vector], -1)  # a replayed delete
+    stats.add(delta)
+    assert stats == CorpusStats()
+
+
+def test_stats_round_trip_through_bytes() -> None:
+    stats = CorpusStats()
+    stats.count([Bm25Encoder().document(d) for d in CORPUS], +1)
+    assert decode_stats(encode_stats(stats)) == stats
+
+
+def test_file_artifacts_compare_and_swap(tmp_path: Path) -> None:
+    store = FileArtifactStore(tmp_path)
+    assert store.get("x/a.bin") is None
+    assert store.put("x/a.bin", b"one", expected_etag=None)
+    assert not store.put("x/a.bin", b"two", expected_etag=None)  # exists already
+    current = store.get("x/a.bin")
+    assert current is not None and current.data == b"one"
+    assert not store.put("x/a.bin", b"two", expected_etag="stale")
+    assert store.put("x/a.bin", b"two", expected_etag=current.etag)
+    with pytest.raises(ValueError, match="leaves"):
+        store.get("../outside")
+
+
+def test_s3_artifacts_compare_and_swap() -> None:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="artefacts")
+        store = S3ArtifactStore(client, "artefacts", prefix="index")
+        assert store.get("a.npz") is None
+        assert store.put("a.npz", b"one", expected_etag=None)
+        assert not store.put("a.npz", b"two", expected_etag=None)
+        current = store.get("a.npz")
+        assert current is not None and current.data == b"one"
+        assert not store.put("a.npz", b"two", expected_etag='"0000"')
+        assert store.put("a.npz", b"two", expected_etag=current.etag)
+        assert client.get_object(Bucket="artefacts", Key="index/a.npz")["Body"].read() == b"two"
+
+
+def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
+    stats_store = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0)])
+    vector = Bm25Encoder().document(CORPUS[0])
+
+    def write() -> None:
+        for _ in range(5):
+            delta = CorpusStats()
+            delta.count([vector], +1)
+            assert stats_store.apply(0, delta)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stats_store.load(0).documents == 20
+    assert stats_store.load(0).df[vector.indices[0]] == 20
+
+
+def _chunk(doc: str, version: str, i: int, text: str) -> EmbeddedChunk:
+    encoder = Bm25Encoder()
+    return EmbeddedChunk(
+        chunk=Chunk(chunk_id=f"{doc}::{version}::{i}", doc_id=doc, text=text, version=version),
+        vector=[1.0, float(i), 0.0, 0.0],
+        sparse=encoder.document(text),
+    )
+
+
+def test_accounting_store_counts_what_is_stored_through_replays_overwrites_and_deletes(tmp_path: Path) -> None:
+    stats_store = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0)])
+    store = TermAccountingStore(
+        InMemoryVectorStore(dimension=4), shard=0, tracker=TermStatsTracker(lambda: stats_store)
+    )
+    first = [_chunk("d", "v1", i, CORPUS[i]) for i in range(2)]
+    store.upsert(first)
+    store.upsert(first)  # a redelivered event
+    store.flush()
+    expected = CorpusStats()
+    expected.count([c.sparse for c in first if c.sparse], +1)
+    assert stats_store.load(0) == expected
+
+    second = [_chunk("d", "v2", 0, CORPUS[2])]
+    store.upsert(second)
+    store.delete_document("d", keep_version="v2")
+    store.flush()
+    expected = CorpusStats()
+    expected.count([c.sparse for c in second if c.sparse], +1)
+    assert stats_store.load(0) == expected
+
+    store.delete_document("d")
+    store.delete_document("d")
+    store.flush()
+    assert stats_store.load(0) == CorpusStats()
+
+
+def test_a_flush_that_keeps_losing_races_keeps_its_delta(tmp_path: Path) -> None:
+    class Contended(TermStatsStore):
+        def apply(self, shard: int, delta: CorpusStats) -> bool:
+            return False
+
+    tracker = TermStatsTracker(lambda: Contended(FileArtifactStore(tmp_path), ["s"]))
+    tracker.record(0, added=[Bm25Encoder().document(CORPUS[0])], removed=[])
+    with pytest.raises(RuntimeError, match="pending"):
+        tracker.flush(0)
+    real = TermStatsStore(FileArtifactStore(tmp_path), ["s"])
+    retry = TermStatsTracker(lambda: real)
+    retry._pending = tracker._pending  # the kept delta is what the next flush applies
+    retry.flush(0)
+    assert real.load(0).documents == 1
+
+
+def test_query_side_cache_rereads_after_its_ttl() -> None:
+    loads: list[int] = []
+
+    def load() -> CorpusStats:
+        loads.append(1)
+        return CorpusStats(documents=len(loads))
+
+    cache = CorpusStatsCache(load, ttl_s=3600)
+    assert cache.get().documents == 1 and cache.get().documents == 1
+    cache.invalidate()
+    assert cache.get().documents == 2
+    assert CorpusStatsCache(load, ttl_s=0).get().documents == 3

@@ -1,0 +1,85 @@
+"""Hybrid fusion: each modality merged across shards first, then normalised and combined."""
+
+from __future__ import annotations
+
+import pytest
+from shardrag.errors import ShardsUnavailable
+from shardrag.fusion import ConvexFuser, RrfFuser, ScoreMergeFuser, merge_modality
+from shardrag.records import Hit, ShardResult
+
+
+def _hit(chunk_id: str, score: float, shard: int) -> Hit:
+    return Hit(chunk_id=chunk_id, doc_id=chunk_id.split(":")[0], score=score, text=chunk_id, shard=shard)
+
+
+def _shard(shard: int, dense: dict[str, float], lexical: dict[str, float]) -> ShardResult:
+    return ShardResult(
+        shard=shard,
+        status="ok",
+        hits=[_hit(c, s, shard) for c, s in sorted(dense.items(), key=lambda p: -p[1])],
+        lexical=[_hit(c, s, shard) for c, s in sorted(lexical.items(), key=lambda p: -p[1])],
+    )
+
+
+RESULTS = [
+    _shard(0, {"a": 0.90, "b": 0.50}, {"b": 12.0, "c": 3.0}),
+    _shard(1, {"d": 0.80, "e": 0.20}, {"e": 9.0, "d": 1.0}),
+]
+
+
+def test_each_modality_is_merged_across_shards_by_score() -> None:
+    assert [h.chunk_id for h in merge_modality(RESULTS, "dense")] == ["a", "d", "b", "e"]
+    assert [h.chunk_id for h in merge_modality(RESULTS, "lexical")] == ["b", "e", "c", "d"]
+    assert [h.chunk_id for h in ScoreMergeFuser("lexical").run(RESULTS, 2).hits] == ["b", "e"]
+
+
+def test_alpha_one_is_dense_order_and_alpha_zero_is_bm25_order() -> None:
+    for normalisation in ("zscore", "minmax"):
+        # (Below the dense list's floor, a chunk only BM25 found ties the dense list's last one.)
+        dense = ConvexFuser(1.0, normalisation=normalisation).run(RESULTS, 3)  # type: ignore[arg-type]
+        assert [h.chunk_id for h in dense.hits] == ["a", "d", "b"]
+        lexical = ConvexFuser(0.0, normalisation=normalisation).run(RESULTS, 3)  # type: ignore[arg-type]
+        assert [h.chunk_id for h in lexical.hits] == ["b", "e", "c"]
+
+
+def test_convex_fusion_rewards_chunks_both_modalities_rank_well() -> None:
+    fused = ConvexFuser(0.5, normalisation="minmax").run(RESULTS, 5)
+    # b: dense (0.5-0.2)/0.7, bm25 1.0; a: dense 1.0, bm25 missing -> the list's floor 0.
+    scores = {h.chunk_id: h.score for h in fused.hits}
+    assert fused.hits[0].chunk_id == "b"
+    assert scores["b"] == pytest.approx(0.5 * 0.3 / 0.7 + 0.5 * 1.0, abs=1e-6)
+    assert scores["a"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_normalisation_happens_after_the_merge_not_per_shard() -> None:
+    # Per shard, shard 1's weak best dense hit would normalise to 1.0 and tie shard 0's strong one.
+    results = [_shard(0, {"x": 0.95, "y": 0.10}, {}), _shard(1, {"z": 0.30, "w": 0.10}, {})]
+    fused = ConvexFuser(0.6).run(results, 4)
+    assert [h.chunk_id for h in fused.hits] == ["x", "z", "w", "y"]
+    assert fused.hits[0].score > fused.hits[1].score
+
+
+def test_fusion_depth_bounds_the_candidates_of_each_modality() -> None:
+    fused = ConvexFuser(0.5, depth=1).run(RESULTS, 10)
+    assert {h.chunk_id for h in fused.hits} == {"a", "b"}
+
+
+def test_rrf_uses_ranks_only() -> None:
+    fused = RrfFuser(k=60).run(RESULTS, 2)
+    # b: dense rank 3 + bm25 rank 1; d: dense rank 2 + bm25 rank 4; e: 4 + 2; a: 1 only.
+    assert [h.chunk_id for h in fused.hits] == ["b", "d"]
+    assert fused.hits[0].score == pytest.approx(1 / 63 + 1 / 61, abs=1e-6)
+
+
+def test_fusers_report_shard_outcomes_and_refuse_when_nothing_answered() -> None:
+    failed = [*RESULTS, ShardResult(shard=2, status="failed", error="x"), ShardResult(shard=3, status="skipped")]
+    fused = ConvexFuser().run(failed, 3)
+    assert fused.degraded and fused.failed == [2] and fused.skipped == [3] and fused.searched == [0, 1]
+    with pytest.raises(ShardsUnavailable):
+        ConvexFuser().run([ShardResult(shard=0, status="failed")], 3)
+    with pytest.raises(ValueError):
+        ConvexFuser(1.5)
+
+
+def test_empty_lists_fuse_to_no_hits() -> None:
+    assert ConvexFuser().run([_shard(0, {}, {})], 5).hits == []
