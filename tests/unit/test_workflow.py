@@ -11,6 +11,7 @@ from shardrag.config import Settings
 from shardrag.errors import BadRequest, Forbidden, ShardSearchFailed, ShardsUnavailable
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
+from shardrag.rerank import RerankFailed
 from shardrag.services import build_query_workflow
 from shardrag.store.memory import InMemoryVectorStore
 from shardrag.workflow import IDS_ONLY_MAX_HITS, PAYLOAD_HIT_BUDGET_BYTES, Caller, QueryWorkflow, hit_text_budget
@@ -212,3 +213,51 @@ def test_single_tenant_mode_ignores_the_caller(hashing_embedder) -> None:  # typ
     workflow = _tenant_workflow(hashing_embedder, mode="single")
     query = workflow.resolve({"question": "q"}, Caller(tenant="acme"))
     assert query.tenant == "" and query.filter_expr == ""
+
+
+class _Reverse:
+    name = "reverse"
+
+    def run(self, question: str, hits: list, top_n: int) -> list:  # type: ignore[type-arg]
+        return [h.model_copy(update={"score": float(i)}) for i, h in enumerate(reversed(hits))][:top_n]
+
+
+class _Broken:
+    name = "broken"
+
+    def run(self, question: str, hits: list, top_n: int) -> list:  # type: ignore[type-arg]
+        raise RerankFailed("throttled", reason="ThrottlingException")
+
+
+def _rerank_workflow(setup, hashing_embedder, reranker) -> QueryWorkflow:  # type: ignore[no-untyped-def]
+    _, stores = setup
+    settings = Settings(
+        store={"shard_count": 3, "dimension": hashing_embedder.dimension},
+        rerank={"kind": "bedrock", "max_candidates": 20},
+        retrieval={"mode": "dense"},
+    )
+    return build_query_workflow(
+        settings,
+        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
+        lexical=lambda text: None,  # type: ignore[arg-type,return-value]
+        stores=stores.__getitem__,
+        make_generator=ExtractiveGenerator,
+        make_reranker=lambda: reranker,
+    )
+
+
+def test_the_reranker_reorders_the_fused_candidates_before_generation(setup, hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    plain = _run(setup[0], {"question": "waggle dance", "mode": "dense", "top_k": 3, "generate": False})
+    reranked = _run(_rerank_workflow(setup, hashing_embedder, _Reverse()), {"question": "waggle dance", "top_k": 3})
+    assert reranked["rerank"] == {"model": "reverse", "status": "ok"}
+    assert [h["chunk_id"] for h in reranked["hits"]] == [h["chunk_id"] for h in reversed(plain["hits"])]
+    assert reranked["citations"][0]["chunk_id"] in {h["chunk_id"] for h in reranked["hits"]}
+    assert plain["rerank"] is None
+
+
+def test_a_failed_rerank_keeps_the_fused_order_and_says_so(setup, hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    plain = _run(setup[0], {"question": "waggle dance", "mode": "dense", "top_k": 3})
+    fallback = _run(_rerank_workflow(setup, hashing_embedder, _Broken()), {"question": "waggle dance", "top_k": 3})
+    assert fallback["rerank"] == {"model": "broken", "status": "failed", "reason": "ThrottlingException"}
+    assert [h["chunk_id"] for h in fallback["hits"]] == [h["chunk_id"] for h in plain["hits"]]
+    assert fallback["answer"]

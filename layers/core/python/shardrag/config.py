@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from shardrag import env
 from shardrag.errors import ConfigurationError
+from shardrag.rerank import RerankSettings
 
 
 class _Model(BaseModel):
@@ -206,6 +207,7 @@ class Settings(_Model):
     generator: GeneratorSettings = GeneratorSettings()
     ingestion: IngestionSettings = IngestionSettings()
     tenancy: TenancySettings = TenancySettings()
+    rerank: RerankSettings = RerankSettings()
 
     def shard_endpoints(self) -> tuple[ShardEndpoint, ...]:
         return self.store.endpoints(Path(self.data_dir))

@@ -68,6 +68,15 @@ _RESPONSE = {
         },
         "timings_ms": {"type": "object", "additionalProperties": True},
         "model": {"type": ["string", "null"]},
+        "rerank": {
+            "type": ["object", "null"],
+            "description": "null when no reranker is configured; status 'failed' keeps the fused order",
+            "properties": {
+                "model": {"type": "string"},
+                "status": {"type": "string", "enum": ["ok", "failed"]},
+                "reason": {"type": "string"},
+            },
+        },
     },
 }
 

@@ -22,6 +22,7 @@ from shardrag.fusion import ConvexFuser, Fuser, RrfFuser, ScoreMergeFuser
 from shardrag.generation.base import Generator
 from shardrag.records import SparseVector
 from shardrag.request import Mode
+from shardrag.rerank import Reranker, build_reranker
 from shardrag.routing import HashRouter
 from shardrag.search import ShardSearcher
 from shardrag.secrets import read_secret
@@ -152,6 +153,11 @@ def embed_one(text: str) -> list[float]:
 
 
 @lru_cache(maxsize=1)
+def reranker() -> Reranker:
+    return build_reranker(cached_settings().rerank)
+
+
+@lru_cache(maxsize=1)
 def generator() -> Generator:
     from shardrag.generation.factory import build_generator
 
@@ -165,6 +171,7 @@ def build_query_workflow(
     lexical: Callable[[str], SparseVector] = lexical_query,
     stores: Callable[[int], VectorStore] | None = None,
     make_generator: Callable[[], Generator] = generator,
+    make_reranker: Callable[[], Reranker] = reranker,
 ) -> QueryWorkflow:
     shard_count = settings.store.shard_count
     return QueryWorkflow(
@@ -176,6 +183,9 @@ def build_query_workflow(
         default_mode=settings.retrieval.mode,
         fusion_depth=settings.retrieval.fusion.depth,
         generator=make_generator,
+        reranker=make_reranker if settings.rerank.kind != "none" else None,
+        rerank_candidates=settings.rerank.max_candidates,
+        rerank_top_n=settings.rerank.top_n,
         filter_compiler=FilterCompiler(settings.retrieval.metadata_fields),
         default_top_k=settings.retrieval.top_k,
         min_candidates=settings.retrieval.min_candidates_per_shard,
@@ -254,6 +264,7 @@ def reset_caches() -> None:
         _query_encoder,
         embedder,
         generator,
+        reranker,
         ingest_service,
     ):
         cached.cache_clear()

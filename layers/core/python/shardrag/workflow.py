@@ -7,6 +7,7 @@ handlers through the real state machine.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -31,8 +32,11 @@ from shardrag.records import (
     SparseVector,
 )
 from shardrag.request import Mode, parse_query_request
+from shardrag.rerank import Reranker, RerankFailed
 from shardrag.routing import Router
 from shardrag.search import ShardSearcher
+
+log = logging.getLogger(__name__)
 
 #: Share of the 256 KiB state payload limit that shard hits may take in the Parallel state's output.
 PAYLOAD_HIT_BUDGET_BYTES = 160 * 1024
@@ -130,6 +134,9 @@ class QueryWorkflow:
         default_mode: Mode,
         fusion_depth: int = 100,
         generator: Callable[[], Generator],
+        reranker: Callable[[], Reranker] | None = None,
+        rerank_candidates: int = 100,
+        rerank_top_n: int | None = None,
         filter_compiler: FilterCompiler,
         default_top_k: int,
         min_candidates: int,
@@ -144,6 +151,9 @@ class QueryWorkflow:
         self._default_mode: Mode = default_mode
         self._fusion_depth = fusion_depth
         self._generator = generator
+        self._reranker = reranker
+        self._rerank_candidates = rerank_candidates
+        self._rerank_top_n = rerank_top_n
         self._filters = filter_compiler
         self._default_top_k = default_top_k
         self._min_candidates = min_candidates
@@ -244,17 +254,34 @@ class QueryWorkflow:
             "took_ms": result.took_ms,
         }
 
+    def _rerank(self, reranker: Reranker, query: ResolvedQuery, fused: list[Hit]) -> tuple[list[Hit], dict[str, Any]]:
+        """Reorder the fused candidates; if the reranker fails, keep the fused order and say so (an answer from
+        good retrieval beats no answer)."""
+        top_n = min(query.top_k, self._rerank_top_n or query.top_k)
+        try:
+            return reranker.run(query.question, fused, top_n), {"model": reranker.name, "status": "ok"}
+        except RerankFailed as exc:
+            log.warning("rerank failed (%s): %s; keeping the fused order", exc.reason, exc.message)
+            return fused[: query.top_k], {"model": reranker.name, "status": "failed", "reason": exc.reason}
+
     def fuse_generate(self, payload: Any) -> dict[str, Any]:
         step = _parse(FuseInput, payload)
         query = step.request
         started = time.perf_counter()
-        fused: FusedHits = self._fusers[query.mode].run(step.shards, query.top_k)
+        reranking = self._reranker is not None and query.include_text
+        pool = max(query.top_k, self._rerank_candidates) if reranking else query.top_k
+        fused: FusedHits = self._fusers[query.mode].run(step.shards, pool)
         fuse_ms = _ms(started)
+        hits, rerank, rerank_ms = fused.hits[: query.top_k], None, 0.0
+        if reranking and self._reranker is not None and fused.hits:
+            started = time.perf_counter()
+            hits, rerank = self._rerank(self._reranker(), query, fused.hits)
+            rerank_ms = _ms(started)
         answer: Answer | None = None
         generate_ms = 0.0
         if query.generate:
             started = time.perf_counter()
-            answer = self._generator().run(query.question, fused.hits)
+            answer = self._generator().run(query.question, hits)
             generate_ms = _ms(started)
         shard_ms = {str(r.shard): r.took_ms for r in step.shards if r.status == "ok"}
         timings = {
@@ -262,6 +289,7 @@ class QueryWorkflow:
             "route": float(step.route.get("took_ms", 0.0)),
             "search": max(shard_ms.values(), default=0.0),
             "fuse": fuse_ms,
+            "rerank": rerank_ms,
             "generate": generate_ms,
         }
         if step.started_at:
@@ -269,8 +297,9 @@ class QueryWorkflow:
         return {
             "answer": answer.text if answer else None,
             "citations": [c.model_dump() for c in answer.citations] if answer else [],
-            "hits": [_public_hit(rank, hit) for rank, hit in enumerate(fused.hits, start=1)],
+            "hits": [_public_hit(rank, hit) for rank, hit in enumerate(hits, start=1)],
             "degraded": fused.degraded,
+            "rerank": rerank,
             "shards": {"searched": fused.searched, "failed": fused.failed, "skipped": fused.skipped},
             "timings_ms": {**timings, "shards": shard_ms},
             "model": answer.model if answer else None,
