@@ -73,7 +73,7 @@ PIP_LAYERS: Final[tuple[PipLayer, ...]] = (
     PipLayer(
         "base",
         drop=("numpy/_core/include",),
-        imports=("aws_lambda_powertools", "aws_lambda_powertools.metrics", "pydantic", "numpy", "pypdf"),
+        imports=("aws_lambda_powertools", "aws_lambda_powertools.metrics", "pydantic", "numpy", "pypdf", "Stemmer"),
     ),
     PipLayer(
         "onnx",
