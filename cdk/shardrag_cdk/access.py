@@ -1,4 +1,5 @@
-"""Access to what lives outside the stack: the Milvus token secrets and the generator (Bedrock or an API key).
+"""Access to what lives outside the stack: the Milvus token secrets, the generator (Bedrock or an API key) and
+the reranker (Bedrock Rerank).
 
 Grants name exactly the configured secrets and models. Tokens never enter an environment variable: the
 functions get the secret *names* (inside the settings JSON) and read the values at cold start.
@@ -14,6 +15,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 from shardrag.config import GeneratorSettings
+from shardrag.rerank import RerankSettings
 
 from shardrag_cdk.nag import acknowledge
 
@@ -73,3 +75,31 @@ class GeneratorAccess(Construct):
         if generator.api_key_secret:
             secret = secretsmanager.Secret.from_secret_name_v2(self, "ApiKey", generator.api_key_secret)
             secret.grant_read(caller)
+
+
+class RerankerAccess(Construct):
+    """What the FuseAndGenerate function needs to call the Bedrock ``Rerank`` API with the configured model.
+
+    Two actions (AWS, "Permissions for reranking in Amazon Bedrock"): ``bedrock:Rerank``, which the Service
+    Authorization Reference lists without a resource type, so it can only be granted on ``*``; and
+    ``bedrock:InvokeModel`` on the reranker model, which is where the grant is actually narrowed.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, rerank: RerankSettings, caller: iam.Role) -> None:
+        super().__init__(scope, construct_id)
+        if rerank.kind != "bedrock":
+            return
+        iam.Grant.add_to_principal(grantee=caller, actions=["bedrock:Rerank"], resource_arns=["*"])
+        iam.Grant.add_to_principal(
+            grantee=caller,
+            actions=["bedrock:InvokeModel"],
+            resource_arns=bedrock_model_arns(Stack.of(self), rerank.model_id, rerank.region),
+        )
+        acknowledge(
+            caller,
+            (
+                "AwsSolutions-IAM5[Resource::*]",
+                "X-Ray PutTraceSegments/PutTelemetryRecords (tracing is on) and bedrock:Rerank support no resource "
+                "scoping; the reranker model itself is named in the bedrock:InvokeModel statement.",
+            ),
+        )

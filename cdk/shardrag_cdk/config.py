@@ -203,7 +203,18 @@ class EnvironmentConfig(_Model):
         if generator.kind == "openai" and not generator.endpoint_url:
             raise ValueError("settings.generator.kind 'openai' needs settings.generator.endpoint_url")
         self._tenancy_deployable()
+        self._rerank_fits()
         return self
+
+    def _rerank_fits(self) -> None:
+        """A failed rerank falls back to the fused order, but only if it fails while FuseAndGenerate still runs."""
+        rerank, function = self.settings.rerank, self.deployment.functions.fuse_generate
+        if rerank.kind != "none" and rerank.timeout_s >= function.timeout_s:
+            raise ValueError(
+                f"settings.rerank.timeout_s ({rerank.timeout_s:g}s) must be below "
+                f"deployment.functions.fuse_generate.timeout_s ({function.timeout_s}s): FuseAndGenerate would time "
+                "out before a slow rerank fails over to the fused order, and there would be no time left to generate"
+            )
 
     def _tenancy_deployable(self) -> None:
         """Multi-tenant mode needs a tenant the API can read from the caller's verified identity."""

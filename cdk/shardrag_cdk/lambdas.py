@@ -140,7 +140,9 @@ class ShardRagFunction(Construct):
             version=self.function.current_version,
             provisioned_concurrent_executions=sizing.provisioned_concurrency or None,
         )
+        self.name = name
         self.timeout_s = sizing.timeout_s
+        self.log_group = log_group
         acknowledge(
             self.function,
             ("AwsSolutions-L1", _RUNTIME_REASON),

@@ -1,4 +1,5 @@
-"""Dashboard and alarms: per-stage latency and errors, degraded answers, the API, ingestion, the DLQ."""
+"""Dashboard and alarms: per-stage latency and errors, degraded answers and failed reranks, the API, ingestion,
+the DLQ."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
@@ -20,6 +22,10 @@ from shardrag_cdk.config import AlarmConfig, DeploymentConfig
 #: Powertools ``service`` dimension of the query-path business metrics (``DegradedAnswers``,
 #: ``ShardFailures``): functions/fuse_generate/handler.py sets it explicitly.
 QUERY_METRICS_SERVICE: Final = "query"
+#: Counted from FuseAndGenerate's log: ``shardrag.workflow`` warns ``rerank failed (<reason>): ...`` and keeps the
+#: fused order, so the failure shows in no error metric.
+RERANK_FAILURES_METRIC: Final = "RerankFailures"
+RERANK_FAILED_LOG_PHRASE: Final = "rerank failed"
 WIDTH: Final = 12
 
 
@@ -38,6 +44,7 @@ class Observability(Construct):
         queue: sqs.IQueue,
         dead_letters: sqs.IQueue,
         deployment: DeploymentConfig,
+        rerank_logs: logs.ILogGroup | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         alarms = deployment.alarms
@@ -67,6 +74,24 @@ class Observability(Construct):
         query_invocations = {
             name: fn.metric_invocations(statistic="Sum", period=period) for name, fn in functions.items()
         }
+
+        answer_quality = [business("ShardFailures"), business("DegradedAnswers")]
+        answer_title = "Shard failures and degraded answers"
+        if rerank_logs is not None:
+            logs.MetricFilter(
+                self,
+                "RerankFailures",
+                log_group=rerank_logs,
+                # A quoted phrase matches the text log line and a JSON one alike.
+                filter_pattern=logs.FilterPattern.literal(f'"{RERANK_FAILED_LOG_PHRASE}"'),
+                metric_namespace=namespace,
+                metric_name=RERANK_FAILURES_METRIC,
+                metric_value="1",
+            )
+            answer_quality.append(
+                cw.Metric(namespace=namespace, metric_name=RERANK_FAILURES_METRIC, statistic="Sum", period=period)
+            )
+            answer_title += ", failed reranks"
 
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"{Stack.of(self).stack_name}-overview")
         self.dashboard.add_widgets(
@@ -99,8 +124,8 @@ class Observability(Construct):
                 ],
             ),
             cw.GraphWidget(
-                title="Shard failures and degraded answers", width=WIDTH,
-                left=[business("ShardFailures"), business("DegradedAnswers")],
+                title=answer_title, width=WIDTH,
+                left=answer_quality,
             ),
             cw.GraphWidget(
                 title="Ingestion throughput (messages / period)", width=WIDTH,

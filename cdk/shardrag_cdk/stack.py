@@ -7,8 +7,9 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
-from shardrag_cdk.access import GeneratorAccess, MilvusSecretsAccess
+from shardrag_cdk.access import GeneratorAccess, MilvusSecretsAccess, RerankerAccess
 from shardrag_cdk.api import QueryApi
+from shardrag_cdk.artifacts import IndexArtifacts
 from shardrag_cdk.config import EnvironmentConfig
 from shardrag_cdk.ingestion import Ingestion
 from shardrag_cdk.lambdas import QueryFunctions
@@ -43,7 +44,16 @@ class ShardRagStack(Stack):
             secret_names=config.milvus_secret_names(),
             readers=[query.by_name["shard_search"].function, ingestion.ingest.function],
         )
-        GeneratorAccess(self, "Generator", generator=settings.generator, caller=query.by_name["fuse_generate"].role)
+        artifacts = IndexArtifacts(
+            self, "IndexArtifacts", deployment=deployment, access_logs=ingestion.documents.access_logs
+        )
+        artifacts.grant_read_write(ingestion.ingest)
+        # Embed: corpus-wide IDF for the BM25 query side; Route: the centroids (routing.mode centroid).
+        for reader in ("embed", "route"):
+            artifacts.grant_read(query.by_name[reader])
+        fuse_generate = query.by_name["fuse_generate"]
+        GeneratorAccess(self, "Generator", generator=settings.generator, caller=fuse_generate.role)
+        RerankerAccess(self, "Reranker", rerank=settings.rerank, caller=fuse_generate.role)
         workflow = QueryWorkflow(
             self,
             "QueryWorkflow",
@@ -70,9 +80,11 @@ class ShardRagStack(Stack):
             queue=ingestion.queue.queue,
             dead_letters=ingestion.queue.dead_letters,
             deployment=deployment,
+            rerank_logs=fuse_generate.log_group if settings.rerank.kind != "none" else None,
         )
         CfnOutput(self, "ApiUrl", value=api.api.url_for_path("/query"), description="POST questions here")
         CfnOutput(self, "DocumentsBucket", value=ingestion.documents.bucket.bucket_name)
+        CfnOutput(self, "IndexArtifactsBucket", value=artifacts.bucket.bucket_name)
         CfnOutput(self, "RegistryTable", value=ingestion.registry.table.table_name)
         CfnOutput(self, "QueryStateMachine", value=workflow.state_machine.state_machine_arn)
         CfnOutput(self, "DeadLetterQueue", value=ingestion.queue.dead_letters.queue_url)

@@ -28,10 +28,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "waf": {"api": {"waf_web_acl_arn": "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/shardrag/0a1b2c3d"}},
     # Multi-tenant with the stack's own user pool (no cognito_user_pool_arn).
     "cognito_multi": {"api": {"auth": "cognito"}},
+    # The Bedrock reranker in another Region than the stack's (settings below).
+    "rerank": {},
 }
 #: Runtime settings overrides per variant (deep-merged into dev's settings section by section).
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
-    "cognito_multi": {"tenancy": {"mode": "multi", "claim": "custom:tenant"}}
+    "cognito_multi": {"tenancy": {"mode": "multi", "claim": "custom:tenant"}},
+    "rerank": {
+        "rerank": {"kind": "bedrock", "model_id": "cohere.rerank-v3-5:0", "region": "us-west-2", "timeout_s": 5}
+    },
 }
 
 
@@ -108,6 +113,32 @@ def test_single_tenant_sends_an_empty_tenant(variants: dict[str, Synthesis]) -> 
 def test_waf_variant_associates_the_web_acl(variants: dict[str, Synthesis]) -> None:
     (association,) = variants["waf"].properties("AWS::WAFv2::WebACLAssociation")
     assert association["WebACLArn"] == VARIANTS["waf"]["api"]["waf_web_acl_arn"]
+
+
+def test_rerank_variant_may_rerank_with_the_configured_model_only(variants: dict[str, Synthesis]) -> None:
+    synth = variants["rerank"]
+    (fuse,) = [
+        f["Properties"]
+        for f in synth.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Description") == "ShardRAG fuse_generate"
+    ]
+    role = fuse["Role"]["Fn::GetAtt"][0]
+    granted: dict[str, list[Any]] = {}
+    for policy in synth.properties("AWS::IAM::Policy"):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            for action in actions:
+                if action.startswith("bedrock:"):
+                    assert policy["Roles"] == [{"Ref": role}], statement  # FuseAndGenerate's role, nobody else's
+                    granted.setdefault(action, []).append(statement["Resource"])
+    assert granted["bedrock:Rerank"] == ["*"]
+    model = json.dumps(granted["bedrock:InvokeModel"])
+    assert ":bedrock:us-west-2::foundation-model/cohere.rerank-v3-5:0" in model
+    # The failed-rerank warning is counted from the function's log group.
+    (metric_filter,) = synth.properties("AWS::Logs::MetricFilter")
+    assert metric_filter["FilterPattern"] == '"rerank failed"'
+    assert metric_filter["LogGroupName"] == {"Ref": fuse["LoggingConfig"]["LogGroup"]["Ref"]}
+    assert metric_filter["MetricTransformations"][0]["MetricName"] == "RerankFailures"
 
 
 @pytest.mark.skipif(not CFN_LINT.exists() and not shutil.which("cfn-lint"), reason="cfn-lint not installed")

@@ -109,6 +109,11 @@ def test_every_environment_validates() -> None:
             "deployment.vpc",
         ),
         (_environments(settings={"generator": {"kind": "openai"}}), "dev", "needs settings.generator.endpoint_url"),
+        (
+            _environments(settings={"rerank": {"kind": "bedrock", "timeout_s": 25}}),
+            "dev",
+            "settings.rerank.timeout_s (25s) must be below deployment.functions.fuse_generate.timeout_s (25s)",
+        ),
         (_environments(unexpected={"x": 1}), "dev", "unexpected"),
     ],
 )

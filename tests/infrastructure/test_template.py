@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from cdk_synthesis import Synthesis
+from shardrag.env import ARTIFACTS_BUCKET
 from shardrag.errors import ERROR_STATUS
 from shardrag.ingestion.registry import table_definition
 from shardrag.statemachine import PLACEHOLDER, QUERY_FUNCTIONS
@@ -174,13 +175,36 @@ def test_bucket_notifies_the_queue_on_create_and_remove(synth: Synthesis) -> Non
     assert synth.template["Resources"][bucket_id]["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
 
 
-def test_documents_bucket_is_private_encrypted_versioned_logged_and_tls_only(synth: Synthesis) -> None:
+def _documents_bucket(synth: Synthesis) -> str:
+    (notifications,) = synth.properties("Custom::S3BucketNotifications")
+    (bucket_id,) = _refs(notifications["BucketName"])
+    return bucket_id
+
+
+def _artifacts_bucket(synth: Synthesis) -> str:
+    """The bucket named by the functions' SHARDRAG_ARTIFACTS_BUCKET (one bucket for all of them)."""
+    named = {
+        ref
+        for f in _project_functions(synth).values()
+        if ARTIFACTS_BUCKET in (variables := f["Properties"]["Environment"]["Variables"])
+        for ref in _refs(variables[ARTIFACTS_BUCKET])
+    }
+    assert len(named) == 1, named
+    return named.pop()
+
+
+def test_data_buckets_are_private_encrypted_versioned_logged_and_tls_only(synth: Synthesis) -> None:
     buckets = synth.resources("AWS::S3::Bucket")
-    (documents_id,) = [k for k, v in buckets.items() if "VersioningConfiguration" in v["Properties"]]
-    documents = buckets[documents_id]["Properties"]
-    assert documents["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-    assert all(documents["PublicAccessBlockConfiguration"].values())
-    assert documents["LoggingConfiguration"]["DestinationBucketName"]
+    documents_id, artifacts_id = _documents_bucket(synth), _artifacts_bucket(synth)
+    assert documents_id != artifacts_id  # an artefact written to the documents bucket would be ingested
+    for data_id in (documents_id, artifacts_id):
+        data = buckets[data_id]["Properties"]
+        assert data["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert all(data["PublicAccessBlockConfiguration"].values())
+        assert data["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert data["LoggingConfiguration"]["DestinationBucketName"]
+        policy = "Retain" if synth.config.deployment.removal_policy == "retain" else "Delete"
+        assert buckets[data_id]["DeletionPolicy"] == policy
     for bucket_id in buckets:
         policies = [p for p in synth.properties("AWS::S3::BucketPolicy") if bucket_id in _refs(p["Bucket"])]
         statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
@@ -323,6 +347,8 @@ UNSCOPABLE = {
     "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies",
     "logs:DescribeLogGroups",
+    # No resource type in the Service Authorization Reference; the model is scoped by bedrock:InvokeModel.
+    "bedrock:Rerank",
 }
 DATA_SERVICES = ("s3:", "dynamodb:", "sqs:", "secretsmanager:", "bedrock:", "lambda:", "states:", "kms:")
 
@@ -346,3 +372,64 @@ def test_least_privilege(synth: Synthesis) -> None:
                 assert "*" not in action, statement  # no s3:GetObject* style families on data
         if "*" in resources:
             assert set(actions) <= UNSCOPABLE, statement
+
+
+def _role_statements(synth: Synthesis) -> dict[str, list[dict[str, Any]]]:
+    """Allow statements of each project function's role, by function name."""
+    roles = {
+        next(iter(_refs(f["Properties"]["Role"]))): f["Properties"]["Description"].removeprefix("ShardRAG ")
+        for f in _project_functions(synth).values()
+    }
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in roles.values()}
+    for policy in synth.properties("AWS::IAM::Policy"):
+        for role in _refs(policy["Roles"]) & set(roles):
+            found[roles[role]] += [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+    return found
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    return statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+
+
+def test_artifacts_bucket_is_read_by_embed_and_route_and_written_by_ingest_only(synth: Synthesis) -> None:
+    bucket = _artifacts_bucket(synth)
+    with_variable = {
+        f["Properties"]["Description"].removeprefix("ShardRAG ")
+        for f in _project_functions(synth).values()
+        if ARTIFACTS_BUCKET in f["Properties"]["Environment"]["Variables"]
+    }
+    assert with_variable == {"embed", "route", "ingest"}
+    on_objects: dict[str, set[str]] = {}
+    for name, statements in _role_statements(synth).items():
+        for statement in statements:
+            if bucket not in _refs(statement["Resource"]):
+                continue
+            if "s3:ListBucket" in _actions(statement):
+                assert statement["Resource"] == {"Fn::GetAtt": [bucket, "Arn"]}, statement  # the bucket, no keys
+                continue
+            assert json.dumps(statement["Resource"]).endswith('"/index/*"]]}'), statement
+            on_objects.setdefault(name, set()).update(_actions(statement))
+    assert on_objects == {
+        "embed": {"s3:GetObject"},
+        "route": {"s3:GetObject"},
+        "ingest": {"s3:GetObject", "s3:PutObject"},
+    }
+
+
+def test_no_reranker_no_rerank_permission(synth: Synthesis) -> None:
+    if synth.config.settings.rerank.kind != "none":
+        return
+    actions = {a for statements in _role_statements(synth).values() for s in statements for a in _actions(s)}
+    assert "bedrock:Rerank" not in actions
+
+
+def test_workflow_passes_the_api_input_to_embed_and_the_sparse_query_to_each_shard(synth: Synthesis) -> None:
+    """The API sends ``{"request", "caller"}``; Embed takes both, and every shard search gets the sparse query."""
+    states = _definition(synth)["States"]
+    embed = states["Embed"]["Parameters"]["Payload"]
+    assert embed["request.$"] == "$.request" and embed["caller.$"] == "$.caller"
+    assert states["Embed"]["ResultSelector"]["sparse.$"] == "$.Payload.sparse"
+    for i, branch in enumerate(states["SearchShards"]["Branches"]):
+        search = branch["States"][f"SearchShard{i}"]
+        assert search["Parameters"]["Payload"]["sparse.$"] == "$.sparse"
+        assert search["ResultSelector"]["lexical.$"] == "$.Payload.lexical"
