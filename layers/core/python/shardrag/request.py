@@ -34,6 +34,10 @@ class QueryRequest(BaseModel):
     filters: dict[str, FilterValue] | None = None
     #: ``dense`` (embedding), ``bm25`` (lexical) or ``hybrid`` (both, fused); the environment sets the default.
     mode: Mode | None = None
+    #: Centroid routing: how many of the nearest shards to search (1..shard count; checked against the
+    #: deployment's shard count when the request is resolved). Unset: the configured default or adaptive probing.
+    #: Hash routing always searches every shard and ignores it.
+    probe: int | None = Field(default=None, ge=1, le=64, strict=True)
 
     @model_validator(mode="after")
     def _deep_rankings_are_ids_only(self) -> QueryRequest:

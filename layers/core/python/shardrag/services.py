@@ -20,10 +20,18 @@ from shardrag.config import Settings, cached_settings
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import ConvexFuser, Fuser, RrfFuser, ScoreMergeFuser
 from shardrag.generation.base import Generator
+from shardrag.placement import (
+    CentroidCache,
+    CentroidPlacement,
+    CentroidStore,
+    HashPlacement,
+    Placement,
+    centroids_name,
+)
 from shardrag.records import SparseVector
 from shardrag.request import Mode
 from shardrag.rerank import Reranker, build_reranker
-from shardrag.routing import HashRouter
+from shardrag.routing import ArtifactCentroidRouter, HashRouter, Router
 from shardrag.search import ShardSearcher
 from shardrag.secrets import read_secret
 from shardrag.store.accounting import TermAccountingStore
@@ -128,6 +136,44 @@ def lexical_query(text: str) -> SparseVector:
     return _query_encoder().query(text, corpus_stats().get())
 
 
+@lru_cache(maxsize=1)
+def centroid_cache() -> CentroidCache:
+    """The centroid artefact of this process (centroid routing), read once and re-checked every ``refresh_s``."""
+    settings = cached_settings()
+    return build_centroid_cache(settings, artifact_store())
+
+
+def build_centroid_cache(settings: Settings, artifacts: ArtifactStore) -> CentroidCache:
+    return CentroidCache(
+        CentroidStore(artifacts, centroids_name(settings.store.collection)),
+        shard_count=settings.store.shard_count,
+        refresh_s=settings.routing.centroid.refresh_s,
+    )
+
+
+def build_router(settings: Settings, centroids: CentroidCache | None = None) -> Router:
+    """The configured Route stage (``centroids``: the artefact cache; default: this process's)."""
+    shard_count = settings.store.shard_count
+    if settings.routing.mode == "hash":
+        return HashRouter(shard_count)
+    options = settings.routing.centroid
+    return ArtifactCentroidRouter(
+        centroids or centroid_cache(),
+        shard_count,
+        probe_margin=options.probe_margin,
+        max_probe=options.max_probe,
+        default_probe=options.default_probe,
+    )
+
+
+def build_placement(settings: Settings, centroids: CentroidCache | None = None) -> Placement:
+    """The write path's placement rule, matching :func:`build_router`."""
+    shard_count = settings.store.shard_count
+    if settings.routing.mode == "hash":
+        return HashPlacement(shard_count)
+    return CentroidPlacement(centroids or centroid_cache(), settings.routing.centroid, shard_count)
+
+
 def build_fusers(settings: Settings) -> dict[Mode, Fuser]:
     fusion = settings.retrieval.fusion
     hybrid: Fuser = (
@@ -172,12 +218,14 @@ def build_query_workflow(
     stores: Callable[[int], VectorStore] | None = None,
     make_generator: Callable[[], Generator] = generator,
     make_reranker: Callable[[], Reranker] = reranker,
+    centroids: CentroidCache | None = None,
 ) -> QueryWorkflow:
+    """``centroids``: the centroid artefact cache for ``routing.mode: centroid`` (default: this process's)."""
     shard_count = settings.store.shard_count
     return QueryWorkflow(
         embed=embed,
         lexical_query=lexical,
-        router=HashRouter(shard_count),
+        router=build_router(settings, centroids),
         searcher=ShardSearcher(stores or shard_stores(), shard_count),
         fusers=build_fusers(settings),
         default_mode=settings.retrieval.mode,
@@ -214,7 +262,12 @@ def override(workflow: QueryWorkflow | None) -> None:
         _workflow = workflow
 
 
-def build_indexer(settings: Settings, *, stores: Callable[[int], VectorStore] | None = None) -> DocumentIndexer:
+def build_indexer(
+    settings: Settings,
+    *,
+    stores: Callable[[int], VectorStore] | None = None,
+    centroids: CentroidCache | None = None,
+) -> DocumentIndexer:
     """The write path's indexer: the configured chunker on the model's own tokenizer, the shared embedder."""
     from shardrag.chunking import Chunker
     from shardrag.indexing import DocumentIndexer
@@ -229,6 +282,7 @@ def build_indexer(settings: Settings, *, stores: Callable[[int], VectorStore] | 
         store_for=stores or shard_stores(),
         shard_count=settings.store.shard_count,
         bm25=bm25_encoder(settings),
+        placement=build_placement(settings, centroids),
     )
 
 
@@ -259,6 +313,7 @@ def reset_caches() -> None:
         cached_settings,
         shard_stores,
         artifact_store,
+        centroid_cache,
         term_stats_store,
         corpus_stats,
         _query_encoder,

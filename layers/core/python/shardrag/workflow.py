@@ -59,6 +59,8 @@ class ResolvedQuery(Record):
     include_text: bool = True
     mode: Mode = "hybrid"
     filters: dict[str, Any] | None = None
+    #: Centroid routing: shards to probe (``None``: the configured default or adaptive).
+    probe: int | None = None
     #: The caller's tenant in multi-tenant mode (already part of ``filter_expr``), else empty.
     tenant: str = ""
     filter_expr: str = ""
@@ -180,6 +182,8 @@ class QueryWorkflow:
             # 1/shard_count of it under hash placement, fetched with a margin (beyond ``candidates``: ids only).
             share = math.ceil(self._fusion_depth * HYBRID_SHARD_OVERFETCH / self._shard_count)
             depth = max(candidates, min(self._fusion_depth, share))
+        if request.probe is not None and request.probe > self._shard_count:
+            raise BadRequest(f"probe must be between 1 and {self._shard_count} (the shard count), got {request.probe}")
         lists = 2 if mode == "hybrid" else 1
         if not request.include_text and depth * lists * self._shard_count > IDS_ONLY_MAX_HITS:
             raise BadRequest(
@@ -195,6 +199,7 @@ class QueryWorkflow:
             include_text=request.include_text,
             mode=mode,
             filters=request.filters,
+            probe=request.probe,
             tenant=tenant,
             filter_expr=self._filters.run(request.filters, tenant=tenant or None),
         )
@@ -216,8 +221,13 @@ class QueryWorkflow:
     def route(self, payload: Any) -> dict[str, Any]:
         started = time.perf_counter()
         step = _parse(RouteInput, payload)
-        plan: RoutePlan = self._router.run(step.vector)
-        return {"selected": plan.selected_map(), "shards": plan.shards, "took_ms": _ms(started)}
+        plan: RoutePlan = self._router.run(step.vector, step.request.probe)
+        return {
+            "selected": plan.selected_map(),
+            "shards": plan.shards,
+            "probed": len(plan.shards),
+            "took_ms": _ms(started),
+        }
 
     def search(self, payload: Any) -> dict[str, Any]:
         step = _parse(SearchInput, payload)

@@ -6,7 +6,8 @@ Two kinds of item share the table (partition key ``pk``):
   | ``failed``), reason code, document and chunk counts, and while a worker indexes it a lease
   (``owner``, ``lease_until``).
 * ``doc#<doc_id>`` — a document (a file, or one line of a JSON Lines file): the object it came from, its
-  version, sequencer, shard, chunk count and status. A GSI on ``doc_source`` lists the documents of an object,
+  version, sequencer, shards (every shard that holds one of its chunks; items written before centroid placement
+  carry only ``shard``), chunk count and status. A GSI on ``doc_source`` lists the documents of an object,
   which is how deleting a bulk file removes all of its documents.
 
 Order safety lives in :meth:`DynamoDbRegistry.claim`: a conditional write that only succeeds for an event
@@ -43,7 +44,15 @@ def _item(values: dict[str, Any]) -> dict[str, Any]:
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
     out = {k: _DES.deserialize(v) for k, v in item.items()}
     # DynamoDB numbers come back as Decimal; every number stored here is an integer.
-    return {k: int(v) if type(v).__name__ == "Decimal" else v for k, v in out.items()}
+    return {k: _integers(v) for k, v in out.items()}
+
+
+def _integers(value: Any) -> Any:
+    if type(value).__name__ == "Decimal":
+        return int(value)
+    if isinstance(value, list):
+        return [_integers(v) for v in value]
+    return value
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -88,12 +97,19 @@ class DocumentState(Record):
     uri: str = ""
     version: str = ""
     sequencer: str = ""
+    #: The primary shard (hash placement: the only one).
     shard: int = 0
+    #: Every shard that holds one of the document's chunks (centroid placement spreads and replicates them).
+    shards: list[int] = []
     chunk_count: int = 0
     status: DocumentStatus = "indexed"
     reason: str = ""
     tenant: str = "default"
     updated_at_ms: int = 0
+
+    def held_shards(self) -> list[int]:
+        """Where the document's chunks are: ``shards``, or ``[shard]`` for items written before it existed."""
+        return list(self.shards) if self.shards else [self.shard]
 
 
 class Claim(Enum):

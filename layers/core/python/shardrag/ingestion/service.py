@@ -97,6 +97,9 @@ class _SweepSkipping:
     def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
         return self._inner.sparse_vectors(chunk_ids)
 
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        return self._inner.scan(batch_size)
+
     def search(self, request: SearchRequest) -> list[Hit]:
         return self._inner.search(request)
 
@@ -230,7 +233,7 @@ class IngestService:
             self._index_part(event, parser, part, written)
         # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
         # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
-        for shard in sorted({s.shard for s in written.values()}):
+        for shard in sorted({shard for s in written.values() for shard in s.held_shards()}):
             self._stores(shard).flush()
         removed = self._drop_documents(event, [d for d in prior.values() if d.doc_id not in written])
         chunks = sum(s.chunk_count for s in written.values())
@@ -304,14 +307,18 @@ class IngestService:
         fresh = [d.doc_id for d in todo if not self._was_indexed(existing.get(d.doc_id))]
         if self._fresh is not None:
             self._fresh.mark(fresh)
+        # Stale chunks of an earlier version are swept on every shard the registry recorded for it.
+        previous = {doc_id: s.held_shards() for doc_id, s in existing.items() if self._was_indexed(s)}
         try:
-            results = self._indexer.run(todo, flush=False) if todo else []
+            results = self._indexer.run(todo, flush=False, previous=previous) if todo else []
         finally:
             if self._fresh is not None:
                 self._fresh.unmark(fresh)
         states = list(unchanged)
         for doc, result in zip(todo, results, strict=True):
             before_chunks = self._chunks_so_far(written, doc.doc_id) if not parser.multi_document else 0
+            earlier = written.get(doc.doc_id) if not parser.multi_document else None
+            shards = list(dict.fromkeys([*(earlier.shards if earlier else []), *result.shards]))
             states.append(
                 DocumentState(
                     doc_id=doc.doc_id,
@@ -319,7 +326,8 @@ class IngestService:
                     uri=event.uri,
                     version=doc.version,
                     sequencer=event.sequencer,
-                    shard=result.shard,
+                    shard=earlier.shard if earlier and earlier.shards else result.shard,
+                    shards=shards,
                     chunk_count=before_chunks + result.chunks,
                     status="indexed",
                     tenant=doc.tenant,
@@ -383,9 +391,11 @@ class IngestService:
         live = [d for d in documents if d.status == "indexed" and d.source_key == event.source_key]
         touched: set[int] = set()
         for doc in live:
-            shard = shard_for(doc.doc_id, self._shard_count)
-            self._stores(shard).delete_document(doc.doc_id)
-            touched.add(shard)
+            # Every shard the registry recorded (replicas included); the hash shard for items that predate it.
+            shards = doc.held_shards() if doc.shards else [shard_for(doc.doc_id, self._shard_count)]
+            for shard in shards:
+                self._stores(shard).delete_document(doc.doc_id)
+                touched.add(shard)
         for shard in sorted(touched):
             self._stores(shard).flush()
         tombstones = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from shardrag.bm25 import EMPTY_MARKER
 from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
@@ -52,6 +52,9 @@ class TermAccountingStore:
 
     def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
         return self._inner.sparse_vectors(chunk_ids)
+
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        return self._inner.scan(batch_size)
 
     def search(self, request: SearchRequest) -> list[Hit]:
         return self._inner.search(request)

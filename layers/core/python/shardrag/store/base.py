@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
@@ -34,6 +34,10 @@ class VectorStore(Protocol):
 
     def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
         """The stored BM25 vectors of those of ``chunk_ids`` that exist (term statistics bookkeeping)."""
+        ...
+
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        """Every stored chunk with its dense and BM25 vectors, in batches (rebalancing reads the index back)."""
         ...
 
     def search(self, request: SearchRequest) -> list[Hit]:

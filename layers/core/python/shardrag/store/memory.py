@@ -4,7 +4,7 @@ stand-in for unit tests of the stages around it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from shardrag.bm25 import EMPTY_MARKER
@@ -64,6 +64,16 @@ class InMemoryVectorStore:
     def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
         self._check()
         return {cid: self._sparse[cid] for cid in chunk_ids if cid in self._sparse}
+
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        self._check()
+        with self._lock:
+            rows = [
+                EmbeddedChunk(chunk=chunk, vector=[float(x) for x in vector], sparse=self._sparse[cid])
+                for cid, (chunk, vector) in self._rows.items()
+            ]
+        for start in range(0, len(rows), batch_size):
+            yield rows[start : start + batch_size]
 
     def search_lexical(self, request: SearchRequest) -> list[Hit]:
         self._check()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from pymilvus import MilvusClient
 from shardrag.bm25 import EMPTY_MARKER
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.errors import ConfigurationError
-from shardrag.records import MAX_HIT_TEXT_CHARS, EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector
 from shardrag.store.literals import escape_string
 from shardrag.store.schema import (
     DENSE_FIELD,
@@ -197,6 +197,21 @@ class MilvusVectorStore:
                 return ids
             offset += _QUERY_PAGE
 
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        self.ensure_ready()
+        # A query iterator pages by primary key, so it neither skips nor repeats rows while it runs.
+        iterator = self._connect().query_iterator(
+            self._collection,
+            batch_size=batch_size,
+            filter="",
+            output_fields=[*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD],
+        )
+        try:
+            while rows := iterator.next():
+                yield [_embedded_from_milvus(row) for row in rows]
+        finally:
+            iterator.close()
+
     def search(self, request: SearchRequest) -> list[Hit]:
         return self._search(request.vector, DENSE_FIELD, "COSINE", dict(self._index.search_params), request)
 
@@ -252,3 +267,20 @@ def _sparse_from_milvus(value: Any) -> SparseVector:
     if isinstance(value, dict):
         return SparseVector.from_dict({int(k): float(v) for k, v in value.items()})
     raise TypeError(f"unexpected sparse row type {type(value).__name__}")
+
+
+def _embedded_from_milvus(row: dict[str, Any]) -> EmbeddedChunk:
+    chunk = Chunk(
+        chunk_id=str(row["chunk_id"]),
+        doc_id=str(row["doc_id"]),
+        text=str(row["text"]),
+        source=str(row.get("source", "")),
+        title=str(row.get("title", "")),
+        position=int(row.get("position", 0)),
+        version=str(row.get("version", "")),
+        tenant=str(row.get("tenant", "default")),
+        metadata=dict(row.get("metadata") or {}),
+    )
+    return EmbeddedChunk(
+        chunk=chunk, vector=[float(x) for x in row[DENSE_FIELD]], sparse=_sparse_from_milvus(row[SPARSE_FIELD])
+    )
