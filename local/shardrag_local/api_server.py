@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from shardrag.api_contract import error_body
-from shardrag.errors import BadRequest
+from shardrag.errors import BadRequest, ConfigurationError
 from shardrag.openapi import openapi_document
 from shardrag.request import MAX_BODY_BYTES, parse_query_body
 
@@ -77,6 +77,11 @@ class ApiHandler(BaseHTTPRequestHandler):
                 # Locally the header stands in for the caller identity API Gateway maps (Cognito claim).
                 tenant = self.headers.get(TENANT_HEADER, "")
                 status, response = self.server.runtime.execute(request.model_dump(exclude_none=True), tenant=tenant)
+            elif self.path == "/admin/rebalance":
+                try:
+                    status, response = 200, self.server.runtime.rebalance()
+                except ConfigurationError as exc:
+                    status, response = 409, error_body("conflict", str(exc))
             elif match := _ADMIN_SHARD.match(self.path):
                 status, response = self._admin(int(match.group(1)), match.group(2))
             else:

@@ -92,6 +92,13 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    """Retrain the routing centroids and move the chunks (routing.mode centroid); the runtime keeps answering."""
+    status, response = _call(args.api, "POST", "/admin/rebalance", {}, timeout=args.timeout)
+    print(json.dumps(response, indent=2))
+    return 0 if status == 200 else 1
+
+
 def _aws(endpoint: str, service: str, read_timeout: float = 300) -> Any:
     import boto3
     from botocore.config import Config
@@ -201,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("action", choices=["status", "stop", "start"])
     shard.add_argument("shard", type=int, nargs="?", default=0)
     shard.set_defaults(func=cmd_shard)
+
+    rebalance = sub.add_parser(
+        "rebalance", help="retrain the centroids and move chunks to their new shards (routing.mode centroid)"
+    )
+    rebalance.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the runtime")
+    rebalance.set_defaults(func=cmd_rebalance)
 
     aws_endpoint = os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
     ingest = sub.add_parser("ingest", help="upload files to the documents bucket (the S3 event path indexes them)")

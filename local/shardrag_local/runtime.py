@@ -130,6 +130,27 @@ class LocalRuntime:
                 statuses.append({"shard": i, "status": "down", "error": type(exc).__name__})
         return statuses
 
+    # -- centroid routing ----------------------------------------------------------------------------
+    def rebalance(self) -> dict[str, Any]:
+        """Retrain the routing centroids and move the chunks (``shardrag.rebalance``). Every router and writer of
+        the local runtime lives in this process and re-reads the artefact right after the swap, so there is no
+        grace period to wait."""
+        from shardrag.errors import BadRequest
+        from shardrag.rebalance import Rebalancer
+
+        if self.settings.routing.mode != "centroid":
+            raise BadRequest("rebalance needs routing.mode centroid (hash placement has nothing to rebalance)")
+        cache = services.centroid_cache()
+        report = Rebalancer(
+            stores=services.shard_stores(),
+            shard_count=self.settings.store.shard_count,
+            centroids=cache.store,
+            settings=self.settings.routing.centroid,
+            registry=self.ingestion.registry,
+            on_swap=lambda _: cache.invalidate(),
+        ).run(grace_s=0)
+        return report.model_dump()
+
     # -- sample corpus -------------------------------------------------------------------------------
     def index_paths(self, paths: list[Path], *, prefix: str = "", timeout_s: float = 600.0) -> int:
         """Upload files to the documents bucket and wait until the S3 event path has indexed them; returns the

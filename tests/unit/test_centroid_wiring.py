@@ -256,3 +256,53 @@ def test_ingestion_overwrites_and_deletes_reach_every_replica(hashing_embedder: 
         service.run(event("removed", "bees-1.txt"), owner="w")
         assert on("bees-1.txt") == {}
         assert registry.get_documents(["bees-1.txt"])["bees-1.txt"].status == "deleted"
+
+
+def test_rebalance_records_the_new_shards_in_the_registry_and_keeps_every_chunk(
+    hashing_embedder: Any, tmp_path: Path
+) -> None:
+    from shardrag.rebalance import Rebalancer
+
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(**table_definition("registry"))
+        registry = DynamoDbRegistry(ddb, "registry")
+        system = _System(hashing_embedder, tmp_path, refresh_s=5.0)
+        # GIVEN centroids bootstrapped from one topic, then the whole corpus placed by them
+        first = [Document(doc_id=k, text=v, version="1") for k, v in DOCS.items() if k.startswith("tides")]
+        rest = [Document(doc_id=k, text=v, version="1") for k, v in DOCS.items() if not k.startswith("tides")]
+        results = system.indexer.run(first) + system.indexer.run(rest)
+        registry.put_documents(
+            DocumentState(doc_id=r.doc_id, source_key=f"b/{r.doc_id}", shard=r.shard, shards=r.shards) for r in results
+        )
+        before = {cid for s in system.stores for cid in s._rows}
+        old = system.cache.get()
+        swaps: list[str] = []
+        # WHEN the index is rebalanced
+        report = Rebalancer(
+            stores=system.stores.__getitem__,
+            shard_count=SHARDS,
+            centroids=system.cache.store,
+            settings=system.settings.routing.centroid,
+            registry=registry,
+            sleep=lambda s: swaps.append(f"slept {s}"),
+            on_swap=lambda new: swaps.append(new.version),
+        ).run()
+        # THEN the same chunks are stored, each exactly on its new shards, the registry says where, and the
+        # deletes waited for the routers' refresh period after the swap
+        assert {cid for s in system.stores for cid in s._rows} == before and report.chunks == len(before)
+        fresh = CentroidStore(FileArtifactStore(tmp_path), system.cache.store.name).get()
+        assert fresh is not None and fresh[0].version == report.version and old is not None
+        assert report.previous_version == old.version
+        assert swaps == [report.version, f"slept {system.settings.routing.centroid.refresh_s}"]
+        options = system.settings.routing.centroid
+        for cid in before:
+            vector = next(s._rows[cid][1] for s in system.stores if cid in s._rows)
+            placed = fresh[0].place(
+                vector, replicate_margin=options.replicate_margin, max_replicas=options.max_replicas
+            )
+            assert sorted(system.holders(cid)) == sorted(placed[0])
+        states = registry.get_documents(DOCS)
+        for doc_id in DOCS:
+            holders = {s for cid in before if cid.startswith(doc_id + "::") for s in system.holders(cid)}
+            assert set(states[doc_id].shards) == holders

@@ -130,6 +130,11 @@ class CentroidCache:
                 return self._current
             return self._accept(found[0])
 
+    def invalidate(self) -> None:
+        """Re-read the artefact on the next call (a rebalance in this process just swapped it)."""
+        with self._lock:
+            self._loaded_at = float("-inf")
+
     def get_or_train(self, train: Callable[[], CentroidSet]) -> CentroidSet:
         """:meth:`get`, bootstrapping the artefact from ``train()`` if it does not exist yet."""
         current = self.get()
