@@ -261,3 +261,20 @@ def test_a_failed_rerank_keeps_the_fused_order_and_says_so(setup, hashing_embedd
     assert fallback["rerank"] == {"model": "broken", "status": "failed", "reason": "ThrottlingException"}
     assert [h["chunk_id"] for h in fallback["hits"]] == [h["chunk_id"] for h in plain["hits"]]
     assert fallback["answer"]
+
+
+def test_hybrid_shards_fetch_a_larger_share_when_routing_searches_fewer_of_them(setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, stores = setup
+    asked: list[int] = []
+    original = stores[0].search_lexical
+
+    def spy(request):  # type: ignore[no-untyped-def]
+        asked.append(request.top_k)
+        return original(request)
+
+    stores[0].search_lexical = spy  # type: ignore[method-assign]
+    embedded = json.loads(json.dumps(workflow.embed({"request": {"question": "bees", "mode": "hybrid"}})))
+    step = {"shard": 0, **{k: embedded[k] for k in ("request", "vector", "sparse")}}
+    workflow.search({**step, "searched": [0, 1, 2]})
+    workflow.search({**step, "searched": [0]})
+    assert asked == [50, 100]  # ceil(100 x 1.5 / 3) and the whole fusion depth

@@ -88,6 +88,8 @@ class SearchInput(Record):
     request: ResolvedQuery
     vector: list[float]
     sparse: SparseVector | None = None
+    #: Every shard this query searches (the Route stage's choice): hybrid sizes each shard's share by it.
+    searched: list[int] | None = None
 
 
 class FuseInput(Record):
@@ -232,11 +234,18 @@ class QueryWorkflow:
     def search(self, payload: Any) -> dict[str, Any]:
         step = _parse(SearchInput, payload)
         query = step.request
+        searched = len(step.searched) if step.searched else self._shard_count
+        depth = max(query.depth, query.candidates)
+        if query.mode == "hybrid" and searched < self._shard_count:
+            # Routing chose fewer shards: each holds a larger share of the fused candidates.
+            depth = max(
+                depth, min(self._fusion_depth, math.ceil(self._fusion_depth * HYBRID_SHARD_OVERFETCH / searched))
+            )
         result = self._searcher.run(
             step.shard,
             SearchRequest(
                 vector=step.vector,
-                top_k=max(query.depth, query.candidates),
+                top_k=depth,
                 filter_expr=query.filter_expr,
                 sparse=step.sparse,
             ),
@@ -245,8 +254,8 @@ class QueryWorkflow:
         )
         lists = (query.mode == "hybrid") + 1
         if query.include_text:
-            tail = max(0, query.depth - query.candidates) * lists
-            budget = hit_text_budget(self._shard_count, query.candidates * lists, tail)
+            tail = max(0, depth - query.candidates) * lists
+            budget = hit_text_budget(searched, query.candidates * lists, tail)
 
             def shown(found: list[Hit]) -> list[Hit]:
                 return [
