@@ -79,8 +79,9 @@ bench: install model
 	$(PY) -m bench.run
 
 ## Retrieval quality (nDCG@10, recall, MRR) and latency on a BEIR folder, through S3 ingestion and POST /query of a
-## fresh local runtime, with exact-dense and BM25 baselines in the same run; JSON in bench/results, tables in
-## BENCHMARKS.md. EVAL_ARGS adds options, e.g. EVAL_ARGS="--limit-queries 50 --shards 8".
+## fresh local runtime in each mode (dense, bm25, hybrid), with exact-dense and BM25 baselines in the same run; JSON
+## in bench/results, tables in BENCHMARKS.md. EVAL_ARGS adds options, e.g. EVAL_ARGS="--limit-queries 50 --shards 8"
+## or EVAL_ARGS="--compare-shards 1" (hybrid again on one shard in a second fresh runtime, for the parity target).
 EVAL_DATASET ?= ../shared/datasets/scifact
 eval: install model
 	$(PY) -m shardrag_local.evaluation --dataset $(EVAL_DATASET) --update-benchmarks $(EVAL_ARGS)

@@ -1,5 +1,6 @@
 """``python -m shardrag_local.evaluation`` end to end on a 30-document BEIR folder the test writes: ingestion
-through S3 -> SQS -> the ingest Lambda, queries through POST /query, baselines, the sharding check, the report.
+through S3 -> SQS -> the ingest Lambda, queries through POST /query in each mode (dense, bm25, hybrid), baselines,
+the sharding check, hybrid again on one shard (``--compare-shards``), the report.
 
 Runs in a subprocess: the harness starts its own runtime, and moto's mock is process-global (this package's
 shared runtime fixture may be alive in the test process)."""
@@ -54,7 +55,8 @@ def test_evaluation_runs_through_the_real_path(tmp_path: Path, project_root: Pat
     out = tmp_path / "eval-tiny.json"
     command = [sys.executable, "-m", "shardrag_local.evaluation", "--dataset", str(dataset), "--shards", "2"]
     command += ["--docs-per-file", "12", "--out", str(out), "--data-dir", str(tmp_path / "data")]
-    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=300, check=False)
+    command += ["--compare-shards", "1"]
+    done = subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads(out.read_text())
@@ -62,13 +64,23 @@ def test_evaluation_runs_through_the_real_path(tmp_path: Path, project_root: Pat
     assert report["ingest"]["failed_files"] == []
     assert report["sharding_check"]["passed"] and report["sharding_check"]["queries"] == 10
     systems = report["systems"]
-    assert set(systems) == {"shardrag_api_dense", "exact_dense_whole_docs", "bm25s"}
+    api = [f"shardrag_api_{mode}" for mode in ("dense", "bm25", "hybrid")]
+    assert set(systems) == {*api, "exact_dense_whole_docs", "bm25s"}
+    assert report["settings"]["top_k"] == {"dense": 200, "bm25": 200, "hybrid": 200}
     # Distinct topics: every system finds the right documents; the API's figure sits near the exact ceiling.
     for figures in systems.values():
         assert figures["recall@10"] == 1.0 and figures["queries"] == 10
     assert systems["shardrag_api_dense"]["ndcg@10"] >= systems["exact_dense_whole_docs"]["ndcg@10"] - 0.05
-    assert systems["shardrag_api_dense"]["recall@100"] == 1.0  # 30 documents: every relevant one is within 100
-    for stage in ("embed", "search", "total", "end_to_end_client"):
-        assert report["latency_ms"][stage]["n"] == 10
+    for name in api:
+        assert systems[name]["recall@100"] == 1.0  # 30 documents: every relevant one is within 100
+        for stage in ("embed", "search", "total", "end_to_end_client"):
+            assert report["latency_ms"][name][stage]["n"] == 10
+        assert f"{name}/bm25s" in report["ratios"]
+    assert {"shardrag_api_dense ndcg@10 >= 0.68", "shardrag_api_hybrid ndcg@10 >= 0.735"} <= set(report["targets"])
+    # The same corpus on one shard, hybrid only, in a second runtime: the figures agree.
+    comparison = report["shard_comparison"]
+    assert [r["shards"] for r in comparison["runs"]] == [2, 1] and abs(comparison["diff"]) <= 0.003
+    assert (tmp_path / "eval-tiny-shards1.json").is_file()
     assert report["commit"] and report["machine"]["cores"]
-    assert "| system | nDCG@10" in out.with_suffix(".md").read_text()
+    markdown = out.with_suffix(".md").read_text()
+    assert "| system | nDCG@10" in markdown and "| stage | shardrag_api_dense | shardrag_api_bm25 |" in markdown

@@ -8,11 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shardrag.workflow import IDS_ONLY_MAX_HITS
 from shardrag_local.evaluation.baselines import Bm25Retriever, ExactDenseRetriever, _top_k
 from shardrag_local.evaluation.consistency import ChunkMatrix, compare_with_brute_force
 from shardrag_local.evaluation.dataset import BeirDataset, BeirDocument
 from shardrag_local.evaluation.latency import percentiles, summarize
-from shardrag_local.evaluation.report import update_benchmarks
+from shardrag_local.evaluation.metrics import MetricSummary
+from shardrag_local.evaluation.report import render_markdown, update_benchmarks
+from shardrag_local.evaluation.runner import (
+    BM25,
+    EXACT,
+    MODES,
+    EvalOptions,
+    add_shard_comparison,
+    api_top_k,
+    comparison_command,
+    parse_modes,
+    ratios,
+    system_name,
+    targets,
+)
 from shardrag_local.evaluation.system import QueryObservation
 
 
@@ -147,3 +162,147 @@ def test_sizing_projection_counts_invocations_and_nodes() -> None:
     assert busy["monthly_usd"]["milvus"] == small["monthly_usd"]["milvus"]
     # API Gateway REST at $3.50 per million: 25.92 M queries -> $91.
     assert small["monthly_usd"]["api_gateway"] == 91
+
+
+def _summary(ndcg: float) -> MetricSummary:
+    return MetricSummary(
+        ndcg_at_10=ndcg, mrr_at_10=0.6, recall={10: 0.8, 100: 0.9}, queries=3, skipped_queries=0, mean_depth=100.0
+    )
+
+
+def test_api_top_k_stays_within_the_ids_only_payload_bound() -> None:
+    # GIVEN the payload rule (IDS_ONLY_MAX_HITS over shards x lists, hybrid returns two lists per shard)
+    # THEN 200 up to 4 shards in every mode, and the bound beyond
+    assert {api_top_k(mode, shards) for mode in MODES for shards in (1, 2, 4)} == {200}
+    assert IDS_ONLY_MAX_HITS // 8 == 204 and IDS_ONLY_MAX_HITS // 16 == 102
+    assert api_top_k("hybrid", 8) == 102 and api_top_k("dense", 8) == 200 and api_top_k("bm25", 16) == 102
+    for mode in MODES:
+        for shards in range(1, 33):
+            lists = 2 if mode == "hybrid" else 1
+            assert api_top_k(mode, shards) * shards * lists <= IDS_ONLY_MAX_HITS
+
+
+def test_modes_parse_in_order_once_and_refuse_unknown_names() -> None:
+    assert MODES == ("dense", "bm25", "hybrid")
+    assert parse_modes("hybrid, dense,hybrid") == ("hybrid", "dense")
+    with pytest.raises(ValueError, match="subset"):
+        parse_modes("dense,splade")
+    with pytest.raises(ValueError):
+        parse_modes(" , ")
+
+
+def test_cli_takes_modes_and_a_shard_comparison() -> None:
+    import argparse
+
+    from shardrag_local.evaluation.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--modes", "bm25,hybrid", "--compare-shards", "1"])
+    assert args.modes == ("bm25", "hybrid") and args.compare_shards == 1
+    assert parser.parse_args([]).modes is None  # all modes (runner.MODES)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--modes", "sparse"])
+
+
+def test_targets_hold_bm25_to_the_baseline_of_the_same_run() -> None:
+    systems = {
+        system_name("dense"): _summary(0.681),
+        system_name("bm25"): _summary(0.680),
+        system_name("hybrid"): _summary(0.730),
+        BM25: _summary(0.686),
+    }
+    out = targets(systems)
+    dense = out["shardrag_api_dense ndcg@10 >= 0.68"]
+    bm25 = out["shardrag_api_bm25 ndcg@10 >= bm25s ndcg@10 - 0.005"]
+    hybrid = out["shardrag_api_hybrid ndcg@10 >= 0.735"]
+    assert dense["met"] and bm25["threshold"] == 0.681 and not bm25["met"] and not hybrid["met"]
+    # Without the baseline there is nothing to hold bm25 to.
+    assert not any("bm25" in label for label in targets({system_name("bm25"): _summary(0.7)}))
+
+
+def test_ratios_pair_every_api_mode_with_every_baseline() -> None:
+    systems = {system_name(m): _summary(0.7) for m in MODES} | {EXACT: _summary(0.7), BM25: _summary(0.35)}
+    out = ratios(systems)
+    assert len(out) == 6
+    assert out["shardrag_api_hybrid/bm25s"]["ndcg@10"] == 2.0 and out["shardrag_api_dense/exact_dense_whole_docs"][
+        "recall@100"
+    ] == pytest.approx(1.0)
+
+
+def _report() -> dict[str, object]:
+    systems = {system_name(m): _summary(0.7) for m in MODES} | {BM25: _summary(0.686)}
+    latency = {
+        system_name(m): summarize(
+            [QueryObservation("q", [], [], 50.0, {"embed": 4, "search": 10, "total": 40}, {"0": 10.0, "1": 9.0})]
+        )
+        for m in MODES
+    }
+    return {
+        "command": "python -m shardrag_local.evaluation",
+        "commit": "abc1234",
+        "at": "2026-01-01T00:00:00+00:00",
+        "machine": {
+            k: "x" for k in ("cpu", "cores", "memory", "python", "onnxruntime", "pymilvus", "milvus-lite", "bm25s")
+        },
+        "dataset": {"name": "mini", "split": "test", "documents": 3, "queries": 1, "judgments": 1},
+        "settings": {"shards": 4},
+        "systems": {name: {"description": "d", **s.as_dict()} for name, s in systems.items()},
+        "ratios": ratios(systems),
+        "targets": targets(systems),
+        "latency_ms": latency,
+        "load_average_1min": {name: {"before_queries": 1.0, "after_queries": 2.0} for name in latency},
+    }
+
+
+def test_shard_comparison_states_both_figures_and_the_parity_target() -> None:
+    report = _report()
+    other = {
+        "settings": {"shards": 1},
+        "systems": {system_name("hybrid"): {"ndcg@10": 0.7025, "recall@10": 0.8, "recall@100": 0.9, "mrr@10": 0.6}},
+    }
+    add_shard_comparison(report, other, "bench/results/eval-mini-shards1.json")
+    comparison = report["shard_comparison"]
+    assert comparison["runs"] == [{"shards": 4, "ndcg@10": 0.7}, {"shards": 1, "ndcg@10": 0.7025}]  # type: ignore[index]
+    target = report["targets"]["shardrag_api_hybrid ndcg@10: |4 shards - 1 shard(s)| <= 0.003"]  # type: ignore[index]
+    assert target == {"value": 0.0025, "threshold": 0.003, "met": True}
+    markdown = render_markdown(report)
+    assert "0.7000 on 4 shards, 0.7025 on 1 shard;" in markdown
+
+
+def test_markdown_has_a_row_per_system_and_a_latency_column_per_mode() -> None:
+    markdown = render_markdown(_report())
+    for mode in MODES:
+        assert f"| **shardrag_api_{mode}** — d |" in markdown
+        assert f"| shardrag_api_{mode}/bm25s |" in markdown
+    assert "| stage | shardrag_api_dense | shardrag_api_bm25 | shardrag_api_hybrid |" in markdown
+    assert "| **end to end (client)** | 50.0 / 50.0 | 50.0 / 50.0 | 50.0 / 50.0 |" in markdown
+    assert "| shard 1 search | 9.0 / 9.0 |" in markdown
+    assert "(threshold 0.681) — **met**" in markdown
+
+
+def test_shard_comparison_reruns_the_cli_hybrid_only(tmp_path: Path) -> None:
+    options = EvalOptions(
+        dataset=tmp_path / "mini", limit_queries=20, max_top_k=100, settings={"ingestion": {"chunk_size": 96}}
+    )
+    command = comparison_command(options, 1, tmp_path / "out.json")
+    assert command[1:3] == ["-m", "shardrag_local.evaluation"]
+    joined = " ".join(command)
+    for part in (
+        "--shards 1",
+        "--modes hybrid",
+        "--no-baselines",
+        "--no-sharding-check",
+        "--limit-queries 20",
+        "--max-top-k 100",
+    ):
+        assert part in joined
+    assert json.loads(command[command.index("--settings") + 1]) == {"ingestion": {"chunk_size": 96}}
+
+
+def test_sizing_reads_the_hybrid_latency_of_a_per_mode_report() -> None:
+    from shardrag_local.evaluation.sizing import measured_latency
+
+    per_mode = {"latency_ms": {"shardrag_api_dense": {"embed": 1}, "shardrag_api_hybrid": {"embed": 2}}}
+    assert measured_latency(per_mode) == {"embed": 2}
+    assert measured_latency({"latency_ms": {"end_to_end_client": {}, "embed": 3}})["embed"] == 3

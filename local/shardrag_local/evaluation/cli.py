@@ -22,6 +22,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="BEIR folder (default: %(default)s)")
     parser.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
     parser.add_argument("--shards", type=int, default=4, help="hash shards of the fresh runtime (default: 4)")
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        default=None,
+        help="retrieval modes to evaluate through the API, comma-separated (default: dense,bm25,hybrid)",
+    )
+    parser.add_argument(
+        "--compare-shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="afterwards, ingest again into a fresh runtime with N shards and compare hybrid nDCG@10",
+    )
+    parser.add_argument(
+        "--max-top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="ask the API for at most K chunk hits per query in every mode (default: the ids-only payload bound)",
+    )
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N judged queries")
     parser.add_argument("--docs-per-file", type=int, default=250, help="documents per uploaded JSON Lines file")
     parser.add_argument("--data-dir", type=Path, default=None, help="fresh data directory (default: a temp dir)")
@@ -32,23 +52,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='extra runtime settings as JSON, e.g. \'{"ingestion": {"chunk_size": 128}}\'',
     )
     parser.add_argument("--no-baselines", action="store_true", help="skip exact dense and BM25")
-    parser.add_argument("--no-sharding-check", action="store_true", help="skip the brute-force comparison")
+    parser.add_argument(
+        "--no-sharding-check", action="store_true", help="skip the brute-force comparison of the dense ranking"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: bench/results/eval-<name>.json)")
     parser.add_argument(
         "--update-benchmarks", action="store_true", help="write the generated tables into BENCHMARKS.md"
     )
 
 
+def _modes(text: str) -> tuple[str, ...]:
+    # Called only when an evaluation's arguments are parsed, so the runner's imports cost nothing elsewhere.
+    from shardrag_local.evaluation.runner import parse_modes
+
+    try:
+        return parse_modes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from shardrag_local.evaluation.report import render_markdown, stamp, update_benchmarks
-    from shardrag_local.evaluation.runner import EvalOptions, run_evaluation
+    from shardrag_local.evaluation.runner import (
+        MODES,
+        EvalOptions,
+        add_shard_comparison,
+        run_evaluation,
+        run_shard_comparison,
+    )
 
     if args.data_dir is not None and args.data_dir.exists() and any(args.data_dir.iterdir()):
         raise SystemExit(f"--data-dir {args.data_dir} is not empty: the evaluation needs a fresh data directory")
+    modes = args.modes or MODES
+    if args.compare_shards is not None and (args.compare_shards < 1 or "hybrid" not in modes):
+        raise SystemExit("--compare-shards needs a shard count >= 1 and hybrid among --modes")
     options = EvalOptions(
         dataset=args.dataset,
         split=args.split,
         shards=args.shards,
+        modes=modes,
+        max_top_k=args.max_top_k,
         limit_queries=args.limit_queries,
         docs_per_file=args.docs_per_file,
         baselines=not args.no_baselines,
@@ -60,6 +103,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     report = stamp(run_evaluation(options), command.strip())
     out = args.out or RESULTS_DIR / f"eval-{report['dataset']['name']}.json"
     report["output"] = _display(out)
+    if args.compare_shards is not None:
+        other_out = out.with_name(f"{out.stem}-shards{args.compare_shards}.json")
+        other_out.parent.mkdir(parents=True, exist_ok=True)
+        add_shard_comparison(report, run_shard_comparison(options, args.compare_shards, other_out), _display(other_out))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown = render_markdown(report)
@@ -88,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m shardrag_local.evaluation",
         description="Retrieval quality and latency of ShardRAG on a BEIR folder, through S3 ingestion and the "
-        "HTTP API of a fresh local runtime, with exact-dense and BM25 baselines in the same run.",
+        "HTTP API of a fresh local runtime in each retrieval mode (dense, bm25, hybrid), with exact-dense and BM25 "
+        "baselines in the same run.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv), argv)

@@ -96,44 +96,25 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     lines += ["", *[f"- {note}" for note in report.get("notes", [])]]
     for target, outcome in report.get("targets", {}).items():
-        lines.append(f"- target {target}: {outcome['value']} — **{'met' if outcome['met'] else 'NOT met'}**")
+        threshold = f" (threshold {outcome['threshold']})" if "threshold" in outcome else ""
+        lines.append(f"- target {target}: {outcome['value']}{threshold} — **{'met' if outcome['met'] else 'NOT met'}**")
     if check := report.get("sharding_check"):
         lines.append(
-            f"- sharding check ({check['method']}, {check['chunks']:,} chunks): top-{check['k']} overlap mean "
-            f"{check['mean_overlap']:.4f}, min {check['min_overlap']:.4f}; identical order in "
+            f"- sharding check of the dense mode ({check['method']}, {check['chunks']:,} chunks): top-{check['k']} "
+            f"overlap mean {check['mean_overlap']:.4f}, min {check['min_overlap']:.4f}; identical order in "
             f"{check['identical_order']}/{check['queries']} queries, {check['differ_only_by_ties']} differ only "
             f"among tied scores, {len(check['mismatches'])} real mismatches."
         )
-    lat = report.get("latency_ms", {})
-    if lat:
-        lines += [
-            "",
-            f"Latency over the {lat['end_to_end_client'].get('n', 0)} measured queries (after warm-up; "
-            "`timings_ms` from the workflow, end to end measured by the HTTP client"
-            + (
-                f"; 1-minute load average {load['before_queries']:.1f} before / {load['after_queries']:.1f} after"
-                if (load := report.get("load_average_1min"))
-                else ""
-            )
-            + "):",
-            "",
-            "| stage | p50 ms | p95 ms | mean ms |",
-            "|---|---|---|---|",
-        ]
-        names = {
-            "embed": "embed",
-            "route": "route",
-            "search": "search (slowest shard)",
-            "fuse": "fuse",
-            "total": "workflow total",
-            "end_to_end_client": "**end to end (client)**",
-            "overhead": "orchestration + HTTP overhead",
-        }
-        for key, label in names.items():
-            p = lat.get(key) or {}
-            lines.append(f"| {label} | {_ms(p.get('p50'))} | {_ms(p.get('p95'))} | {_ms(p.get('mean'))} |")
-        for shard, p in lat.get("per_shard_search", {}).items():
-            lines.append(f"| shard {shard} search | {_ms(p.get('p50'))} | {_ms(p.get('p95'))} | {_ms(p.get('mean'))} |")
+    if comparison := report.get("shard_comparison"):
+        at = ", ".join(
+            f"{r['ndcg@10']:.4f} on {r['shards']} shard{'s' if r['shards'] != 1 else ''}" for r in comparison["runs"]
+        )
+        other = comparison["other_run"]
+        lines.append(
+            f"- shard count ({comparison['system']}, same corpus ingested into a second fresh runtime): nDCG@10 "
+            f"{at}; difference {comparison['diff']:+.4f}. Raw: `{other['output']}`."
+        )
+    lines += _latency_table(report)
     ing = report.get("ingest")
     if ing:
         lines += [
@@ -147,6 +128,59 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f" Raw embedding in the same run (the exact baseline's whole documents): {raw['texts_per_s']} texts/s."
             )
     return "\n".join(lines) + "\n"
+
+
+_STAGES = {
+    "embed": "embed",
+    "route": "route",
+    "search": "search (slowest shard)",
+    "fuse": "fuse",
+    "total": "workflow total",
+    "end_to_end_client": "**end to end (client)**",
+    "overhead": "orchestration + HTTP overhead",
+}
+
+
+def _latency_table(report: dict[str, Any]) -> list[str]:
+    """One column per API system (p50 / p95 ms), one row per stage and per shard."""
+    latency: dict[str, Any] = report.get("latency_ms") or {}
+    if "end_to_end_client" in latency:  # a report from before per-mode runs: one dense system
+        latency = {"shardrag_api_dense": latency}
+    if not latency:
+        return []
+    names = list(latency)
+    n = max(lat["end_to_end_client"].get("n", 0) for lat in latency.values())
+    loads = report.get("load_average_1min") or {}
+    load_text = "; ".join(
+        f"{name} {load['before_queries']:.1f} before / {load['after_queries']:.1f} after"
+        for name, load in loads.items()
+        if isinstance(load, dict)
+    )
+    lines = [
+        "",
+        f"Latency, p50 / p95 ms over the {n} measured queries of each mode (after warm-up; `timings_ms` from the "
+        "workflow, end to end measured by the HTTP client"
+        + (f"; 1-minute load average {load_text}" if load_text else "")
+        + "):",
+        "",
+        "| stage | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+
+    def cell(p: dict[str, Any] | None) -> str:
+        p = p or {}
+        return f"{_ms(p.get('p50'))} / {_ms(p.get('p95'))}"
+
+    for key, label in _STAGES.items():
+        lines.append(f"| {label} | " + " | ".join(cell(latency[name].get(key)) for name in names) + " |")
+    shards = sorted({s for lat in latency.values() for s in lat.get("per_shard_search", {})}, key=int)
+    for shard in shards:
+        lines.append(
+            f"| shard {shard} search | "
+            + " | ".join(cell(latency[name].get("per_shard_search", {}).get(shard)) for name in names)
+            + " |"
+        )
+    return lines
 
 
 def update_benchmarks(markdown: str, name: str, path: Path = PROJECT_ROOT / "BENCHMARKS.md") -> None:

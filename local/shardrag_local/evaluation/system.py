@@ -9,6 +9,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -153,18 +154,28 @@ class LocalSystem:
                 )
         return IngestReport(len(paths), documents, chunks, rejected, failed, time.perf_counter() - started)
 
-    def query(self, query_id: str, question: str, *, top_k: int = 50, timeout_s: float = 120) -> QueryObservation:
-        """``POST /query`` with ``generate: false``; the client clock covers the whole HTTP round trip."""
+    def query(
+        self, query_id: str, question: str, *, top_k: int = 50, mode: str | None = None, timeout_s: float = 120
+    ) -> QueryObservation:
+        """``POST /query`` with ``generate: false``; the client clock covers the whole HTTP round trip.
+
+        ``mode`` (``dense``, ``bm25``, ``hybrid``) is sent when given; without it the runtime's default applies.
+        """
         # Rankings deeper than 50 come back as ids and scores only (the API's payload-bounded evaluation mode).
-        body = json.dumps(
-            {"question": question, "generate": False, "top_k": top_k, "include_text": top_k <= 50}
-        ).encode()
+        fields: dict[str, Any] = {"question": question, "generate": False, "top_k": top_k, "include_text": top_k <= 50}
+        if mode is not None:
+            fields["mode"] = mode
+        body = json.dumps(fields).encode()
         request = urllib.request.Request(
             self.url + "/query", data=body, method="POST", headers={"Content-Type": "application/json"}
         )
         started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            payload = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:500]
+            raise RuntimeError(f"POST /query (mode {mode}, top_k {top_k}) answered {exc.code}: {detail}") from None
         client_ms = (time.perf_counter() - started) * 1000
         timings = payload.get("timings_ms", {})
         hits = payload.get("hits", [])
