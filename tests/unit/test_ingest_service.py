@@ -268,3 +268,36 @@ def test_reconcile_repairs_missed_events(world: World) -> None:
     assert "lost" in text and "silently" in text and "gone document" not in text
     again = Reconciler(S3ObjectSource(world.s3), world.registry, sent.extend).run(BUCKET)
     assert again.repairs == 0
+
+
+def _tenants(world: World) -> dict[str, str]:
+    return {c.doc_id: c.tenant for s in world.stores for c, _ in s._rows.values()}
+
+
+def test_tenant_from_the_key_prefix_and_bulk_ids_namespaced_per_tenant(hashing_embedder: Any) -> None:
+    with mock_aws():
+        world = World(hashing_embedder, IngestionSettings(chunk_size=16, chunk_overlap=4, tenant_source="key_prefix"))
+        same_ids = "\n".join(json.dumps({"_id": f"d{i}", "text": f"document {i} body"}) for i in range(2))
+        world.deliver(
+            [world.put("acme/bulk.jsonl", same_ids.encode()), world.put("globex/bulk.jsonl", same_ids.encode())]
+        )
+        world.deliver([world.put("acme/notes.txt", b"acme notes about tides")])
+        assert _tenants(world) == {
+            "acme/d0": "acme",
+            "acme/d1": "acme",
+            "globex/d0": "globex",
+            "globex/d1": "globex",
+            "acme/notes.txt": "acme",
+        }
+        # A key with no tenant segment (or an unusable one) is refused, not filed under a default tenant.
+        outcomes = world.deliver([world.put("loose.txt", b"no tenant"), world.put("bad tenant!/x.txt", b"odd")])
+        assert [o.action for o in outcomes] == ["failed", "failed"]
+        assert {o.reason for o in outcomes} == {"no_tenant"}
+
+
+def test_tenant_from_object_metadata(hashing_embedder: Any) -> None:
+    with mock_aws():
+        world = World(hashing_embedder, IngestionSettings(chunk_size=16, chunk_overlap=4, tenant_source="metadata"))
+        world.deliver([world.put("a.txt", b"metadata tenant", Metadata={"tenant": "initech"})])
+        assert _tenants(world) == {"a.txt": "initech"}
+        assert world.deliver([world.put("b.txt", b"nobody's")])[0].reason == "no_tenant"

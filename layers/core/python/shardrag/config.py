@@ -196,8 +196,10 @@ class IngestionSettings(_Model):
     #: Pages read from one PDF, and text extracted from one document (guards against stream bombs).
     max_pdf_pages: int = Field(default=5000, ge=1)
     max_document_chars: int = Field(default=64 * 1024 * 1024, ge=1)
-    #: Where a document's tenant comes from: one tenant for all, or the first segment of the object key.
-    tenant_source: Literal["default", "key_prefix"] = "default"
+    #: Where a document's tenant comes from: one tenant for all, the first segment of the object key, or the
+    #: object's user metadata ``x-amz-meta-<tenant_metadata_key>``.
+    tenant_source: Literal["default", "key_prefix", "metadata"] = "default"
+    tenant_metadata_key: str = Field(default="tenant", pattern=r"^[a-z0-9-]{1,64}$")
     default_tenant: str = Field(default="default", min_length=1, max_length=128)
     #: How long a worker owns a key while it indexes it (the Lambda timeout); a crashed worker's claim
     #: expires after it.

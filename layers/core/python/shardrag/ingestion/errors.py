@@ -26,6 +26,8 @@ class Reason(StrEnum):
     CORRUPT_ARCHIVE = "corrupt_archive"
     INVALID_JSONL = "invalid_jsonl"
     PARSER_ERROR = "parser_error"
+    #: Tenants are on and the object names no valid tenant (key prefix or ``x-amz-meta-<key>``).
+    NO_TENANT = "no_tenant"
     #: Transient: a dependency (S3, DynamoDB, a shard, the model) failed; the message is retried.
     DEPENDENCY = "dependency_unavailable"
     #: Transient: another worker holds the key's lease (an event for the same key is being processed).

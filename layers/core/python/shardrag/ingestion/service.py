@@ -8,18 +8,19 @@ record documents, remove what the object no longer produces, and release the key
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from shardrag.chunking import Document
-from shardrag.config import IngestionSettings
+from shardrag.config import TENANT_PATTERN, IngestionSettings
 from shardrag.indexing import DocumentIndexer
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
 from shardrag.ingestion.events import ObjectEvent, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry
-from shardrag.ingestion.source import Blob, ObjectMissing, ObjectSource
+from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
 from shardrag.records import EmbeddedChunk, Hit, Record, SearchRequest, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
@@ -224,7 +225,7 @@ class IngestService:
             uri=event.uri,
             key=event.key,
             version=info.etag,
-            tenant=self._tenant(event.key),
+            tenant=self._tenant(event.key, info),
             settings=self._settings,
         )
         report = ParseReport()
@@ -347,10 +348,20 @@ class IngestService:
         state = written.get(doc_id)
         return state.chunk_count if state is not None else 0
 
-    def _tenant(self, key: str) -> str:
-        if self._settings.tenant_source == "key_prefix" and "/" in key:
-            return key.split("/", 1)[0][:128] or self._settings.default_tenant
-        return self._settings.default_tenant
+    def _tenant(self, key: str, info: ObjectInfo) -> str:
+        """The document's tenant: one for all, the key's first segment, or the object's user metadata. With
+        tenants on, an object that names no valid tenant is rejected rather than filed under a default one."""
+        source = self._settings.tenant_source
+        if source == "default":
+            return self._settings.default_tenant
+        if source == "key_prefix":
+            tenant = key.split("/", 1)[0] if "/" in key else ""
+        else:
+            tenant = info.metadata.get(self._settings.tenant_metadata_key.lower(), "")
+        if not re.fullmatch(TENANT_PATTERN, tenant):
+            where = "key prefix" if source == "key_prefix" else f"x-amz-meta-{self._settings.tenant_metadata_key}"
+            raise Rejected(Reason.NO_TENANT, f"no valid tenant in the object's {where}: {tenant[:64]!r}")
+        return tenant
 
     # -- removed, rejected -----------------------------------------------------------------------------
     def _remove(self, event: ObjectEvent, owner: str) -> IngestOutcome:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,6 +31,8 @@ class ObjectInfo:
     etag: str
     content_type: str = ""
     content_encoding: str = ""
+    #: User metadata (``x-amz-meta-*``), keys lower-cased as S3 returns them.
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 class ObjectSource(Protocol):
@@ -70,6 +72,7 @@ class S3ObjectSource:
             etag=str(r.get("ETag", "")).strip('"'),
             content_type=str(r.get("ContentType", "") or ""),
             content_encoding=str(r.get("ContentEncoding", "") or ""),
+            metadata={str(k).lower(): str(v) for k, v in (r.get("Metadata") or {}).items()},
         )
 
     def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
