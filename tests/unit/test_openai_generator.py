@@ -25,6 +25,7 @@ from shardrag.generation import (
 )
 from shardrag.generation.openai_compat import chat_completions_url
 from shardrag.records import Hit
+from shardrag.secrets import forget_secrets, read_secret
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 QUESTION = "How does the router choose a shard?"
@@ -278,9 +279,20 @@ def secrets() -> Iterator[tuple[Any, Stubber]]:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+    forget_secrets()
     with Stubber(client) as stub:
         yield client, stub
         stub.assert_no_pending_responses()
+    forget_secrets()
+
+
+def test_milvus_token_secrets_take_the_token_field_and_are_read_once(secrets: tuple[Any, Stubber]) -> None:
+    client, stub = secrets
+    stub.add_response(
+        "get_secret_value", _secret_value('{"user": "u", "token": "milvus-token"}'), {"SecretId": "llm-key"}
+    )
+    assert read_secret("llm-key", client=client) == "milvus-token"
+    assert read_secret("llm-key", client=client) == "milvus-token"  # cached: the stub answers once
 
 
 def _secret_value(secret: str) -> dict[str, Any]:

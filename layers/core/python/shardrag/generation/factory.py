@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from shardrag.errors import ConfigurationError
 from shardrag.generation.base import Generator
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.generation.prompt import PromptBuilder, TokenCounter
+from shardrag.secrets import read_secret
 
 if TYPE_CHECKING:
     from mypy_boto3_bedrock_runtime.client import BedrockRuntimeClient
@@ -68,31 +68,6 @@ def build_generator(
 
 
 def read_api_key(secret_id: str, *, client: Any | None = None, region: str | None = None) -> str:
-    """An API key from Secrets Manager: the secret string, or its ``api_key`` field when it is JSON.
-
-    Read at cold start (the factory runs once per container), so a missing or unreadable secret is a
-    :class:`ConfigurationError`; the message names the secret, never its value.
-    """
-    if client is None:
-        import boto3
-
-        client = boto3.client("secretsmanager", region_name=region)
-    try:
-        response = client.get_secret_value(SecretId=secret_id)
-    except Exception as exc:  # botocore's ClientError and connection errors alike: all mean "no key".
-        raise ConfigurationError(f"cannot read API key secret {secret_id!r}: {type(exc).__name__}") from exc
-    secret = response.get("SecretString")
-    if not isinstance(secret, str) or not secret.strip():
-        raise ConfigurationError(f"API key secret {secret_id!r} has no SecretString")
-    secret = secret.strip()
-    if secret.startswith("{"):
-        try:
-            fields = json.loads(secret)
-        except json.JSONDecodeError:
-            raise ConfigurationError(f"API key secret {secret_id!r} looks like JSON but does not parse") from None
-        for key in _SECRET_KEYS:
-            value = fields.get(key) if isinstance(fields, dict) else None
-            if isinstance(value, str) and value:
-                return value
-        raise ConfigurationError(f"API key secret {secret_id!r} has none of the fields {', '.join(_SECRET_KEYS)}")
-    return secret
+    """An API key from Secrets Manager: the secret string, or its ``api_key`` (``apiKey``, ``token``, ``key``)
+    field when it is JSON; unreadable or empty is a :class:`ConfigurationError` at cold start."""
+    return read_secret(secret_id, client=client, region=region, fields=_SECRET_KEYS, what="API key secret")
