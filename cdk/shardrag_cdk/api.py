@@ -305,7 +305,10 @@ class QueryApi(Construct):
             "BadRequestBody": (
                 apigw.ResponseType.BAD_REQUEST_BODY,
                 "400",
-                api_mapping.error_template("bad_request", '"$context.error.validationErrorString"'),
+                # Gateway response templates get plain substitution, no VTL: validationErrorString carries unescaped
+                # quotes (``instance value ("x") not found``) that would break the JSON body; messageString is
+                # API Gateway's own quoted string. Field-level detail comes from the Embed stage's validation.
+                api_mapping.error_template("bad_request", "$context.error.messageString"),
             ),
             "Timeout": (
                 apigw.ResponseType.INTEGRATION_TIMEOUT,

@@ -433,3 +433,16 @@ def test_workflow_passes_the_api_input_to_embed_and_the_sparse_query_to_each_sha
         search = branch["States"][f"SearchShard{i}"]
         assert search["Parameters"]["Payload"]["sparse.$"] == "$.sparse"
         assert search["ResultSelector"]["lexical.$"] == "$.Payload.lexical"
+
+
+def test_gateway_responses_are_valid_json_whatever_the_error_text(synth: Synthesis) -> None:
+    """Gateway response templates get plain variable substitution (no VTL escaping): only variables API Gateway
+    itself quotes may appear, so that an error text with quotes still yields a JSON body."""
+    hostile = 'instance value ("x\\") not found in enum (possible values: ["dense"])'
+    responses = synth.properties("AWS::ApiGateway::GatewayResponse")
+    assert {r["ResponseType"] for r in responses} >= {"BAD_REQUEST_BODY", "DEFAULT_4XX", "DEFAULT_5XX"}
+    for response in responses:
+        for template in response.get("ResponseTemplates", {}).values():
+            assert "validationErrorString" not in template
+            body = template.replace("$context.error.messageString", json.dumps(hostile))
+            assert json.loads(body)["error"]["message"] in (hostile, api_mapping.TIMEOUT_MESSAGE)
