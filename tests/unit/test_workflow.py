@@ -278,3 +278,49 @@ def test_hybrid_shards_fetch_a_larger_share_when_routing_searches_fewer_of_them(
     workflow.search({**step, "searched": [0, 1, 2]})
     workflow.search({**step, "searched": [0]})
     assert asked == [50, 100]  # ceil(100 x 1.5 / 3) and the whole fusion depth
+
+
+@pytest.mark.parametrize("id_chars", [8, 400])
+def test_deep_ids_only_results_always_fit_the_state_payload_limit(hashing_embedder, id_chars: int) -> None:  # type: ignore[no-untyped-def]
+    """The Parallel state's output (every branch's hits) must stay under Step Functions' 256 KiB even with long
+    S3 keys as ids: a shard cuts its deepest hits rather than fail the query with States.DataLimitExceeded."""
+    shards = 4
+    stores = [InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension) for i in range(shards)]
+    indexer = DocumentIndexer(
+        chunker=Chunker(size=8, overlap=0), embedder=hashing_embedder, store_for=stores.__getitem__, shard_count=shards
+    )
+    words = "tides moon ocean gravity pull water level coast"
+    docs = [
+        Document(doc_id=f"{i:0{id_chars}d}", text=f"{words} {i} " * 6, version="abcdef0123456789") for i in range(500)
+    ]
+    indexer.run(docs)
+    stats = CorpusStats()
+    for store in stores:
+        stats.count(store._sparse.values(), +1)
+    workflow = build_query_workflow(
+        Settings(store={"shard_count": shards, "dimension": hashing_embedder.dimension}),
+        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
+        lexical=lambda text: Bm25Encoder().query(text, stats),
+        stores=stores.__getitem__,
+    )
+    top_k = IDS_ONLY_MAX_HITS // (shards * 2)
+    body = {"question": words, "mode": "hybrid", "top_k": top_k, "generate": False, "include_text": False}
+    embedded = json.loads(json.dumps(workflow.embed({"request": body})))
+    outputs = [
+        {
+            "shard": i,
+            "status": "ok",
+            **workflow.search({"shard": i, **{k: embedded[k] for k in ("request", "vector", "sparse")}}),
+        }
+        for i in range(shards)
+    ]
+    parallel_output = json.dumps(outputs).encode()
+    assert len(parallel_output) <= PAYLOAD_HIT_BUDGET_BYTES + 1024
+    returned = sum(len(o["hits"]) + len(o["lexical"]) for o in outputs)
+    if id_chars == 8:
+        assert returned == shards * 2 * top_k  # ids as short as SciFact's: nothing cut
+    else:
+        assert 0 < returned < shards * 2 * top_k  # long ids: the deepest ranks give way
+    response = workflow.fuse_generate({"request": embedded["request"], "shards": outputs})
+    # Hybrid ranks the union of each modality's top 100 (the fusion depth), or what fitted.
+    assert (100 if id_chars == 8 else 1) <= len(response["hits"]) <= top_k

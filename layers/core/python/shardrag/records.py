@@ -65,7 +65,8 @@ class Hit(Record):
     chunk_id: str
     doc_id: str
     score: float
-    text: str
+    #: Empty in ids-only results (evaluation, and the tail of deep fusion candidates).
+    text: str = ""
     source: str = ""
     title: str = ""
     position: int = 0

@@ -7,6 +7,7 @@ handlers through the real state machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Share of the 256 KiB state payload limit that shard hits may take in the Parallel state's output.
 PAYLOAD_HIT_BUDGET_BYTES = 160 * 1024
-#: Ids-only hits are ~100 bytes (chunk id, doc id, score, position, shard): the most the Parallel output holds.
-IDS_ONLY_MAX_HITS = PAYLOAD_HIT_BUDGET_BYTES // 100
+#: Ids-only hits are ~100-130 bytes (chunk id, doc id, score, position, shard): the most the Parallel output
+#: holds. Longer ids are still safe: each shard cuts its deepest hits to its byte share (``_within_budget``).
+IDS_ONLY_MAX_HITS = PAYLOAD_HIT_BUDGET_BYTES // 130
 #: Hybrid: a shard returns this multiple of its expected share of the fused candidates.
 HYBRID_SHARD_OVERFETCH = 1.5
 
@@ -267,11 +269,19 @@ class QueryWorkflow:
             def shown(found: list[Hit]) -> list[Hit]:
                 return [_ids_only(h) for h in found]
 
-        return {
-            "hits": [h.model_dump() for h in shown(result.hits)],
-            "lexical": [h.model_dump() for h in shown(result.lexical)],
-            "took_ms": result.took_ms,
-        }
+        hits, lexical = _within_budget(
+            [_compact(h) for h in shown(result.hits)],
+            [_compact(h) for h in shown(result.lexical)],
+            PAYLOAD_HIT_BUDGET_BYTES // searched,
+        )
+        if len(hits) + len(lexical) < len(result.hits) + len(result.lexical):
+            log.warning(
+                "shard %d: hits cut to %d + %d to fit the state payload limit",
+                step.shard,
+                len(hits),
+                len(lexical),
+            )
+        return {"hits": hits, "lexical": lexical, "took_ms": result.took_ms}
 
     def _rerank(self, reranker: Reranker, query: ResolvedQuery, fused: list[Hit]) -> tuple[list[Hit], dict[str, Any]]:
         """Reorder the fused candidates; if the reranker fails, keep the fused order and say so (an answer from
@@ -323,6 +333,28 @@ class QueryWorkflow:
             "timings_ms": {**timings, "shards": shard_ms},
             "model": answer.model if answer else None,
         }
+
+
+def _compact(hit: Hit) -> dict[str, Any]:
+    """A hit as it crosses the state machine: empty and zero fields left out (the record's defaults restore
+    them), which keeps an ids-only hit near 100 bytes."""
+    return hit.model_dump(exclude_defaults=True)
+
+
+def _within_budget(
+    first: list[dict[str, Any]], second: list[dict[str, Any]], budget: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Drop the lowest-ranked hits (from the longer list first) until both lists serialise within ``budget``
+    bytes: long object keys as chunk ids must degrade the deepest ranks, never fail the query with
+    ``States.DataLimitExceeded``."""
+    sizes = [[len(json.dumps(h).encode()) + 2 for h in hits] for hits in (first, second)]
+    total = sum(map(sum, sizes))
+    keep = [len(first), len(second)]
+    while total > budget and any(keep):
+        which = 0 if keep[0] >= keep[1] else 1
+        keep[which] -= 1
+        total -= sizes[which][keep[which]]
+    return first[: keep[0]], second[: keep[1]]
 
 
 def _ids_only(hit: Hit) -> Hit:
