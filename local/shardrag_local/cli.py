@@ -94,9 +94,38 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 def cmd_rebalance(args: argparse.Namespace) -> int:
     """Retrain the routing centroids and move the chunks (routing.mode centroid); the runtime keeps answering."""
+    if args.direct:
+        return _rebalance_direct()
     status, response = _call(args.api, "POST", "/admin/rebalance", {}, timeout=args.timeout)
     print(json.dumps(response, indent=2))
     return 0 if status == 200 else 1
+
+
+def _rebalance_direct() -> int:
+    """Rebalance a deployed index from this machine (a bastion or a build job inside the VPC): the shards, the
+    registry table and the artefacts bucket come from the environment's settings, as the functions see them
+    (``SHARDRAG_SETTINGS``, ``SHARDRAG_REGISTRY_TABLE``, ``SHARDRAG_ARTIFACTS_BUCKET``). Routers pick up the new
+    centroids within ``routing.centroid.refresh_s``; the rebalancer waits that long before deleting old copies."""
+    import boto3
+    from shardrag import env, services
+    from shardrag.config import cached_settings
+    from shardrag.ingestion.registry import DynamoDbRegistry
+    from shardrag.rebalance import Rebalancer
+
+    settings = cached_settings()
+    if settings.routing.mode != "centroid":
+        print("rebalance needs routing.mode centroid (hash placement has nothing to rebalance)", file=sys.stderr)
+        return 2
+    table = os.environ.get(env.REGISTRY_TABLE, services.DEFAULT_REGISTRY_TABLE)
+    report = Rebalancer(
+        stores=services.shard_stores(),
+        shard_count=settings.store.shard_count,
+        centroids=services.centroid_cache().store,
+        settings=settings.routing.centroid,
+        registry=DynamoDbRegistry(boto3.client("dynamodb"), table),
+    ).run()
+    print(json.dumps(report.model_dump(), indent=2))
+    return 0
 
 
 def _aws(endpoint: str, service: str, read_timeout: float = 300) -> Any:
@@ -213,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rebalance", help="retrain the centroids and move chunks to their new shards (routing.mode centroid)"
     )
     rebalance.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the runtime")
+    rebalance.add_argument(
+        "--direct",
+        action="store_true",
+        help="run here against the configured shards, registry and artefacts (a deployed index), not via the local API",
+    )
     rebalance.set_defaults(func=cmd_rebalance)
 
     aws_endpoint = os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
