@@ -6,8 +6,9 @@ Usage::
 
     python -m bench.centroid_workflow [--cache /tmp/scifact_cache] [--shards 8] [--json out.json]
 
-Each query is searched on every shard once per mode; each probing rule then keeps the results of the shards its
-Route step selects and fuses them as FuseAndGenerate does (a chunk held by several probed shards counts once).
+Each query runs per mode and probing rule as the state machine runs it: the Route step's shards search (each told
+how many search, which sets hybrid's per-shard depth) and FuseAndGenerate fuses them (a chunk held by several
+probed shards counts once); the reference searches all shards.
 Relative recall@10 = |top 10 fused from the probed shards ∩ top 10 fused from all shards| / 10, chunk ids.
 """
 
@@ -123,18 +124,16 @@ def main() -> None:
         for question in questions:
             embedded = json.loads(json.dumps(workflow.embed({"request": {"question": question, "mode": mode}})))
             step = {k: embedded[k] for k in ("request", "vector", "sparse")}
-            per_shard = [
-                {"shard": i, "status": "ok", **workflow.search({"shard": i, **step})} for i in range(args.shards)
-            ]
 
-            def top(
-                shards: list[int], request: dict[str, Any] = embedded["request"], per_shard: list[Any] = per_shard
-            ) -> list[str]:
-                chosen = [
-                    r if r["shard"] in shards else {**r, "status": "skipped", "hits": [], "lexical": []}
-                    for r in per_shard
+            def top(shards: list[int], request: dict[str, Any] = embedded["request"], step: Any = step) -> list[str]:
+                # As the state machine runs it: only the Route stage's shards search, each told how many do.
+                searched = [
+                    {"shard": i, "status": "ok", **workflow.search({"shard": i, **step, "searched": shards})}
+                    if i in shards
+                    else {"shard": i, "status": "skipped"}
+                    for i in range(args.shards)
                 ]
-                fused = workflow.fuse_generate({"request": {**request, "generate": False}, "shards": chosen})
+                fused = workflow.fuse_generate({"request": {**request, "generate": False}, "shards": searched})
                 return [h["chunk_id"] for h in fused["hits"]][:TOP_K]
 
             reference = set(top(list(range(args.shards))))
