@@ -2,10 +2,11 @@
 
 Usage::
 
-    python -m bench.e2e [--shards 4] [--queries 200] [--no-speedups]
+    python -m bench.e2e [--shards 4] [--queries 200] [--no-speedups] [--mode dense|bm25|hybrid]
 
-Each request is ``POST /query`` with ``generate: false`` against the local runtime (moto's Step Functions engine
-running ``statemachines/query.asl.json`` with the real handlers, Milvus Lite shards holding the sample corpus).
+Each request is ``POST /query`` with ``generate: false``, ``top_k`` 10 and ``--mode`` (default dense) against
+the local runtime (moto's Step Functions engine running ``statemachines/query.asl.json`` with the real handlers,
+Milvus Lite shards holding the sample corpus).
 Overhead per request = client-measured end-to-end minus the handlers' own times on the critical path
 (embed + route + slowest shard search + fuse). ``--no-speedups`` runs the engine as moto ships it (definition
 re-parsed and a boto3 client built per task), for a side-by-side ratio.
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--no-speedups", action="store_true")
+    parser.add_argument("--mode", choices=("dense", "bm25", "hybrid"), default="dense", help="retrieval mode")
     args = parser.parse_args()
 
     os.environ["SHARDRAG_DATA_DIR"] = tempfile.mkdtemp(prefix="shardrag-bench-")
@@ -67,7 +69,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}/query"
 
     def ask(question: str) -> tuple[float, dict[str, Any]]:
-        body = json.dumps({"question": question, "generate": False, "top_k": 10}).encode()
+        body = json.dumps({"question": question, "generate": False, "top_k": 10, "mode": args.mode}).encode()
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
         started = time.perf_counter()
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -94,6 +96,7 @@ def main() -> None:
                 "benchmark": "e2e_local_query",
                 "shards": args.shards,
                 "queries": args.queries,
+                "mode": args.mode,
                 "engine_speedups": not args.no_speedups,
                 "e2e_ms": {
                     "p50": _pct(e2e, 0.5),

@@ -19,6 +19,8 @@ RUNS: dict[str, list[str]] = {
     "search": ["-m", "bench.search", "--sizes", "1000,12500,50000,100000", "--index", "FLAT,IVF_FLAT,HNSW"],
     "e2e": ["-m", "bench.e2e", "--queries", "200"],
     "e2e-no-speedups": ["-m", "bench.e2e", "--queries", "200", "--no-speedups"],
+    "e2e-bm25": ["-m", "bench.e2e", "--queries", "200", "--mode", "bm25"],
+    "e2e-hybrid": ["-m", "bench.e2e", "--queries", "200", "--mode", "hybrid"],
     "cold_start": ["-m", "bench.cold_start", "--runs", "5"],
     "ingest": ["-m", "bench.ingest"],
     "shards": ["-m", "bench.shards", "--shards", "1,2,4,8", "--docs", "500", "--queries", "100"],
