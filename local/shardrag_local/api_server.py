@@ -77,6 +77,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                 # Locally the header stands in for the caller identity API Gateway maps (Cognito claim).
                 tenant = self.headers.get(TENANT_HEADER, "")
                 status, response = self.server.runtime.execute(request.model_dump(exclude_none=True), tenant=tenant)
+            elif self.path == "/admin/term-stats/rebuild":
+                status, response = 200, self.server.runtime.rebuild_term_stats()
             elif self.path == "/admin/rebalance":
                 try:
                     status, response = 200, self.server.runtime.rebalance()

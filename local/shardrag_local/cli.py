@@ -101,6 +101,20 @@ def cmd_rebalance(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_term_stats(args: argparse.Namespace) -> int:
+    """Recount the BM25 term statistics from the shards' rows (after a crash, or for an index copied in)."""
+    if args.direct:
+        from shardrag import services
+        from shardrag.term_stats import rebuild_term_stats
+
+        counted = rebuild_term_stats(services.shard_stores(), services.term_stats_store())
+        print(json.dumps({"chunks_per_shard": {str(k): v for k, v in counted.items()}}, indent=2))
+        return 0
+    status, response = _call(args.api, "POST", "/admin/term-stats/rebuild", {}, timeout=args.timeout)
+    print(json.dumps(response, indent=2))
+    return 0 if status == 200 else 1
+
+
 def _rebalance_direct() -> int:
     """Rebalance a deployed index from this machine (a bastion or a build job inside the VPC): the shards, the
     registry table and the artefacts bucket come from the environment's settings, as the functions see them
@@ -248,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run here against the configured shards, registry and artefacts (a deployed index), not via the local API",
     )
     rebalance.set_defaults(func=cmd_rebalance)
+    stats = sub.add_parser(
+        "rebuild-term-stats",
+        help="recount the BM25 term statistics from what the shards store (pause ingestion while it runs)",
+    )
+    stats.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the runtime")
+    stats.add_argument(
+        "--direct",
+        action="store_true",
+        help="run here against the configured shards and artefacts (a deployed index), not via the local API",
+    )
+    stats.set_defaults(func=cmd_term_stats)
 
     aws_endpoint = os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
     ingest = sub.add_parser("ingest", help="upload files to the documents bucket (the S3 event path indexes them)")

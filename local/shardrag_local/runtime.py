@@ -130,6 +130,14 @@ class LocalRuntime:
                 statuses.append({"shard": i, "status": "down", "error": type(exc).__name__})
         return statuses
 
+    def rebuild_term_stats(self) -> dict[str, Any]:
+        """Recount the BM25 term statistics from what the shards store (``shardrag stats --rebuild``)."""
+        from shardrag.term_stats import rebuild_term_stats
+
+        counted = rebuild_term_stats(services.shard_stores(), services.term_stats_store())
+        services.corpus_stats().invalidate()
+        return {"chunks_per_shard": {str(k): v for k, v in counted.items()}}
+
     # -- centroid routing ----------------------------------------------------------------------------
     def rebalance(self) -> dict[str, Any]:
         """Retrain the routing centroids and move the chunks (``shardrag.rebalance``). Every router and writer of

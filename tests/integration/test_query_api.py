@@ -148,3 +148,13 @@ def test_a_filter_matching_nothing_answers_that_nothing_was_found(api_url: str) 
     status, body = _post(api_url + "/query", {"question": "What causes ocean tides?", "filters": {"doc_id": "nope"}})
     assert status == 200 and body["hits"] == [] and body["citations"] == []
     assert body["answer"] and "tide" not in body["answer"].lower()
+
+
+def test_rebuilt_term_statistics_equal_what_ingestion_kept(api_url: str, local_runtime: Any) -> None:
+    from shardrag import services
+
+    kept = services.term_stats_store().merged()
+    status, body = _post(api_url + "/admin/term-stats/rebuild", {})
+    assert status == 200
+    assert sum(body["chunks_per_shard"].values()) == kept.documents > 0
+    assert services.term_stats_store().merged() == kept

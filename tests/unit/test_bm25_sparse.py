@@ -23,6 +23,7 @@ from shardrag.term_stats import (
     TermStatsTracker,
     decode_stats,
     encode_stats,
+    rebuild_term_stats,
     stats_name,
 )
 
@@ -236,3 +237,20 @@ def test_query_side_cache_rereads_after_its_ttl() -> None:
     cache.invalidate()
     assert cache.get().documents == 2
     assert CorpusStatsCache(load, ttl_s=0).get().documents == 3
+
+
+def test_rebuild_recounts_a_table_that_lost_a_delta(tmp_path: Path) -> None:
+    stats_store = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0), stats_name("c", 1)])
+    inner = [InMemoryVectorStore(shard=i, dimension=4) for i in range(2)]
+    store = TermAccountingStore(inner[0], shard=0, tracker=TermStatsTracker(lambda: stats_store))
+    store.upsert([_chunk("d", "v1", i, CORPUS[i]) for i in range(2)])
+    store.flush()
+    inner[1].upsert([_chunk("e", "v1", 0, CORPUS[3])])  # written by a worker that died before its flush
+    assert stats_store.load(1) == CorpusStats()
+    expected = stats_store.load(0)
+
+    assert rebuild_term_stats(inner.__getitem__, stats_store, batch_size=1) == {0: 2, 1: 1}
+    assert stats_store.load(0) == expected
+    recounted = CorpusStats()
+    recounted.count([Bm25Encoder().document(CORPUS[3])], +1)
+    assert stats_store.load(1) == recounted

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from shardrag.artifacts import ArtifactStore
-from shardrag.bm25 import CorpusStats
+from shardrag.bm25 import EMPTY_MARKER, CorpusStats
 from shardrag.records import SparseVector
+from shardrag.store.base import VectorStore
 
 _FORMAT = 1
 #: Compare-and-swap attempts before a flush gives up (the delta stays pending for the next flush).
@@ -136,3 +137,23 @@ class CorpusStatsCache:
     def invalidate(self) -> None:
         with self._lock:
             self._stats = None
+
+
+def rebuild_term_stats(
+    stores: Callable[[int], VectorStore], stats: TermStatsStore, *, batch_size: int = 1000
+) -> dict[int, int]:
+    """Recount every shard's table from the rows the shard actually stores, and replace it.
+
+    The recovery path when a table drifted from its shard: a worker that died between a write and its flush
+    loses that delta, and an index copied in from elsewhere comes without tables. Run it with ingestion paused
+    (a delta applied while a shard is being recounted would be counted twice or not at all). Returns the
+    chunks counted per shard.
+    """
+    counted: dict[int, int] = {}
+    for shard in range(stats.shard_count):
+        table = CorpusStats()
+        for batch in stores(shard).scan(batch_size):
+            table.count([item.sparse or EMPTY_MARKER for item in batch], +1)
+        stats.replace(shard, table)
+        counted[shard] = table.documents
+    return counted
