@@ -310,7 +310,8 @@ class QueryWorkflow:
         generate_ms = 0.0
         if query.generate:
             started = time.perf_counter()
-            answer = self._generator().run(query.question, hits)
+            # A hybrid candidate from a shard's ids-only tail has no text to ground an answer on.
+            answer = self._generator().run(query.question, [h for h in hits if h.text])
             generate_ms = _ms(started)
         shard_ms = {str(r.shard): r.took_ms for r in step.shards if r.status == "ok"}
         timings = {
