@@ -255,24 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     rebalance = sub.add_parser(
         "rebalance", help="retrain the centroids and move chunks to their new shards (routing.mode centroid)"
     )
-    rebalance.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the runtime")
-    rebalance.add_argument(
-        "--direct",
-        action="store_true",
-        help="run here against the configured shards, registry and artefacts (a deployed index), not via the local API",
-    )
-    rebalance.set_defaults(func=cmd_rebalance)
     stats = sub.add_parser(
         "rebuild-term-stats",
         help="recount the BM25 term statistics from what the shards store (pause ingestion while it runs)",
     )
-    stats.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the runtime")
-    stats.add_argument(
-        "--direct",
-        action="store_true",
-        help="run here against the configured shards and artefacts (a deployed index), not via the local API",
-    )
-    stats.set_defaults(func=cmd_term_stats)
+    # Index maintenance: through the running local runtime (it owns the Milvus Lite files), or --direct.
+    for command, func in ((rebalance, cmd_rebalance), (stats, cmd_term_stats)):
+        command.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the runtime")
+        command.add_argument(
+            "--direct",
+            action="store_true",
+            help="run here against the configured shards, registry and artefacts (a deployed index), "
+            "not via the local API",
+        )
+        command.set_defaults(func=func)
 
     aws_endpoint = os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
     ingest = sub.add_parser("ingest", help="upload files to the documents bucket (the S3 event path indexes them)")

@@ -11,20 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from shardrag.artifacts import FileArtifactStore
 from shardrag.bm25 import Bm25Encoder
 from shardrag.centroids import CentroidSet
 from shardrag.chunking import Chunker, Document
-from shardrag.config import EmbeddingSettings, IndexSettings, Settings, ShardEndpoint
+from shardrag.config import EmbeddingSettings, Settings
 from shardrag.embedding.onnx import OnnxEmbedder
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
 from shardrag.rebalance import Rebalancer
 from shardrag.services import build_centroid_cache, build_placement, build_query_workflow
-from shardrag.store.accounting import TermAccountingStore
-from shardrag.store.milvus import MilvusVectorStore
-from shardrag.term_stats import TermStatsStore, TermStatsTracker, stats_name
 from shardrag.workflow import QueryWorkflow
+
+from .milvus_shards import accounted_milvus_shards
 
 pytestmark = pytest.mark.integration
 SHARDS = 3
@@ -45,19 +43,8 @@ SETTINGS = Settings(
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root: Path = tmp_path_factory.mktemp("centroid-milvus")
     model = OnnxEmbedder.from_settings(EmbeddingSettings())
-    artifacts = FileArtifactStore(root / "index")
-    stats = TermStatsStore(artifacts, [stats_name("c", i) for i in range(SHARDS)])
-    tracker = TermStatsTracker(lambda: stats)
-    raw = [
-        MilvusVectorStore(
-            ShardEndpoint(uri=str(root / f"shard-{i}.db"), collection="c"),
-            shard=i,
-            dimension=384,
-            index=IndexSettings(),
-        )
-        for i in range(SHARDS)
-    ]
-    stores = [TermAccountingStore(s, shard=i, tracker=tracker) for i, s in enumerate(raw)]
+    shards = accounted_milvus_shards(root, SHARDS)
+    artifacts, stats, stores = shards.artifacts, shards.stats, shards.stores
     encoder = Bm25Encoder()
 
     def build() -> tuple[Any, QueryWorkflow]:
@@ -90,8 +77,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     indexer.run(docs[:3])
     indexer.run(docs[3:])
     yield {"stores": stores, "indexer": indexer, "artifacts": artifacts, "stats": stats, "build": build, "docs": docs}
-    for store in stores:
-        store.close()
+    shards.close()
 
 
 def _holdings(stores: list[Any]) -> dict[str, list[int]]:

@@ -9,18 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shardrag.artifacts import FileArtifactStore
 from shardrag.bm25 import Bm25Encoder
 from shardrag.chunking import Chunker, Document
-from shardrag.config import EmbeddingSettings, IndexSettings, Settings, ShardEndpoint
+from shardrag.config import EmbeddingSettings, Settings
 from shardrag.embedding.onnx import OnnxEmbedder
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
 from shardrag.services import build_query_workflow
-from shardrag.store.accounting import TermAccountingStore
-from shardrag.store.milvus import MilvusVectorStore
-from shardrag.term_stats import TermStatsStore, TermStatsTracker, stats_name
 from shardrag.workflow import QueryWorkflow
+
+from .milvus_shards import accounted_milvus_shards
 
 pytestmark = pytest.mark.integration
 SHARDS = 2
@@ -36,18 +34,8 @@ DOCS = [
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root: Path = tmp_path_factory.mktemp("hybrid-tenants")
     model = OnnxEmbedder.from_settings(EmbeddingSettings())
-    stats = TermStatsStore(FileArtifactStore(root / "index"), [stats_name("c", i) for i in range(SHARDS)])
-    tracker = TermStatsTracker(lambda: stats)
-    raw = [
-        MilvusVectorStore(
-            ShardEndpoint(uri=str(root / f"shard-{i}.db"), collection="c"),
-            shard=i,
-            dimension=384,
-            index=IndexSettings(),
-        )
-        for i in range(SHARDS)
-    ]
-    stores = [TermAccountingStore(s, shard=i, tracker=tracker) for i, s in enumerate(raw)]
+    shards = accounted_milvus_shards(root, SHARDS)
+    stats, stores = shards.stats, shards.stores
     encoder = Bm25Encoder()
     indexer = DocumentIndexer(
         chunker=Chunker(size=128, overlap=32, token_spans=model.token_spans),
@@ -68,8 +56,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         )
 
     yield {"workflow": workflow, "stats": stats, "stores": stores, "indexer": indexer}
-    for store in stores:
-        store.close()
+    shards.close()
 
 
 def _ask(workflow: QueryWorkflow, body: dict[str, Any], tenant: str = "") -> dict[str, Any]:

@@ -69,23 +69,28 @@ class TermStatsStore:
 
     def apply(self, shard: int, delta: CorpusStats) -> bool:
         """Add ``delta`` to the shard's table; ``False`` if every attempt lost a race."""
-        name = self._names[shard]
-        for attempt in range(_ATTEMPTS):
-            found = self._artifacts.get(name)
-            stats = decode_stats(found.data) if found else CorpusStats()
+
+        def added(stats: CorpusStats) -> CorpusStats:
             stats.add(delta)
-            if self._artifacts.put(name, encode_stats(stats), expected_etag=found.etag if found else None):
-                return True
-            time.sleep(random.uniform(0, 0.05 * 2**attempt))
-        return False
+            return stats
+
+        return self._swap(shard, added)
 
     def replace(self, shard: int, stats: CorpusStats) -> None:
         """Overwrite a shard's table (a rebuild from the store's own rows)."""
+        if not self._swap(shard, lambda _: stats):
+            raise RuntimeError(f"shard {shard}: term statistics stayed contended; pause ingestion and rebuild again")
+
+    def _swap(self, shard: int, change: Callable[[CorpusStats], CorpusStats]) -> bool:
+        """Compare-and-swap the shard's table through ``change``, retrying with jitter when a writer races us."""
         name = self._names[shard]
-        while True:
+        for attempt in range(_ATTEMPTS):
             found = self._artifacts.get(name)
+            stats = change(decode_stats(found.data) if found else CorpusStats())
             if self._artifacts.put(name, encode_stats(stats), expected_etag=found.etag if found else None):
-                return
+                return True
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))  # jitter, not security
+        return False
 
 
 class TermStatsTracker:

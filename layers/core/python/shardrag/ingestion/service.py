@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from shardrag.chunking import Document
@@ -21,9 +21,10 @@ from shardrag.ingestion.events import ObjectEvent, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
-from shardrag.records import EmbeddedChunk, Hit, Record, SearchRequest, SparseVector
+from shardrag.records import Record
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
+from shardrag.store.wrapper import StoreWrapper
 
 log = logging.getLogger("shardrag.ingestion")
 
@@ -71,50 +72,17 @@ class FreshDocuments:
         return _SweepSkipping(self._stores(shard), self)
 
 
-class _SweepSkipping:
+class _SweepSkipping(StoreWrapper):
     """A :class:`VectorStore` that answers a fresh document's stale sweep with 0 and delegates everything else."""
 
     def __init__(self, inner: VectorStore, fresh: FreshDocuments) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._fresh = fresh
-
-    def ensure_ready(self) -> None:
-        self._inner.ensure_ready()
-
-    def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
-        return self._inner.upsert(chunks)
-
-    def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
-        return self._inner.delete_chunks(chunk_ids)
 
     def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
         if keep_version is not None and self._fresh.is_fresh(doc_id):
             return 0
         return self._inner.delete_document(doc_id, keep_version=keep_version)
-
-    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
-        return self._inner.chunk_ids(doc_id, keep_version=keep_version)
-
-    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
-        return self._inner.sparse_vectors(chunk_ids)
-
-    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
-        return self._inner.scan(batch_size)
-
-    def search(self, request: SearchRequest) -> list[Hit]:
-        return self._inner.search(request)
-
-    def search_lexical(self, request: SearchRequest) -> list[Hit]:
-        return self._inner.search_lexical(request)
-
-    def flush(self) -> None:
-        self._inner.flush()
-
-    def count(self) -> int:
-        return self._inner.count()
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class IngestService:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from shardrag.bm25 import EMPTY_MARKER
-from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.records import EmbeddedChunk
 from shardrag.store.base import VectorStore
+from shardrag.store.wrapper import StoreWrapper
 from shardrag.term_stats import TermStatsTracker
 
 
-class TermAccountingStore:
+class TermAccountingStore(StoreWrapper):
     """Records, for each write, the chunks' terms it adds and the stored terms it replaces or removes.
 
     Counting what is actually stored (read back by id before a write) rather than what the caller says it
@@ -19,16 +20,9 @@ class TermAccountingStore:
     """
 
     def __init__(self, inner: VectorStore, *, shard: int, tracker: TermStatsTracker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._shard = shard
         self._tracker = tracker
-
-    @property
-    def inner(self) -> VectorStore:
-        return self._inner
-
-    def ensure_ready(self) -> None:
-        self._inner.ensure_ready()
 
     def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
         replaced = self._inner.sparse_vectors([c.chunk.chunk_id for c in chunks])
@@ -47,27 +41,6 @@ class TermAccountingStore:
     def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
         return self.delete_chunks(self._inner.chunk_ids(doc_id, keep_version=keep_version))
 
-    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
-        return self._inner.chunk_ids(doc_id, keep_version=keep_version)
-
-    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
-        return self._inner.sparse_vectors(chunk_ids)
-
-    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
-        return self._inner.scan(batch_size)
-
-    def search(self, request: SearchRequest) -> list[Hit]:
-        return self._inner.search(request)
-
-    def search_lexical(self, request: SearchRequest) -> list[Hit]:
-        return self._inner.search_lexical(request)
-
     def flush(self) -> None:
         self._inner.flush()
         self._tracker.flush(self._shard)
-
-    def count(self) -> int:
-        return self._inner.count()
-
-    def close(self) -> None:
-        self._inner.close()

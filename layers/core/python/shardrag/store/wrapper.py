@@ -1,0 +1,55 @@
+"""A base for VectorStore wrappers: every call goes to the wrapped store unless a subclass changes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.store.base import VectorStore
+
+
+class StoreWrapper:
+    """Delegates the whole :class:`VectorStore` protocol to ``inner``; subclasses override what they add to."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self._inner = inner
+
+    @property
+    def inner(self) -> VectorStore:
+        return self._inner
+
+    def ensure_ready(self) -> None:
+        self._inner.ensure_ready()
+
+    def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
+        return self._inner.upsert(chunks)
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
+        return self._inner.delete_chunks(chunk_ids)
+
+    def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
+        return self._inner.delete_document(doc_id, keep_version=keep_version)
+
+    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
+        return self._inner.chunk_ids(doc_id, keep_version=keep_version)
+
+    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
+        return self._inner.sparse_vectors(chunk_ids)
+
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        return self._inner.scan(batch_size)
+
+    def search(self, request: SearchRequest) -> list[Hit]:
+        return self._inner.search(request)
+
+    def search_lexical(self, request: SearchRequest) -> list[Hit]:
+        return self._inner.search_lexical(request)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def count(self) -> int:
+        return self._inner.count()
+
+    def close(self) -> None:
+        self._inner.close()
