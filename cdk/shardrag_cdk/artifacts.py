@@ -9,20 +9,19 @@ from __future__ import annotations
 
 from typing import Final
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from shardrag import env
 
+from shardrag_cdk.buckets import data_bucket
 from shardrag_cdk.config import DeploymentConfig
 from shardrag_cdk.lambdas import ShardRagFunction, removal_policy
 from shardrag_cdk.nag import acknowledge
 
 #: Key prefix of every artefact (``S3ArtifactStore(prefix="index")`` in ``shardrag.services``).
 ARTIFACT_PREFIX: Final = "index"
-#: Old versions of an artefact stay this long: enough to roll back statistics or centroids by hand.
-NONCURRENT_VERSION_DAYS: Final = 30
 
 
 class IndexArtifacts(Construct):
@@ -36,17 +35,8 @@ class IndexArtifacts(Construct):
         self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig, access_logs: s3.IBucket
     ) -> None:
         super().__init__(scope, construct_id)
-        self.bucket = s3.Bucket(
-            self,
-            "Bucket",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            server_access_logs_bucket=access_logs,
-            server_access_logs_prefix="artifacts/",
-            lifecycle_rules=[s3.LifecycleRule(noncurrent_version_expiration=Duration.days(NONCURRENT_VERSION_DAYS))],
-            removal_policy=removal_policy(deployment),
+        self.bucket = data_bucket(
+            self, "Bucket", access_logs=access_logs, log_prefix="artifacts/", removal_policy=removal_policy(deployment)
         )
         self._objects = self.bucket.arn_for_objects(f"{ARTIFACT_PREFIX}/*")
 

@@ -14,6 +14,7 @@ from shardrag import env
 from shardrag.config import Settings
 from shardrag.ingestion.registry import table_definition
 
+from shardrag_cdk.buckets import data_bucket
 from shardrag_cdk.config import DeploymentConfig
 from shardrag_cdk.lambdas import ShardRagFunction, removal_policy
 from shardrag_cdk.nag import acknowledge
@@ -45,18 +46,9 @@ class DocumentBucket(Construct):
             lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(deployment.log_retention_days))],
             removal_policy=policy,
         )
-        self.bucket = s3.Bucket(
-            self,
-            "Documents",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            server_access_logs_bucket=self.access_logs,
-            server_access_logs_prefix="documents/",
-            # Old versions are only kept for recovery; a re-upload replaces the document in the index.
-            lifecycle_rules=[s3.LifecycleRule(noncurrent_version_expiration=Duration.days(30))],
-            removal_policy=policy,
+        # A re-upload replaces the document in the index; old versions are only kept for recovery.
+        self.bucket = data_bucket(
+            self, "Documents", access_logs=self.access_logs, log_prefix="documents/", removal_policy=policy
         )
 
 
