@@ -1,8 +1,9 @@
 """BM25 as sparse vectors: the lexical half of hybrid retrieval, computed by the project, stored in Milvus.
 
 Why not Milvus's built-in BM25 function: Milvus Lite rejects its English analyzer, the custom analyzer that works
-measures below bm25s on SciFact (nDCG@10 0.665 vs 0.686), and its per-shard statistics make scores from
-different shards incomparable. Here BM25 is split the way an inner-product index can evaluate it exactly:
+measures below bm25s on SciFact (nDCG@10 0.665 vs 0.686: the dataset's reference figures), and its per-shard
+statistics make scores from different shards incomparable. Here BM25 is split the way an inner-product index
+can evaluate it exactly:
 
 * the document side (a chunk) stores the term-frequency part, ``tf·(k1+1) / (tf + k1·(1 - b + b·len/avgdl))``;
 * the query side carries the IDF of each query term, from corpus-wide document frequencies (summed over shards,

@@ -69,7 +69,7 @@ class DocumentIndexer:
             holders: dict[int, None] = {}
             for chunk in chunks:
                 vector = [float(x) for x in vectors[offset]]
-                # BM25 indexes what the model embeds (title prefixed): +0.035 nDCG@10 over the bare text.
+                # BM25 indexes what the model embeds (title prefixed): 0.685 vs 0.650 nDCG@10 (bench/hybrid_study.py).
                 sparse = self._bm25.document(texts[offset])
                 item = EmbeddedChunk(chunk=chunk, vector=vector, sparse=sparse)
                 for shard in placed[offset]:
