@@ -17,6 +17,7 @@ from shardrag.chunking import Chunker, Document, word_spans
 from shardrag.config import CentroidSettings, IngestionSettings, Settings
 from shardrag.errors import BadRequest, ConfigurationError
 from shardrag.generation.extractive import ExtractiveGenerator
+from shardrag.identity import object_doc_id
 from shardrag.indexing import DocumentIndexer
 from shardrag.ingestion import DynamoDbRegistry, IngestService, S3ObjectSource, table_definition
 from shardrag.ingestion.events import ObjectEvent, normalise_sequencer
@@ -244,18 +245,19 @@ def test_ingestion_overwrites_and_deletes_reach_every_replica(hashing_embedder: 
         # GIVEN several documents, every chunk on two shards, the registry recording both
         for key, text in DOCS.items():
             service.run(event("created", f"{key}.txt", text.encode()), owner="w")
-        state = registry.get_documents(["bees-1.txt"])["bees-1.txt"]
-        assert len(state.shards) == 2 and set(on("bees-1.txt")) == set(state.shards)
+        bees = object_doc_id("default", "bees-1.txt")
+        state = registry.get_documents([bees])[bees]
+        assert len(state.shards) == 2 and set(on(bees)) == set(state.shards)
         # WHEN a document is overwritten about another topic
         service.run(event("created", "bees-1.txt", (TOPICS["tides"] + " rewritten").encode()), owner="w")
         # THEN only the new version is left, on the shards the registry now records
-        after = registry.get_documents(["bees-1.txt"])["bees-1.txt"]
-        assert len(on("bees-1.txt")) >= 1 and all(len(v) == 1 for v in on("bees-1.txt").values())
-        assert set(on("bees-1.txt")) == set(after.shards)
+        after = registry.get_documents([bees])[bees]
+        assert len(on(bees)) >= 1 and all(len(v) == 1 for v in on(bees).values())
+        assert set(on(bees)) == set(after.shards)
         # AND a delete removes it from every replica
         service.run(event("removed", "bees-1.txt"), owner="w")
-        assert on("bees-1.txt") == {}
-        assert registry.get_documents(["bees-1.txt"])["bees-1.txt"].status == "deleted"
+        assert on(bees) == {}
+        assert registry.get_documents([bees])[bees].status == "deleted"
 
 
 def test_rebalance_records_the_new_shards_in_the_registry_and_keeps_every_chunk(

@@ -16,7 +16,7 @@ def test_builtins_and_declared_fields_compile() -> None:
             "lang": ["en", "de"],
         }
     )
-    assert 'doc_id == "d1"' in expr
+    assert 'external_id == "d1"' in expr
     assert 'source like "s3://b/a\\\\_b\\\\%/%"' in expr
     assert 'metadata["year"] >= 2005' in expr and 'metadata["year"] < 2010' in expr
     assert '(metadata["lang"] == "en" or metadata["lang"] == "de")' in expr
@@ -39,8 +39,8 @@ def test_empty_filters_compile_to_nothing() -> None:
 )
 def test_hostile_strings_stay_one_literal(hostile: str) -> None:
     expr = compiler.run({"doc_id": hostile})
-    assert expr.startswith('doc_id == "') and expr.endswith('"')
-    body = expr[len('doc_id == "') : -1]
+    assert expr.startswith('external_id == "') and expr.endswith('"')
+    body = expr[len('external_id == "') : -1]
     # Every quote inside the literal is escaped, so the literal cannot end early.
     i = 0
     while i < len(body):

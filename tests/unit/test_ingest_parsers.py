@@ -176,8 +176,8 @@ class Env:
         return self.service.run(event, owner=f"o{self.n}")
 
     def chunks(self, doc_id: str | None = None) -> list[Any]:
-        rows = sorted((c for c, _ in self.store._rows.values()), key=lambda c: (c.doc_id, c.position))
-        return [c for c in rows if doc_id is None or c.doc_id == doc_id]
+        rows = sorted((c for c, _ in self.store._rows.values()), key=lambda c: (c.external_id, c.position))
+        return [c for c in rows if doc_id is None or c.external_id == doc_id]
 
 
 @pytest.fixture
@@ -228,7 +228,7 @@ def test_gzip_text_and_jsonl_ids(env: Env) -> None:
     lines = [{"_id": 7, "text": "seven"}, {"id": "eight", "title": "Only a title", "text": ""}]
     out = env.ingest("x.jsonl", "\n".join(json.dumps(x) for x in lines).encode())
     assert out.documents == 2
-    assert {c.doc_id for c in env.chunks()} == {"notes.txt.gz", "7", "eight"}
+    assert {c.external_id for c in env.chunks()} == {"notes.txt.gz", "7", "eight"}
 
 
 def test_content_type_chooses_a_parser_for_keys_without_suffix(env: Env) -> None:

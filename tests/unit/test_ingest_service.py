@@ -14,6 +14,7 @@ import pytest
 from moto import mock_aws
 from shardrag.chunking import Chunker, word_spans
 from shardrag.config import IngestionSettings
+from shardrag.identity import object_doc_id
 from shardrag.indexing import DocumentIndexer
 from shardrag.ingestion import (
     DynamoDbRegistry,
@@ -114,9 +115,9 @@ def world(hashing_embedder: Any) -> Iterator[World]:
 
 def test_upload_indexes_on_the_hash_shard_with_source_and_title(world: World) -> None:
     world.deliver([world.put("notes/bees.md", b"# Bees\n\nHoneybees dance to point at flowers.\n")])
-    shard = shard_for("notes/bees.md", SHARDS)
+    shard = shard_for(object_doc_id("default", "notes/bees.md"), SHARDS)
     rows = list(world.stores[shard]._rows.values())
-    assert rows and all(c.doc_id == "notes/bees.md" for c, _ in rows)
+    assert rows and all(c.external_id == "notes/bees.md" for c, _ in rows)
     chunk = rows[0][0]
     assert chunk.source == "s3://docs/notes/bees.md" and chunk.title == "Bees" and chunk.position == 0
     assert world.status("notes/bees.md") == "indexed"
@@ -191,13 +192,13 @@ def test_bulk_jsonl_each_line_a_document_and_delete_removes_all(world: World) ->
     world.deliver([world.put("bulk.jsonl", "\n".join(lines).encode())])
     state = world.registry.get_source(f"{BUCKET}/bulk.jsonl")
     assert state is not None and state.status == "indexed" and state.doc_count == 5 and state.rejected_lines == 1
-    docs = {c.doc_id: c for s in world.stores for c, _ in s._rows.values()}
+    docs = {c.external_id: c for s in world.stores for c, _ in s._rows.values()}
     assert set(docs) == {f"d{i}" for i in range(5)}
     assert docs["d3"].metadata == {"n": 3} and docs["d3"].title == "T3"
     # Re-upload without d4 and with d0 changed: d4 goes, d0 is re-embedded, the rest are untouched.
     lines2 = [json.dumps({"_id": "d0", "text": "changed body"}), *lines[1:2], *lines[3:5]]
     world.deliver([world.put("bulk.jsonl", "\n".join(lines2).encode())])
-    docs = {c.doc_id: c for s in world.stores for c, _ in s._rows.values()}
+    docs = {c.external_id: c for s in world.stores for c, _ in s._rows.values()}
     assert set(docs) == {"d0", "d1", "d2", "d3"} and docs["d0"].text == "changed body"
     world.deliver([world.delete("bulk.jsonl")])
     assert world.chunk_ids() == set()
@@ -270,8 +271,8 @@ def test_reconcile_repairs_missed_events(world: World) -> None:
     assert again.repairs == 0
 
 
-def _tenants(world: World) -> dict[str, str]:
-    return {c.doc_id: c.tenant for s in world.stores for c, _ in s._rows.values()}
+def _tenants(world: World) -> set[tuple[str, str]]:
+    return {(c.external_id, c.tenant) for s in world.stores for c, _ in s._rows.values()}
 
 
 def test_tenant_from_the_key_prefix_and_bulk_ids_namespaced_per_tenant(hashing_embedder: Any) -> None:
@@ -282,13 +283,15 @@ def test_tenant_from_the_key_prefix_and_bulk_ids_namespaced_per_tenant(hashing_e
             [world.put("acme/bulk.jsonl", same_ids.encode()), world.put("globex/bulk.jsonl", same_ids.encode())]
         )
         world.deliver([world.put("acme/notes.txt", b"acme notes about tides")])
+        # The same line ids in two tenants' files stay two documents each, with the ids the files gave them.
         assert _tenants(world) == {
-            "acme/d0": "acme",
-            "acme/d1": "acme",
-            "globex/d0": "globex",
-            "globex/d1": "globex",
-            "acme/notes.txt": "acme",
+            ("d0", "acme"),
+            ("d1", "acme"),
+            ("d0", "globex"),
+            ("d1", "globex"),
+            ("acme/notes.txt", "acme"),
         }
+        assert len({c.doc_id for s in world.stores for c, _ in s._rows.values()}) == 5
         # A key with no tenant segment (or an unusable one) is refused, not filed under a default tenant.
         outcomes = world.deliver([world.put("loose.txt", b"no tenant"), world.put("bad tenant!/x.txt", b"odd")])
         assert [o.action for o in outcomes] == ["failed", "failed"]
@@ -299,5 +302,5 @@ def test_tenant_from_object_metadata(hashing_embedder: Any) -> None:
     with mock_aws():
         world = World(hashing_embedder, IngestionSettings(chunk_size=16, chunk_overlap=4, tenant_source="metadata"))
         world.deliver([world.put("a.txt", b"metadata tenant", Metadata={"tenant": "initech"})])
-        assert _tenants(world) == {"a.txt": "initech"}
+        assert _tenants(world) == {("a.txt", "initech")}
         assert world.deliver([world.put("b.txt", b"nobody's")])[0].reason == "no_tenant"

@@ -8,7 +8,7 @@ import pytest
 from shardrag.bm25 import Bm25Encoder, CorpusStats
 from shardrag.chunking import Chunker, Document
 from shardrag.config import Settings
-from shardrag.errors import BadRequest, Forbidden, ShardSearchFailed, ShardsUnavailable
+from shardrag.errors import BadRequest, Forbidden, ShardSearchFailed, ShardsUnavailable, WiringError
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
 from shardrag.rerank import RerankFailed
@@ -117,11 +117,12 @@ def test_invalid_request_is_rejected_in_the_embed_step(setup) -> None:  # type: 
         workflow.embed({"request": {"question": "q", "filters": {"nope": 1}}})
 
 
-def test_malformed_step_payloads_are_bad_requests(setup) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_step_payloads_are_wiring_errors_not_bad_requests(setup) -> None:  # type: ignore[no-untyped-def]
+    # The state machine builds these payloads: a malformed one is our bug (a 500), never the caller's (a 400).
     workflow, _ = setup
-    with pytest.raises(BadRequest):
+    with pytest.raises(WiringError):
         workflow.search({"shard": 0})
-    with pytest.raises(BadRequest, match="out of range"):
+    with pytest.raises(WiringError, match="out of range"):
         workflow.search({"shard": 7, "request": workflow.resolve({"question": "q"}).model_dump(), "vector": [0.0] * 64})
 
 
@@ -249,7 +250,7 @@ def _rerank_workflow(setup, hashing_embedder, reranker) -> QueryWorkflow:  # typ
 def test_the_reranker_reorders_the_fused_candidates_before_generation(setup, hashing_embedder) -> None:  # type: ignore[no-untyped-def]
     plain = _run(setup[0], {"question": "waggle dance", "mode": "dense", "top_k": 3, "generate": False})
     reranked = _run(_rerank_workflow(setup, hashing_embedder, _Reverse()), {"question": "waggle dance", "top_k": 3})
-    assert reranked["rerank"] == {"model": "reverse", "status": "ok"}
+    assert reranked["rerank"] == {"model": "reverse", "status": "ok", "candidates": 3}
     assert [h["chunk_id"] for h in reranked["hits"]] == [h["chunk_id"] for h in reversed(plain["hits"])]
     assert reranked["citations"][0]["chunk_id"] in {h["chunk_id"] for h in reranked["hits"]}
     assert plain["rerank"] is None

@@ -37,6 +37,8 @@ class Document(Record):
     markup: Literal["plain", "markdown"] = "plain"
     #: Index of this text's first chunk: a large document indexed in parts numbers its chunks across parts.
     first_chunk: int = 0
+    #: The id users know the document by (object key, bulk line ``_id``); ``doc_id`` is the internal identity.
+    external_id: str = ""
 
 
 def chunk_id(doc_id: str, version: str, index: int) -> str:
@@ -97,6 +99,7 @@ class Chunker:
                     version=document.version,
                     tenant=document.tenant,
                     metadata=dict(document.metadata),
+                    external_id=document.external_id,
                 )
             )
         return chunks

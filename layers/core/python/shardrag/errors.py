@@ -57,14 +57,23 @@ class GenerationFailed(ShardRagError):
 
 
 class ConfigurationError(ShardRagError):
-    """Settings are invalid; raised at cold start, never per request."""
+    """Settings are invalid; raised at cold start, never per request. Its message names secrets, paths and
+    endpoints, so it is never shown to callers: the API answers a generic 500."""
 
     code = "configuration_error"
 
 
-#: Step Functions error name -> (HTTP status, public code). Unknown names map to a 500 without details.
+class WiringError(ShardRagError):
+    """A payload the state machine built is malformed, or names a shard that does not exist: a deployment bug,
+    not the caller's. Reported as a generic 500 (never a 400 that blames the request, never details)."""
+
+    code = "internal_error"
+
+
+#: Step Functions error name -> (HTTP status, public code), for the errors whose message is for the caller.
+#: Any other name (ConfigurationError, WiringError, a crash) maps to a 500 with a generic message.
 ERROR_STATUS: dict[str, tuple[int, str]] = {
     cls.__name__: (cls.status, cls.code)
-    for cls in (BadRequest, Forbidden, ShardsUnavailable, ShardSearchFailed, GenerationFailed, ConfigurationError)
+    for cls in (BadRequest, Forbidden, ShardsUnavailable, ShardSearchFailed, GenerationFailed)
 }
 ERROR_STATUS["States.Timeout"] = (504, "timeout")

@@ -71,11 +71,12 @@ class FilterCompiler:
 
     def _field(self, name: str) -> str:
         if name == "doc_id":
-            return "doc_id"
+            # Callers filter by the id they know (object key, bulk line ``_id``), stored as ``external_id``.
+            return "external_id"
         if name in self._metadata_fields:
             return f"metadata[{json.dumps(name)}]"
         declared = ", ".join(sorted(["doc_id", "source_prefix", *self._metadata_fields]))
-        raise BadRequest(f"filters: unknown field {name!r}; filterable fields are: {declared}")
+        raise BadRequest(f"filters: unknown field {name[:64]!r}; filterable fields are: {declared}")
 
     def run(self, filters: Mapping[str, Any] | None, *, tenant: str | None = None) -> str:
         """The Milvus expression for ``filters``; with ``tenant``, scoped to that tenant's chunks first (the

@@ -53,9 +53,36 @@ def merge_modality(results: Iterable[ShardResult], modality: Modality) -> list[H
     for result in results:
         for hit in result.hits if modality == "dense" else result.lexical:
             kept = best.get(hit.chunk_id)
-            if kept is None or hit.score > kept.score:
+            if kept is None:
                 best[hit.chunk_id] = hit
+            elif hit.score > kept.score:
+                best[hit.chunk_id] = _richer(hit, kept)
+            else:
+                best[hit.chunk_id] = _richer(kept, hit)
     return sorted(best.values(), key=lambda h: (-h.score, h.chunk_id))
+
+
+def _richer(primary: Hit, other: Hit) -> Hit:
+    """``primary`` (whose score counts), with ``other``'s text when only ``other`` carries it.
+
+    One chunk can arrive as several copies: from both modalities, from replicas, once within a shard's text
+    depth and once in its ids-only tail. Which copy wins on score must never decide whether the answer keeps
+    the chunk's text (a text-less copy winning once dropped cited passages from generation)."""
+    if primary.text or not other.text:
+        return primary
+    return primary.model_copy(
+        update={"text": other.text, "source": other.source, "title": other.title, "metadata": other.metadata}
+    )
+
+
+def _records(*lists: Sequence[Hit]) -> dict[str, Hit]:
+    """Each chunk once across ``lists``, keeping a copy that carries text if any does."""
+    records: dict[str, Hit] = {}
+    for hits in lists:
+        for hit in hits:
+            kept = records.get(hit.chunk_id)
+            records[hit.chunk_id] = hit if kept is None else _richer(kept, hit)
+    return records
 
 
 class ScoreMergeFuser:
@@ -109,7 +136,7 @@ class ConvexFuser:
         lexical = merge_modality(results, "lexical")[: self._depth]
         dense_norm, dense_floor = _normalised(dense, self._normalisation)
         lexical_norm, lexical_floor = _normalised(lexical, self._normalisation)
-        records = {h.chunk_id: h for h in lexical} | {h.chunk_id: h for h in dense}
+        records = _records(dense, lexical)
         scores = {
             cid: self._alpha * dense_norm.get(cid, dense_floor)
             + (1 - self._alpha) * lexical_norm.get(cid, lexical_floor)
@@ -132,12 +159,11 @@ class RrfFuser:
         self._k = k
 
     def run(self, results: Sequence[ShardResult], top_k: int) -> FusedHits:
-        records: dict[str, Hit] = {}
         scores: dict[str, float] = {}
-        modalities: tuple[Modality, ...] = ("lexical", "dense")
-        for modality in modalities:
-            for rank, hit in enumerate(merge_modality(results, modality), start=1):
-                records[hit.chunk_id] = hit
+        ranked_lists = [merge_modality(results, "lexical"), merge_modality(results, "dense")]
+        for ranking in ranked_lists:
+            for rank, hit in enumerate(ranking, start=1):
                 scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (self._k + rank)
+        records = _records(*ranked_lists)
         ranked = sorted(records, key=lambda cid: (-scores[cid], cid))[:top_k]
         return _outcome(results, [_with_score(records[cid], scores[cid]) for cid in ranked])

@@ -45,16 +45,22 @@ class DocumentIndexer:
         self._store_for = store_for
         self._shard_count = shard_count
 
+    def may_hold(self, doc_id: str) -> list[int]:
+        """Shards that may receive chunks of ``doc_id`` before it is embedded (hash: one; centroid: any)."""
+        return self._placement.sweep(doc_id)
+
     def run(
         self,
         documents: Sequence[Document],
         *,
         flush: bool = True,
         previous: Mapping[str, Sequence[int]] | None = None,
+        sweep: bool = True,
     ) -> list[IndexResult]:
         """Index ``documents``; ``previous``: the shards the registry recorded for a document's earlier version,
         swept for its stale chunks together with the new ones (a document missing from it is swept wherever the
-        placement rule says it may be: its hash shard, or under centroid placement every shard)."""
+        placement rule says it may be: its hash shard, or under centroid placement every shard). ``sweep``
+        False: upsert only (a large object written in parts is swept once, after its last part)."""
         planned = [(doc, self._chunker.run(doc)) for doc in documents]
         texts = [self._chunker.embedding_text(chunk) for _, chunks in planned for chunk in chunks]
         # One embedding call for the whole batch: the embedder batches by length, which pads far less than
@@ -83,14 +89,20 @@ class DocumentIndexer:
         touched: set[int] = set(by_shard)
         for (document, chunks), shards in zip(planned, held, strict=True):
             home = self._placement.sweep(document.doc_id)
+            if not sweep:
+                primary = shards[0] if shards else home[0]
+                results.append(
+                    IndexResult(doc_id=document.doc_id, shard=primary, chunks=len(chunks), removed=0, shards=shards)
+                )
+                continue
             before = previous.get(document.doc_id, home) if previous is not None else home
             # New chunks first (above), then the stale ones wherever the old or the new version may have put them.
-            sweep = list(dict.fromkeys([*shards, *before])) or home[:1]
+            swept = list(dict.fromkeys([*shards, *before])) or home[:1]
             removed = sum(
                 self._store_for(shard).delete_document(document.doc_id, keep_version=document.version)
-                for shard in sweep
+                for shard in swept
             )
-            touched.update(sweep)
+            touched.update(swept)
             primary = shards[0] if shards else home[0]
             results.append(
                 IndexResult(doc_id=document.doc_id, shard=primary, chunks=len(chunks), removed=removed, shards=shards)

@@ -42,6 +42,7 @@ class Chunk(Record):
     """One retrievable unit as stored in a shard."""
 
     chunk_id: str
+    #: Internal document id (``shardrag.identity``): unique across objects, bulk lines and tenants.
     doc_id: str
     text: str
     source: str = ""
@@ -50,6 +51,8 @@ class Chunk(Record):
     version: str = ""
     tenant: str = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: The id users know the document by: the object key, or a bulk line's own ``_id`` (empty: ``doc_id``).
+    external_id: str = ""
 
 
 class EmbeddedChunk(Record):
@@ -72,6 +75,12 @@ class Hit(Record):
     position: int = 0
     shard: int = 0
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: The document's external id (the object key or a bulk line's ``_id``); the API reports it as ``doc_id``.
+    external_id: str = ""
+
+    @property
+    def display_id(self) -> str:
+        return self.external_id or self.doc_id
 
 
 class SearchRequest(Record):

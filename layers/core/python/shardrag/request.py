@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from shardrag.errors import BadRequest
@@ -16,7 +16,19 @@ MAX_TOP_K_IDS_ONLY = 200
 #: Request bodies larger than this are refused before parsing (the question cap bounds the rest).
 MAX_BODY_BYTES = 64 * 1024
 
-FilterValue = str | int | float | bool | list[str | int | float] | dict[str, Any]
+#: Bounds on ``filters``, the same in the API Gateway request model (generated from this schema) and here. The
+#: compiled expression has its own byte bound (``workflow.MAX_FILTER_EXPR_BYTES``), which is what keeps the
+#: state payload in budget; these bound the work of validating and compiling.
+MAX_FILTER_FIELDS = 16
+MAX_FILTER_STRING_CHARS = 1024
+MAX_FILTER_LIST_VALUES = 100
+FilterString = Annotated[str, Field(max_length=MAX_FILTER_STRING_CHARS)]
+FilterScalar = FilterString | int | float | bool
+FilterValue = (
+    FilterScalar
+    | Annotated[list[FilterString | int | float], Field(max_length=MAX_FILTER_LIST_VALUES)]
+    | Annotated[dict[str, FilterString | int | float], Field(max_length=4)]
+)
 Mode = Literal["dense", "bm25", "hybrid"]
 
 
@@ -31,7 +43,7 @@ class QueryRequest(BaseModel):
     generate: bool = Field(default=True, strict=True)
     #: ``false`` returns hits as ids, scores and positions only (no text, source, title or metadata).
     include_text: bool = Field(default=True, strict=True)
-    filters: dict[str, FilterValue] | None = None
+    filters: Annotated[dict[str, FilterValue], Field(max_length=MAX_FILTER_FIELDS)] | None = None
     #: ``dense`` (embedding), ``bm25`` (lexical) or ``hybrid`` (both, fused); the environment sets the default.
     mode: Mode | None = None
     #: Centroid routing: how many of the nearest shards to search (1..shard count; checked against the

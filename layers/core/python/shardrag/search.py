@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shardrag.errors import BadRequest, ShardSearchFailed
+from shardrag.errors import BadRequest, ShardSearchFailed, WiringError
 from shardrag.records import SearchRequest, ShardResult
 from shardrag.store.base import VectorStore
 
@@ -20,7 +20,7 @@ class ShardSearcher:
     def run(self, shard: int, request: SearchRequest, *, dense: bool = True, lexical: bool = False) -> ShardResult:
         """Search the shard's dense and/or BM25 index with the same filter and depth."""
         if not 0 <= shard < self._shard_count:
-            raise BadRequest(f"shard {shard} is out of range 0..{self._shard_count - 1}")
+            raise WiringError(f"shard {shard} is out of range 0..{self._shard_count - 1}")
         started = time.perf_counter()
         store = self._store_for(shard)
         try:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 from shardrag.config import TENANT_PATTERN
-from shardrag.errors import BadRequest, Forbidden
+from shardrag.errors import BadRequest, Forbidden, WiringError
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import FusedHits, Fuser
 from shardrag.generation.base import Generator
@@ -39,8 +39,16 @@ from shardrag.search import ShardSearcher
 
 log = logging.getLogger(__name__)
 
-#: Share of the 256 KiB state payload limit that shard hits may take in the Parallel state's output.
+#: Step Functions caps every state's input and output at 256 KiB.
+STATE_LIMIT_BYTES = 256 * 1024
+#: Share of it that shard hits may take in the Parallel state's output. The rest holds the resolved request
+#: (question <= 2,000 characters, filter expression <= ``MAX_FILTER_EXPR_BYTES``), the query vector and BM25
+#: terms, route and timings: ``tests/unit/test_state_budget.py`` checks the whole state of the largest valid
+#: request against ``STATE_LIMIT_BYTES``.
 PAYLOAD_HIT_BUDGET_BYTES = 160 * 1024
+#: The compiled filter travels in every state after Embed; a longer one is a 400 in both runtimes (before, it
+#: went on to fail the execution with ``States.DataLimitExceeded`` deployed, a 500).
+MAX_FILTER_EXPR_BYTES = 8 * 1024
 #: Ids-only hits are ~100-130 bytes (chunk id, doc id, score, position, shard): the most the Parallel output
 #: holds. Longer ids are still safe: each shard cuts its deepest hits to its byte share (``_within_budget``).
 IDS_ONLY_MAX_HITS = PAYLOAD_HIT_BUDGET_BYTES // 130
@@ -60,7 +68,6 @@ class ResolvedQuery(Record):
     generate: bool
     include_text: bool = True
     mode: Mode = "hybrid"
-    filters: dict[str, Any] | None = None
     #: Centroid routing: shards to probe (``None``: the configured default or adaptive).
     probe: int | None = None
     #: The caller's tenant in multi-tenant mode (already part of ``filter_expr``), else empty.
@@ -114,7 +121,7 @@ def _parse(model: type[_R], payload: Any) -> _R:
         return model.model_validate(payload)
     except ValidationError as exc:
         # A payload the state machine built is malformed only through a wiring bug or a hand-made event.
-        raise BadRequest(f"malformed {model.__name__} payload: {exc.error_count()} error(s)") from None
+        raise WiringError(f"malformed {model.__name__} payload: {exc.error_count()} error(s)") from None
 
 
 def hit_text_budget(shard_count: int, candidates: int, tail: int = 0) -> int:
@@ -194,6 +201,9 @@ class QueryWorkflow:
                 f"top_k {top_k} in {mode} mode over {self._shard_count} shards exceeds the state payload limit; "
                 f"use top_k <= {IDS_ONLY_MAX_HITS // (self._shard_count * lists)}"
             )
+        filter_expr = self._filters.run(request.filters, tenant=tenant or None)
+        if len(filter_expr.encode("utf-8")) > MAX_FILTER_EXPR_BYTES:
+            raise BadRequest(f"filters are too large: they compile to more than {MAX_FILTER_EXPR_BYTES} bytes")
         return ResolvedQuery(
             question=request.question,
             top_k=top_k,
@@ -202,10 +212,9 @@ class QueryWorkflow:
             generate=request.generate,
             include_text=request.include_text,
             mode=mode,
-            filters=request.filters,
             probe=request.probe,
             tenant=tenant,
-            filter_expr=self._filters.run(request.filters, tenant=tenant or None),
+            filter_expr=filter_expr,
         )
 
     def embed(self, payload: Any) -> dict[str, Any]:
@@ -283,12 +292,15 @@ class QueryWorkflow:
             )
         return {"hits": hits, "lexical": lexical, "took_ms": result.took_ms}
 
-    def _rerank(self, reranker: Reranker, query: ResolvedQuery, fused: list[Hit]) -> tuple[list[Hit], dict[str, Any]]:
-        """Reorder the fused candidates; if the reranker fails, keep the fused order and say so (an answer from
-        good retrieval beats no answer)."""
+    def _rerank(
+        self, reranker: Reranker, query: ResolvedQuery, pool: list[Hit], fused: list[Hit]
+    ) -> tuple[list[Hit], dict[str, Any]]:
+        """Reorder the candidates that carry text; if the reranker fails, keep the fused order and say so (an
+        answer from good retrieval beats no answer)."""
         top_n = min(query.top_k, self._rerank_top_n or query.top_k)
         try:
-            return reranker.run(query.question, fused, top_n), {"model": reranker.name, "status": "ok"}
+            ranked = reranker.run(query.question, pool, top_n)
+            return ranked, {"model": reranker.name, "status": "ok", "candidates": len(pool)}
         except RerankFailed as exc:
             log.warning("rerank failed (%s): %s; keeping the fused order", exc.reason, exc.message)
             return fused[: query.top_k], {"model": reranker.name, "status": "failed", "reason": exc.reason}
@@ -302,9 +314,12 @@ class QueryWorkflow:
         fused: FusedHits = self._fusers[query.mode].run(step.shards, pool)
         fuse_ms = _ms(started)
         hits, rerank, rerank_ms = fused.hits[: query.top_k], None, 0.0
-        if reranking and self._reranker is not None and fused.hits:
+        # Only candidates that carry text can be reranked: each shard sends text for its first ``candidates``
+        # hits per modality and ids for the rest of a hybrid fusion's depth, so the fused pool mixes both.
+        pool = [h for h in fused.hits if h.text.strip()][: self._rerank_candidates]
+        if reranking and self._reranker is not None and pool:
             started = time.perf_counter()
-            hits, rerank = self._rerank(self._reranker(), query, fused.hits)
+            hits, rerank = self._rerank(self._reranker(), query, pool, fused.hits)
             rerank_ms = _ms(started)
         answer: Answer | None = None
         generate_ms = 0.0
@@ -363,7 +378,8 @@ def _ids_only(hit: Hit) -> Hit:
 
 
 def _public_hit(rank: int, hit: Hit) -> dict[str, Any]:
-    return {"rank": rank, **hit.model_dump()}
+    # The public ``doc_id`` is the id the caller knows (object key, bulk line ``_id``), not the internal identity.
+    return {"rank": rank, **hit.model_dump(exclude={"external_id"}), "doc_id": hit.display_id}
 
 
 def _elapsed_since(iso: str) -> float:

@@ -94,7 +94,7 @@ def make_citation(ref: int, hit: Hit, text: str | None = None) -> Citation:
     """A :class:`Citation` for ``hit`` numbered ``ref``."""
     return Citation(
         ref=ref,
-        doc_id=hit.doc_id,
+        doc_id=hit.display_id,
         chunk_id=hit.chunk_id,
         source=hit.source,
         title=hit.title,
@@ -128,7 +128,7 @@ def _attribute(value: str) -> str:
 
 def render_passage(ref: int, hit: Hit, text: str) -> str:
     """One passage as it appears in the context (the unit the token budget is counted in)."""
-    attributes = f'id="{ref}" source="{_attribute(hit.source or hit.doc_id)}"'
+    attributes = f'id="{ref}" source="{_attribute(hit.source or hit.display_id)}"'
     if hit.title:
         attributes += f' title="{_attribute(hit.title)}"'
     return f"<passage {attributes}>\n{neutralise(text)}\n</passage>\n"

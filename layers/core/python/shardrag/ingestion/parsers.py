@@ -20,6 +20,7 @@ from typing import IO, Any, Protocol, cast
 
 from shardrag.chunking import Document
 from shardrag.config import IngestionSettings
+from shardrag.identity import MAX_LINE_ID_BYTES, line_doc_id
 from shardrag.ingestion.errors import Reason, Rejected
 from shardrag.ingestion.source import Blob
 
@@ -40,13 +41,16 @@ _BINARY_MAGIC = (
     b"MZ",
 )
 _SNIFF_BYTES = 8192
-_MAX_ID_CHARS = 512
+#: A bulk line's metadata is stored as a Milvus JSON value; bound it well below the engine's own limit so that
+#: an oversized line is a rejected line, not a write the store refuses (and the queue retries) forever.
+_MAX_METADATA_BYTES = 16 * 1024
 _LINE_EXAMPLES = 20
 
 
 @dataclass(frozen=True)
 class SourceContext:
-    """What a parser knows about the object besides its bytes."""
+    """What a parser knows about the object besides its bytes. ``doc_id``: the object's own document
+    (``shardrag.identity.object_doc_id``)."""
 
     doc_id: str
     uri: str
@@ -56,11 +60,9 @@ class SourceContext:
     settings: IngestionSettings
 
     def line_doc_id(self, raw_id: str) -> str:
-        """A bulk file's line id, made unique per tenant: with tenants from key prefixes, two tenants' files may
-        use the same ids, and a shared id would let one tenant's upload overwrite the other's document."""
-        if self.settings.tenant_source == "default":
-            return raw_id
-        return f"{self.tenant}/{raw_id}"
+        """A bulk line's document: its identity includes this file and tenant, so a line can never replace (or,
+        when its file is deleted, remove) another file's line, an object's document or another tenant's."""
+        return line_doc_id(self.tenant, self.key, raw_id)
 
     @property
     def stem_title(self) -> str:
@@ -189,6 +191,7 @@ def _slices_to_parts(
         return [
             Document(
                 doc_id=ctx.doc_id,
+                external_id=ctx.key,
                 text=text,
                 source=ctx.uri,
                 title=title,
@@ -456,14 +459,21 @@ class JsonLinesParser:
         if not isinstance(obj, dict):
             report.reject(line_no, "not a JSON object")
             return None
+        try:
+            # A "\ud800" escape decodes to a lone surrogate, which no store can hold as UTF-8.
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            report.reject(line_no, "a string holds a lone UTF-16 surrogate")
+            return None
         raw_id = obj.get("_id", obj.get("id"))
         if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id).strip():
             report.reject(line_no, "missing _id/id")
             return None
-        doc_id = ctx.line_doc_id(str(raw_id).strip())
+        external_id = str(raw_id).strip()
         text, title, metadata = obj.get("text"), obj.get("title") or "", obj.get("metadata") or {}
-        if len(doc_id) > _MAX_ID_CHARS:
-            report.reject(line_no, "id too long")
+        # Counted in bytes, as the store counts them: 512 characters of CJK text are 1,536 bytes.
+        if len(external_id.encode("utf-8")) > MAX_LINE_ID_BYTES:
+            report.reject(line_no, f"_id longer than {MAX_LINE_ID_BYTES} bytes")
             return None
         if not isinstance(text, str) or not (text.strip() or (isinstance(title, str) and title.strip())):
             report.reject(line_no, Reason.NO_TEXT.value)
@@ -471,13 +481,17 @@ class JsonLinesParser:
         if not isinstance(title, str) or not isinstance(metadata, dict):
             report.reject(line_no, "title must be a string and metadata an object")
             return None
+        if len(json.dumps(metadata, ensure_ascii=False).encode("utf-8")) > _MAX_METADATA_BYTES:
+            report.reject(line_no, f"metadata larger than {_MAX_METADATA_BYTES} bytes")
+            return None
         # The version is the content's hash, so re-uploading a bulk file re-embeds only the lines that changed.
         digest = hashlib.blake2b(
             json.dumps([title, text, metadata], sort_keys=True, ensure_ascii=False).encode(), digest_size=8
         ).hexdigest()
         body = text if text.strip() else title
         return Document(
-            doc_id=doc_id,
+            doc_id=ctx.line_doc_id(external_id),
+            external_id=external_id,
             text=body,
             source=ctx.uri,
             title=title.strip(),

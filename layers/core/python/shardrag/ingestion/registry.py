@@ -6,9 +6,22 @@ Two kinds of item share the table (partition key ``pk``):
   | ``failed``), reason code, document and chunk counts, and while a worker indexes it a lease
   (``owner``, ``lease_until``).
 * ``doc#<doc_id>`` — a document (a file, or one line of a JSON Lines file): the object it came from, its
-  version, sequencer, shards (every shard that holds one of its chunks; items written before centroid placement
-  carry only ``shard``), chunk count and status. A GSI on ``doc_source`` lists the documents of an object,
-  which is how deleting a bulk file removes all of its documents.
+  version, sequencer, shards (every shard that may hold one of its chunks; items written before centroid
+  placement carry only ``shard``), chunk count and status. A GSI on ``doc_source`` lists the documents of an
+  object, which is how deleting a bulk file removes all of its documents.
+
+A document's life, in its ``status``:
+
+* ``writing`` — recorded *before* any of its chunks are written (write-ahead), with every shard that may hold
+  them, and updated after each part of a large object (``parts_done``, ``chunk_count``). A chunk therefore
+  never exists without a record saying where it is, so a document with no record has no chunks to sweep.
+* ``indexed`` — every part written and the previous version's chunks swept: only now may a replay of the same
+  version take the "unchanged" shortcut (a ``writing`` document at the same version resumes instead).
+* ``deleted`` / ``failed`` — its chunks were removed before the status was written.
+
+Every document write while an event is processed is fenced by the event's lease (a transaction whose
+condition checks the object item's sequencer and owner), so a worker that lost its lease cannot record
+anything.
 
 Order safety lives in :meth:`DynamoDbRegistry.claim`: a conditional write that only succeeds for an event
 whose sequencer is newer than the recorded one (or equal, for the worker re-trying its own claim), and only
@@ -30,8 +43,12 @@ from shardrag.ingestion.events import ObjectEvent
 from shardrag.records import Record
 
 SourceStatus = Literal["processing", "indexed", "deleted", "failed"]
-DocumentStatus = Literal["indexed", "deleted", "failed"]
+DocumentStatus = Literal["writing", "indexed", "deleted", "failed"]
 TERMINAL: frozenset[str] = frozenset({"indexed", "deleted", "failed"})
+#: Document statuses whose chunks may be in the store.
+LIVE: frozenset[str] = frozenset({"writing", "indexed"})
+#: Items per DynamoDB transaction: the service limit is 100, one of which is the lease check.
+_TRANSACTION_ITEMS = 99
 SOURCE_INDEX = "by_source"
 _SER = TypeSerializer()
 _DES = TypeDeserializer()
@@ -94,6 +111,8 @@ class SourceState(Record):
 class DocumentState(Record):
     doc_id: str
     source_key: str
+    #: The id users know the document by: the object key, or a bulk line's ``_id``.
+    external_id: str = ""
     uri: str = ""
     version: str = ""
     sequencer: str = ""
@@ -106,6 +125,15 @@ class DocumentState(Record):
     reason: str = ""
     tenant: str = "default"
     updated_at_ms: int = 0
+    #: ``writing``: parts of the object already written (a retry resumes after them) ...
+    parts_done: int = 0
+    #: ... under this reading plan (parser, part size, chunking); a different plan restarts instead.
+    plan: str = ""
+
+    @property
+    def live(self) -> bool:
+        """Whether the document's chunks may be in the store."""
+        return self.status in LIVE
 
     def held_shards(self) -> list[int]:
         """Where the document's chunks are: ``shards``, or ``[shard]`` for items written before it existed."""
@@ -120,6 +148,11 @@ class Claim(Enum):
     DUPLICATE = "duplicate"
     #: Another worker is processing the key now: retry later.
     BUSY = "busy"
+
+
+class LeaseLost(Exception):
+    """Another worker owns the object's key now (a newer event, or a redelivery after this lease expired):
+    whatever this worker still meant to write must not be written."""
 
 
 def _dependency(exc: Exception, what: str) -> Retryable:
@@ -262,6 +295,26 @@ class DynamoDbRegistry:
             raise _dependency(exc, "finish") from exc
         return True
 
+    def renew(self, event: ObjectEvent, *, owner: str, lease_s: float) -> None:
+        """Extend the lease before the next stretch of work; :class:`LeaseLost` if it is no longer ours."""
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key=_item({"pk": f"src#{event.source_key}"}),
+                UpdateExpression="SET #lease = :lease",
+                ConditionExpression="#seq = :seq AND #own = :owner",
+                ExpressionAttributeNames={"#lease": "lease_until_ms", "#seq": "sequencer", "#own": "owner"},
+                ExpressionAttributeValues=_item(
+                    {":lease": self._now_ms() + int(lease_s * 1000), ":seq": event.sequencer, ":owner": owner}
+                ),
+            )
+        except ClientError as exc:
+            if _is_conditional(exc):
+                raise LeaseLost(f"{event.source_key}: lease lost") from None
+            raise _dependency(exc, "renew") from exc
+        except BotoCoreError as exc:
+            raise _dependency(exc, "renew") from exc
+
     def sources(self) -> Iterator[SourceState]:
         """Every object item (the reconciler compares them with the bucket listing)."""
         paginator = self._db.get_paginator("scan")
@@ -300,8 +353,10 @@ class DynamoDbRegistry:
             raise _dependency(exc, "batch_get_item") from exc
         return found
 
-    def put_documents(self, states: Iterable[DocumentState]) -> None:
-        """Write document items in batches of 25 (unconditional: the caller holds the object's lease)."""
+    def put_documents(self, states: Iterable[DocumentState], *, lease: tuple[ObjectEvent, str] | None = None) -> None:
+        """Write document items. With ``lease`` (the event and its owner), each batch is one transaction that
+        also checks the object item still carries that event's sequencer and owner: :class:`LeaseLost` if not.
+        Without it (maintenance outside any event, e.g. a rebalance), in plain batches of 25."""
         now = self._now_ms()
         items = [
             _item(
@@ -315,6 +370,9 @@ class DynamoDbRegistry:
             )
             for s in states
         ]
+        if lease is not None:
+            self._put_fenced(items, *lease)
+            return
         try:
             for start in range(0, len(items), 25):
                 request = {self.table_name: [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]}
@@ -323,6 +381,30 @@ class DynamoDbRegistry:
                     request = r.get("UnprocessedItems") or {}
         except (ClientError, BotoCoreError) as exc:
             raise _dependency(exc, "batch_write_item") from exc
+
+    def _put_fenced(self, items: list[dict[str, Any]], event: ObjectEvent, owner: str) -> None:
+        check = {
+            "ConditionCheck": {
+                "TableName": self.table_name,
+                "Key": _item({"pk": f"src#{event.source_key}"}),
+                "ConditionExpression": "#seq = :seq AND #own = :owner",
+                "ExpressionAttributeNames": {"#seq": "sequencer", "#own": "owner"},
+                "ExpressionAttributeValues": _item({":seq": event.sequencer, ":owner": owner}),
+            }
+        }
+        for start in range(0, len(items), _TRANSACTION_ITEMS):
+            batch = items[start : start + _TRANSACTION_ITEMS]
+            try:
+                self._db.transact_write_items(
+                    TransactItems=[check, *({"Put": {"TableName": self.table_name, "Item": i}} for i in batch)]
+                )
+            except ClientError as exc:
+                reasons = exc.response.get("CancellationReasons") or []
+                if reasons and str(reasons[0].get("Code", "")) == "ConditionalCheckFailed":
+                    raise LeaseLost(f"{event.source_key}: lease lost") from None
+                raise _dependency(exc, "transact_write_items") from exc
+            except BotoCoreError as exc:
+                raise _dependency(exc, "transact_write_items") from exc
 
     def documents_of(self, source_key: str) -> list[DocumentState]:
         """Documents recorded for an object (any status)."""

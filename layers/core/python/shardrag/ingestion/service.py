@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from shardrag.chunking import Document
+from shardrag.chunking import Document, chunk_id
 from shardrag.config import TENANT_PATTERN, IngestionSettings
+from shardrag.identity import object_doc_id
 from shardrag.indexing import DocumentIndexer
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
 from shardrag.ingestion.events import ObjectEvent, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
-from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry
+from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry, LeaseLost
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
 from shardrag.records import Record
 from shardrag.sharding import shard_for
@@ -28,7 +30,7 @@ from shardrag.store.wrapper import StoreWrapper
 
 log = logging.getLogger("shardrag.ingestion")
 
-Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged"]
+Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged", "superseded"]
 
 
 class IngestOutcome(Record):
@@ -85,6 +87,30 @@ class _SweepSkipping(StoreWrapper):
         return self._inner.delete_document(doc_id, keep_version=keep_version)
 
 
+class _Lease:
+    """The event being processed and the owner token that holds its key: every registry write is fenced by it."""
+
+    def __init__(self, event: ObjectEvent, owner: str) -> None:
+        self.event = event
+        self.owner = owner
+
+    @property
+    def fence(self) -> tuple[ObjectEvent, str]:
+        return self.event, self.owner
+
+
+class _Written:
+    """Chunks this run upserted (``doc_id``, first index, count, shards), so that a run which loses its lease
+    can take back what it wrote after the new owner may already have swept."""
+
+    def __init__(self) -> None:
+        self.slices: list[tuple[str, str, int, int, list[int]]] = []
+
+    def add(self, doc_id: str, version: str, first: int, count: int, shards: list[int]) -> None:
+        if count:
+            self.slices.append((doc_id, version, first, count, shards))
+
+
 class IngestService:
     """Processes :class:`ObjectEvent` s; safe to run concurrently and to replay (see the registry)."""
 
@@ -122,9 +148,13 @@ class IngestService:
             return []
         outcomes: list[IngestOutcome] = []
         retry: Retryable | None = None
+        # One token per delivery: SQS keeps a message's id across redeliveries, and a redelivery that arrives
+        # while the first delivery still works (a visibility timeout shorter than the work) must not pass as
+        # the lease's owner.
+        attempt = uuid.uuid4().hex[:12]
         for index, event in enumerate(events):
             try:
-                outcomes.append(self.run(event, owner=f"{message_id}:{index}"))
+                outcomes.append(self.run(event, owner=f"{message_id}:{index}:{attempt}"))
             except Retryable as exc:
                 retry = exc
         if retry is not None:
@@ -138,12 +168,17 @@ class IngestService:
             return IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action=claim.value)
         if claim is Claim.BUSY:
             raise Retryable(Reason.BUSY, f"{event.source_key} is being processed by another worker")
+        lease = _Lease(event, owner)
+        written = _Written()
         try:
-            if event.kind == "removed":
-                return self._remove(event, owner)
-            return self._index(event, owner)
-        except Rejected as exc:
-            return self._reject(event, owner, exc)
+            try:
+                if event.kind == "removed":
+                    return self._remove(lease)
+                return self._index(lease, written)
+            except Rejected as exc:
+                return self._reject(lease, exc)
+        except LeaseLost:
+            return self._superseded(lease, written)
         except Retryable:
             self.registry.release(event, owner=owner)
             raise
@@ -152,65 +187,72 @@ class IngestService:
             self.registry.release(event, owner=owner)
             raise Retryable(Reason.DEPENDENCY, f"{type(exc).__name__}: {exc}") from exc
 
+    def _superseded(self, lease: _Lease, written: _Written) -> IngestOutcome:
+        """The key's lease passed to another worker mid-run. Chunks this run wrote of a version that is not the
+        document's current one are taken back (the new owner may have swept before they landed); chunks of the
+        current version are the same rows the new owner writes, and stay."""
+        log.warning("lease on %s lost; this run stops", lease.event.source_key)
+        current = self.registry.get_documents(doc_id for doc_id, *_ in written.slices)
+        for doc_id, version, first, count, shards in written.slices:
+            state = current.get(doc_id)
+            if state is not None and state.live and state.version == version:
+                continue
+            ids = [chunk_id(doc_id, version, i) for i in range(first, first + count)]
+            for shard in shards:
+                self._stores(shard).delete_chunks(ids)
+        for shard in sorted({shard for *_, shards in written.slices for shard in shards}):
+            self._stores(shard).flush()
+        return IngestOutcome(source_key=lease.event.source_key, sequencer=lease.event.sequencer, action="superseded")
+
+    def _finish(self, lease: _Lease, **fields: Any) -> None:
+        if not self.registry.finish(lease.event, owner=lease.owner, **fields):
+            raise LeaseLost(f"{lease.event.source_key}: lease lost before finishing")
+
     # -- created ---------------------------------------------------------------------------------------
-    def _index(self, event: ObjectEvent, owner: str) -> IngestOutcome:
+    def _index(self, lease: _Lease, written: _Written) -> IngestOutcome:
+        event = lease.event
         try:
             info = self._objects.head(event.bucket, event.key)
         except ObjectMissing:
             # Deleted after this event was sent: its delete event (newer) may not have arrived yet.
-            return self._remove(event, owner)
+            return self._remove(lease)
         if info.size == 0:
             raise Rejected(Reason.EMPTY, "the object is empty")
         if info.size > self._settings.max_file_bytes:
             raise Rejected(Reason.TOO_LARGE, f"{info.size} bytes (limit {self._settings.max_file_bytes})")
         parser, gzipped = self._parsers.resolve(event.key, info.content_type)
+        tenant = self._tenant(event.key, info)
         prior = {d.doc_id: d for d in self.registry.documents_of(event.source_key)}
-        current = prior.get(event.key)
-        if (
-            not parser.multi_document
-            and current is not None
-            and current.status == "indexed"
-            and current.version == info.etag
-        ):
-            # Same bytes uploaded again (a replay or an identical overwrite): nothing to embed.
-            self.registry.put_documents([current.model_copy(update={"sequencer": event.sequencer})])
-            self.registry.finish(
-                event, owner=owner, status="indexed", doc_count=1, chunk_count=current.chunk_count, etag=info.etag
-            )
-            return IngestOutcome(
-                source_key=event.source_key,
-                sequencer=event.sequencer,
-                action="unchanged",
-                documents=1,
-                chunks=current.chunk_count,
-            )
         blob = Blob(self._objects, event.bucket, info, self._settings.part_bytes)
         stream: ByteStream = blob
         if gzipped or info.content_encoding.lower() == "gzip":
             stream = GunzipStream(blob, self._settings)
         ctx = SourceContext(
-            doc_id=event.key,
+            doc_id=object_doc_id(tenant, event.key),
             uri=event.uri,
             key=event.key,
             version=info.etag,
-            tenant=self._tenant(event.key, info),
+            tenant=tenant,
             settings=self._settings,
         )
         report = ParseReport()
-        written: dict[str, DocumentState] = {}
-        for part in self._parts(parser, stream, ctx, report):
-            self._index_part(event, parser, part, written)
-        # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
-        # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
-        for shard in sorted({shard for s in written.values() for shard in s.held_shards()}):
-            self._stores(shard).flush()
-        removed = self._drop_documents(event, [d for d in prior.values() if d.doc_id not in written])
-        chunks = sum(s.chunk_count for s in written.values())
-        self.registry.finish(
-            event,
-            owner=owner,
+        if parser.multi_document:
+            states = self._index_lines(lease, parser, stream, ctx, report, written)
+        else:
+            # Read consistently, not from the source index (a GSI lags its table): a missed record would skip
+            # the sweep of the previous version.
+            current = self.registry.get_documents([ctx.doc_id]).get(ctx.doc_id)
+            state = self._index_object(lease, parser, stream, ctx, report, current, written)
+            if state is None:
+                assert current is not None
+                return self._unchanged(lease, current)
+            states = {state.doc_id: state}
+        removed = self._drop_documents(lease, [d for d in prior.values() if d.doc_id not in states])
+        chunks = sum(s.chunk_count for s in states.values())
+        self._finish(
+            lease,
             status="indexed",
-            doc_count=len(written),
+            doc_count=len(states),
             chunk_count=chunks,
             rejected_lines=report.rejected_lines,
             error="; ".join(report.examples),
@@ -220,11 +262,180 @@ class IngestService:
             source_key=event.source_key,
             sequencer=event.sequencer,
             action="indexed",
-            documents=len(written),
+            documents=len(states),
             chunks=chunks,
             removed_documents=removed,
             rejected_lines=report.rejected_lines,
         )
+
+    def _unchanged(self, lease: _Lease, current: DocumentState) -> IngestOutcome:
+        """Same bytes uploaded again (a replay or an identical overwrite) and completely indexed: nothing to do."""
+        event = lease.event
+        self.registry.put_documents([current.model_copy(update={"sequencer": event.sequencer})], lease=lease.fence)
+        self._finish(lease, status="indexed", doc_count=1, chunk_count=current.chunk_count, etag=current.version)
+        return IngestOutcome(
+            source_key=event.source_key,
+            sequencer=event.sequencer,
+            action="unchanged",
+            documents=1,
+            chunks=current.chunk_count,
+        )
+
+    def _plan(self, parser: Parser) -> str:
+        """What decides how an object is cut into parts and chunks: a resumed run must cut it the same way."""
+        s = self._settings
+        return f"{parser.name}:{s.part_bytes}:{s.chunk_size}:{s.chunk_overlap}:{s.max_document_chars}"
+
+    def _index_object(
+        self,
+        lease: _Lease,
+        parser: Parser,
+        stream: ByteStream,
+        ctx: SourceContext,
+        report: ParseReport,
+        current: DocumentState | None,
+        written: _Written,
+    ) -> DocumentState | None:
+        """One document read in parts: recorded ``writing`` before its first chunk, each part's progress
+        recorded after it, the previous version swept after the last part, and only then ``indexed``. A retry
+        at the same version resumes after the parts already written. ``None``: already indexed at this version."""
+        event, version = lease.event, ctx.version
+        if current is not None and current.status == "indexed" and current.version == version:
+            return None
+        plan = self._plan(parser)
+        resume = current is not None and current.status == "writing" and current.version == version
+        resume = resume and current is not None and current.plan == plan
+        state = DocumentState(
+            doc_id=ctx.doc_id,
+            external_id=ctx.key,
+            source_key=event.source_key,
+            uri=event.uri,
+            version=version,
+            sequencer=event.sequencer,
+            status="writing",
+            tenant=ctx.tenant,
+            plan=plan,
+            shards=_union(
+                current.held_shards() if current is not None and current.live else [],
+                self._indexer.may_hold(ctx.doc_id),
+            ),
+            chunk_count=current.chunk_count if resume and current is not None else 0,
+            parts_done=current.parts_done if resume and current is not None else 0,
+        )
+        # Write-ahead: from here on the registry says where this document's chunks may be.
+        self.registry.put_documents([state], lease=lease.fence)
+        landed: list[int] = list(state.shards) if resume else []
+        for index, part in enumerate(self._parts(parser, stream, ctx, report)):
+            if index < state.parts_done:
+                continue  # written by an earlier attempt at this version
+            self.registry.renew(event, owner=lease.owner, lease_s=self._settings.lease_s)
+            count = state.chunk_count
+            for piece in part:
+                slice_ = piece.model_copy(update={"first_chunk": count})
+                [result] = self._indexer.run([slice_], flush=False, sweep=False)
+                written.add(ctx.doc_id, version, count, result.chunks, result.shards)
+                count += result.chunks
+                landed = _union(landed, result.shards)
+            state = state.model_copy(
+                update={"parts_done": index + 1, "chunk_count": count, "shards": _union(state.shards, landed)}
+            )
+            self.registry.put_documents([state], lease=lease.fence)
+        self._sweep(ctx.doc_id, version, state.chunk_count, state.shards, fresh=current is None or not current.live)
+        # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
+        # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
+        for shard in sorted(state.shards):
+            self._stores(shard).flush()
+        final = state.model_copy(
+            update={"status": "indexed", "shards": landed or state.shards[:1], "shard": (landed or state.shards)[0]}
+        )
+        self.registry.put_documents([final], lease=lease.fence)
+        return final
+
+    def _sweep(self, doc_id: str, version: str, chunks: int, shards: Iterable[int], *, fresh: bool) -> None:
+        """Remove every chunk of ``doc_id`` that is not one of this version's ``chunks``: earlier versions, and
+        anything an interrupted attempt cut differently. A document the registry never recorded as live has
+        no chunks (the write-ahead record precedes them), so its sweep, a filtered scan on Milvus Lite, is
+        skipped."""
+        if fresh:
+            return
+        keep = {chunk_id(doc_id, version, i) for i in range(chunks)}
+        for shard in shards:
+            store = self._stores(shard)
+            stale = [cid for cid in store.chunk_ids(doc_id) if cid not in keep]
+            if stale:
+                store.delete_chunks(stale)
+
+    def _index_lines(
+        self,
+        lease: _Lease,
+        parser: Parser,
+        stream: ByteStream,
+        ctx: SourceContext,
+        report: ParseReport,
+        written: _Written,
+    ) -> dict[str, DocumentState]:
+        """A bulk file: each batch of lines is a set of whole documents, each with its own version (its content
+        hash), so an unchanged line is not embedded again."""
+        states: dict[str, DocumentState] = {}
+        touched: set[int] = set()
+        for part in self._parts(parser, stream, ctx, report):
+            self.registry.renew(lease.event, owner=lease.owner, lease_s=self._settings.lease_s)
+            for state in self._index_batch(lease, part, written):
+                states[state.doc_id] = state
+                touched.update(state.held_shards())
+        for shard in sorted(touched):
+            self._stores(shard).flush()
+        return states
+
+    def _index_batch(self, lease: _Lease, part: list[Document], written: _Written) -> list[DocumentState]:
+        event = lease.event
+        existing = self.registry.get_documents(d.doc_id for d in part)
+        unchanged: list[DocumentState] = []
+        todo: list[Document] = []
+        for doc in part:
+            before = existing.get(doc.doc_id)
+            if before is not None and before.status == "indexed" and before.version == doc.version:
+                unchanged.append(before.model_copy(update={"sequencer": event.sequencer, "uri": event.uri}))
+            else:
+                todo.append(doc)
+
+        def state(doc: Document, **fields: Any) -> DocumentState:
+            return DocumentState(
+                doc_id=doc.doc_id,
+                external_id=doc.external_id,
+                source_key=event.source_key,
+                uri=event.uri,
+                version=doc.version,
+                sequencer=event.sequencer,
+                tenant=doc.tenant,
+                **fields,
+            )
+
+        previous = {doc_id: s.held_shards() for doc_id, s in existing.items() if s.live}
+        # Write-ahead, as for objects: no chunk exists before a record of where it may be.
+        self.registry.put_documents(
+            [
+                state(d, status="writing", shards=_union(previous.get(d.doc_id, []), self._indexer.may_hold(d.doc_id)))
+                for d in todo
+            ],
+            lease=lease.fence,
+        )
+        fresh = [d.doc_id for d in todo if d.doc_id not in previous]
+        if self._fresh is not None:
+            self._fresh.mark(fresh)
+        try:
+            results = self._indexer.run(todo, flush=False, previous=previous) if todo else []
+        finally:
+            if self._fresh is not None:
+                self._fresh.unmark(fresh)
+        states = list(unchanged)
+        for doc, result in zip(todo, results, strict=True):
+            written.add(doc.doc_id, doc.version, 0, result.chunks, result.shards)
+            states.append(
+                state(doc, status="indexed", shard=result.shard, shards=result.shards, chunk_count=result.chunks)
+            )
+        self.registry.put_documents(states, lease=lease.fence)
+        return states
 
     @staticmethod
     def _parts(parser: Parser, stream: ByteStream, ctx: SourceContext, report: ParseReport) -> Iterator[list[Document]]:
@@ -253,69 +464,6 @@ class IngestService:
                 raise Rejected(Reason.PARSER_ERROR, f"{parser.name} parser: {type(exc).__name__}: {exc}") from exc
             yield part
 
-    def _index_part(
-        self, event: ObjectEvent, parser: Parser, part: list[Document], written: dict[str, DocumentState]
-    ) -> None:
-        unchanged: list[DocumentState] = []
-        todo: list[Document] = []
-        existing = self.registry.get_documents(d.doc_id for d in part)
-        if parser.multi_document:
-            for doc in part:
-                before = existing.get(doc.doc_id)
-                if before is not None and before.status == "indexed" and before.version == doc.version:
-                    unchanged.append(
-                        before.model_copy(
-                            update={"sequencer": event.sequencer, "source_key": event.source_key, "uri": event.uri}
-                        )
-                    )
-                else:
-                    todo.append(doc)
-        else:
-            # Slices of one document: number the chunks on from where the previous slice stopped.
-            todo = [d.model_copy(update={"first_chunk": self._chunks_so_far(written, d.doc_id)}) for d in part]
-        fresh = [d.doc_id for d in todo if not self._was_indexed(existing.get(d.doc_id))]
-        if self._fresh is not None:
-            self._fresh.mark(fresh)
-        # Stale chunks of an earlier version are swept on every shard the registry recorded for it.
-        previous = {doc_id: s.held_shards() for doc_id, s in existing.items() if self._was_indexed(s)}
-        try:
-            results = self._indexer.run(todo, flush=False, previous=previous) if todo else []
-        finally:
-            if self._fresh is not None:
-                self._fresh.unmark(fresh)
-        states = list(unchanged)
-        for doc, result in zip(todo, results, strict=True):
-            before_chunks = self._chunks_so_far(written, doc.doc_id) if not parser.multi_document else 0
-            earlier = written.get(doc.doc_id) if not parser.multi_document else None
-            shards = list(dict.fromkeys([*(earlier.shards if earlier else []), *result.shards]))
-            states.append(
-                DocumentState(
-                    doc_id=doc.doc_id,
-                    source_key=event.source_key,
-                    uri=event.uri,
-                    version=doc.version,
-                    sequencer=event.sequencer,
-                    shard=earlier.shard if earlier and earlier.shards else result.shard,
-                    shards=shards,
-                    chunk_count=before_chunks + result.chunks,
-                    status="indexed",
-                    tenant=doc.tenant,
-                )
-            )
-        for state in states:
-            written[state.doc_id] = state
-        self.registry.put_documents(states)
-
-    @staticmethod
-    def _was_indexed(state: DocumentState | None) -> bool:
-        # Deleted and failed documents had their chunks removed when they got that status.
-        return state is not None and state.status == "indexed"
-
-    @staticmethod
-    def _chunks_so_far(written: Mapping[str, DocumentState], doc_id: str) -> int:
-        state = written.get(doc_id)
-        return state.chunk_count if state is not None else 0
-
     def _tenant(self, key: str, info: ObjectInfo) -> str:
         """The document's tenant: one for all, the key's first segment, or the object's user metadata. With
         tenants on, an object that names no valid tenant is rejected rather than filed under a default one."""
@@ -332,31 +480,23 @@ class IngestService:
         return tenant
 
     # -- removed, rejected -----------------------------------------------------------------------------
-    def _remove(self, event: ObjectEvent, owner: str) -> IngestOutcome:
-        removed = self._drop_documents(event, self.registry.documents_of(event.source_key))
-        self.registry.finish(event, owner=owner, status="deleted", etag="")
+    def _remove(self, lease: _Lease) -> IngestOutcome:
+        removed = self._drop_documents(lease, self.registry.documents_of(lease.event.source_key))
+        self._finish(lease, status="deleted", etag="")
         return IngestOutcome(
-            source_key=event.source_key, sequencer=event.sequencer, action="deleted", removed_documents=removed
+            source_key=lease.event.source_key,
+            sequencer=lease.event.sequencer,
+            action="deleted",
+            removed_documents=removed,
         )
 
-    def _reject(self, event: ObjectEvent, owner: str, exc: Rejected) -> IngestOutcome:
+    def _reject(self, lease: _Lease, exc: Rejected) -> IngestOutcome:
+        event = lease.event
         log.warning("rejected %s: %s", event.uri, exc)
-        # The bucket no longer holds what this key used to produce: the index must not keep answering with it.
-        removed = self._drop_documents(event, self.registry.documents_of(event.source_key))
-        self.registry.put_documents(
-            [
-                DocumentState(
-                    doc_id=event.key,
-                    source_key=event.source_key,
-                    uri=event.uri,
-                    version=event.etag,
-                    sequencer=event.sequencer,
-                    status="failed",
-                    reason=exc.reason.value,
-                )
-            ]
-        )
-        self.registry.finish(event, owner=owner, status="failed", reason=exc.reason.value, error=exc.message)
+        # The bucket no longer holds what this key used to produce (nor what a failed attempt half wrote): the
+        # index must not keep answering with it.
+        removed = self._drop_documents(lease, self.registry.documents_of(event.source_key))
+        self._finish(lease, status="failed", reason=exc.reason.value, error=exc.message)
         return IngestOutcome(
             source_key=event.source_key,
             sequencer=event.sequencer,
@@ -365,9 +505,10 @@ class IngestService:
             removed_documents=removed,
         )
 
-    def _drop_documents(self, event: ObjectEvent, documents: list[DocumentState]) -> int:
+    def _drop_documents(self, lease: _Lease, documents: list[DocumentState]) -> int:
         """Remove the chunks of ``documents`` (those this object produced) and leave tombstones."""
-        live = [d for d in documents if d.status == "indexed" and d.source_key == event.source_key]
+        event = lease.event
+        live = [d for d in documents if d.live and d.source_key == event.source_key]
         touched: set[int] = set()
         for doc in live:
             # Every shard the registry recorded (replicas included); the hash shard for items that predate it.
@@ -378,12 +519,16 @@ class IngestService:
         for shard in sorted(touched):
             self._stores(shard).flush()
         tombstones = [
-            d.model_copy(update={"status": "deleted", "sequencer": event.sequencer, "chunk_count": 0})
+            d.model_copy(update={"status": "deleted", "sequencer": event.sequencer, "chunk_count": 0, "parts_done": 0})
             for d in documents
             if d.source_key == event.source_key and d.status != "deleted"
         ]
-        self.registry.put_documents(tombstones)
+        self.registry.put_documents(tombstones, lease=lease.fence)
         return len(live)
+
+
+def _union(*groups: Iterable[int]) -> list[int]:
+    return list(dict.fromkeys(shard for group in groups for shard in group))
 
 
 def build_ingest_service(

@@ -102,6 +102,7 @@ class InMemoryVectorStore:
             position=chunk.position,
             shard=self._shard,
             metadata=chunk.metadata,
+            external_id=chunk.external_id,
         )
 
     def search(self, request: SearchRequest) -> list[Hit]:

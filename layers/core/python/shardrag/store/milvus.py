@@ -139,6 +139,7 @@ class MilvusVectorStore:
             "position": chunk.position,
             "version": chunk.version,
             "metadata": chunk.metadata,
+            "external_id": chunk.external_id,
             DENSE_FIELD: item.vector,
             SPARSE_FIELD: (item.sparse or EMPTY_MARKER).as_dict(),
         }
@@ -245,6 +246,7 @@ class MilvusVectorStore:
                     position=int(entity.get("position", 0)),
                     shard=self._shard,
                     metadata=dict(entity.get("metadata") or {}),
+                    external_id=str(entity.get("external_id", "")),
                 )
             )
         return hits
@@ -280,6 +282,7 @@ def _embedded_from_milvus(row: dict[str, Any]) -> EmbeddedChunk:
         version=str(row.get("version", "")),
         tenant=str(row.get("tenant", "default")),
         metadata=dict(row.get("metadata") or {}),
+        external_id=str(row.get("external_id", "")),
     )
     return EmbeddedChunk(
         chunk=chunk, vector=[float(x) for x in row[DENSE_FIELD]], sparse=_sparse_from_milvus(row[SPARSE_FIELD])

@@ -25,9 +25,12 @@ OUTPUT_FIELDS: Final = (
     "version",
     "tenant",
     "metadata",
+    "external_id",
 )
 
 _ID_MAX: Final = 512
+#: External ids are object keys (S3: at most 1,024 bytes) or bulk lines' ``_id`` (held to 512 bytes).
+EXTERNAL_ID_MAX: Final = 1024
 _SOURCE_MAX: Final = 2048
 _TITLE_MAX: Final = 1024
 
@@ -43,6 +46,7 @@ def build_schema(dimension: int, max_text_bytes: int) -> Any:
     schema.add_field("position", DataType.INT32)
     schema.add_field("version", DataType.VARCHAR, max_length=128)
     schema.add_field("metadata", DataType.JSON)
+    schema.add_field("external_id", DataType.VARCHAR, max_length=EXTERNAL_ID_MAX)
     schema.add_field(DENSE_FIELD, DataType.FLOAT_VECTOR, dim=dimension)
     schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
     return schema
