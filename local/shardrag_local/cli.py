@@ -107,7 +107,9 @@ def cmd_term_stats(args: argparse.Namespace) -> int:
         from shardrag import services
         from shardrag.term_stats import rebuild_term_stats
 
-        counted = rebuild_term_stats(services.shard_stores(), services.term_stats_store())
+        counted = rebuild_term_stats(
+            services.shard_stores(), services.term_stats_store(), per_tenant=services.stats_per_tenant()
+        )
         print(json.dumps({"chunks_per_shard": {str(k): v for k, v in counted.items()}}, indent=2))
         return 0
     status, response = _call(args.api, "POST", "/admin/term-stats/rebuild", {}, timeout=args.timeout)

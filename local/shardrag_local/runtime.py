@@ -134,8 +134,10 @@ class LocalRuntime:
         """Recount the BM25 term statistics from what the shards store (``shardrag stats --rebuild``)."""
         from shardrag.term_stats import rebuild_term_stats
 
-        counted = rebuild_term_stats(services.shard_stores(), services.term_stats_store())
-        services.corpus_stats().invalidate()
+        counted = rebuild_term_stats(
+            services.shard_stores(), services.term_stats_store(), per_tenant=services.stats_per_tenant()
+        )
+        services.corpus_stats.cache_clear()
         return {"chunks_per_shard": {str(k): v for k, v in counted.items()}}
 
     # -- centroid routing ----------------------------------------------------------------------------

@@ -33,7 +33,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: Runtime settings overrides per variant (deep-merged into dev's settings section by section).
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
-    "cognito_multi": {"tenancy": {"mode": "multi", "claim": "custom:tenant"}},
+    "cognito_multi": {
+        "tenancy": {"mode": "multi", "claim": "custom:tenant"},
+        "ingestion": {"tenant_source": "key_prefix"},
+    },
     "rerank": {
         "rerank": {"kind": "bedrock", "model_id": "cohere.rerank-v3-5:0", "region": "us-west-2", "timeout_s": 5}
     },

@@ -28,7 +28,7 @@ def _environments(**changes: Any) -> dict[str, Any]:
 
 
 POOL = "arn:aws:cognito-idp:us-east-1:123456789012:userpool/us-east-1_Abc123"
-MULTI = {"tenancy": {"mode": "multi"}}
+MULTI = {"tenancy": {"mode": "multi"}, "ingestion": {"tenant_source": "key_prefix"}}
 #: Cognito with the stack's own user pool (no cognito_user_pool_arn).
 COGNITO = {"auth": "cognito"}
 
@@ -56,20 +56,32 @@ def test_every_environment_validates() -> None:
         ),
         (
             _environments(
-                settings={"tenancy": {"mode": "multi", "claim": "tenant']) #set($x = 1"}},
+                settings={
+                    "tenancy": {"mode": "multi", "claim": "tenant']) #set($x = 1"},
+                    "ingestion": {"tenant_source": "key_prefix"},
+                },
                 deployment={"api": {"auth": "cognito", "cognito_user_pool_arn": POOL}},
             ),
             "dev",
             "settings.tenancy.claim",
         ),
         (
-            _environments(settings={"tenancy": {"mode": "multi", "claim": "tenant"}}, deployment={"api": COGNITO}),
+            _environments(
+                settings={
+                    "tenancy": {"mode": "multi", "claim": "tenant"},
+                    "ingestion": {"tenant_source": "key_prefix"},
+                },
+                deployment={"api": COGNITO},
+            ),
             "dev",
             "the claim must be 'custom:<name>'",
         ),
         (
             _environments(
-                settings={"tenancy": {"mode": "multi", "claim": "custom:a_tenant_attribute_name"}},
+                settings={
+                    "tenancy": {"mode": "multi", "claim": "custom:a_tenant_attribute_name"},
+                    "ingestion": {"tenant_source": "key_prefix"},
+                },
                 deployment={"api": COGNITO},
             ),
             "dev",
@@ -133,7 +145,11 @@ def test_bad_config_is_rejected_with_a_clear_message(environments: Any, name: st
 )
 def test_multi_tenant_cognito_is_deployable(api: dict[str, Any], claim: str, attribute: str | None) -> None:
     config = load_environment(
-        _environments(settings={"tenancy": {"mode": "multi", "claim": claim}}, deployment={"api": api}), "dev"
+        _environments(
+            settings={"tenancy": {"mode": "multi", "claim": claim}, "ingestion": {"tenant_source": "key_prefix"}},
+            deployment={"api": api},
+        ),
+        "dev",
     )
     assert config.settings.tenancy.mode == "multi"
     assert config.tenant_attribute() == attribute

@@ -24,7 +24,9 @@ class AccountedShards:
             store.close()
 
 
-def accounted_milvus_shards(root: Path, count: int, *, collection: str = "c", dimension: int = 384) -> AccountedShards:
+def accounted_milvus_shards(
+    root: Path, count: int, *, collection: str = "c", dimension: int = 384, per_tenant: bool = False
+) -> AccountedShards:
     artifacts = FileArtifactStore(root / "index")
     stats = TermStatsStore(artifacts, [stats_name(collection, i) for i in range(count)])
     tracker = TermStatsTracker(lambda: stats)
@@ -38,6 +40,7 @@ def accounted_milvus_shards(root: Path, count: int, *, collection: str = "c", di
             ),
             shard=i,
             tracker=tracker,
+            per_tenant=per_tenant,
         )
         for i in range(count)
     ]

@@ -48,9 +48,14 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
     def workflow(tenancy: str) -> QueryWorkflow:
         return build_query_workflow(
-            Settings(store={"shard_count": SHARDS}, tenancy={"mode": tenancy}),
+            Settings(
+                store={"shard_count": SHARDS},
+                tenancy={"mode": tenancy},
+                ingestion={"tenant_source": "key_prefix" if tenancy == "multi" else "default"},
+            ),
             embed=lambda text: [float(x) for x in model.embed([text])[0]],
-            lexical=lambda text: encoder.query(text, stats.merged()),
+            # One table for all tenants here (per-tenant tables: test_integrity_faults.py).
+            lexical=lambda text, tenant="": encoder.query(text, stats.merged()),
             stores=stores.__getitem__,
             make_generator=ExtractiveGenerator,
         )

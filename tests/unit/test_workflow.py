@@ -36,7 +36,9 @@ def setup(hashing_embedder):  # type: ignore[no-untyped-def]
     indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}.txt", version="1") for k, v in DOCS.items()])
     stats = CorpusStats()
     for store in stores:
-        stats.count(store.sparse_vectors([cid for doc in DOCS for cid in store.chunk_ids(doc)]).values(), +1)
+        stats.count(
+            (t.sparse for t in store.stored_terms([cid for doc in DOCS for cid in store.chunk_ids(doc)]).values()), +1
+        )
     workflow = build_query_workflow(
         settings,
         embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],

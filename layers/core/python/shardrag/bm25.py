@@ -167,6 +167,13 @@ class CorpusStats:
         if clamp:
             self.documents = max(0, self.documents)
 
+    def readable(self) -> CorpusStats:
+        """What the IDF may use: terms with a positive count, and at least as many documents as any term has.
+        A stored table may hold a negative count for a moment (deltas land in any order); the IDF of such a term
+        is undefined, and a document count below a term's count would make it negative."""
+        df = {tid: count for tid, count in self.df.items() if count > 0}
+        return CorpusStats(max(self.documents, max(df.values(), default=0), 0), df)
+
     def __bool__(self) -> bool:
         return bool(self.documents or self.df)
 

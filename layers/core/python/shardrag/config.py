@@ -241,6 +241,16 @@ class Settings(_Model):
     rerank: RerankSettings = RerankSettings()
 
     @model_validator(mode="after")
+    def _tenants_come_from_the_objects(self) -> Settings:
+        if self.tenancy.mode == "multi" and self.ingestion.tenant_source == "default":
+            # Every document would be filed under one tenant that no caller can be scoped to: refuse at start.
+            raise ValueError(
+                "tenancy.mode 'multi' needs ingestion.tenant_source 'key_prefix' or 'metadata' (with 'default', "
+                "every document would be filed under one shared tenant)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _probes_within_shards(self) -> Settings:
         probe = self.routing.centroid.default_probe
         if probe is not None and probe > self.store.shard_count:

@@ -6,7 +6,7 @@ Every record crossing a state boundary is a Pydantic model so that each handler 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,13 @@ class Chunk(Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The id users know the document by: the object key, or a bulk line's own ``_id`` (empty: ``doc_id``).
     external_id: str = ""
+
+
+class StoredTerms(NamedTuple):
+    """A stored chunk's BM25 side and its tenant (term statistics are kept per tenant in multi-tenant mode)."""
+
+    tenant: str
+    sparse: SparseVector
 
 
 class EmbeddedChunk(Record):

@@ -81,7 +81,9 @@ class ShardStores:
                         max_text_bytes=self._settings.store.max_text_bytes,
                         token=token,
                     )
-                    store = TermAccountingStore(milvus, shard=shard, tracker=self._tracker)
+                    store = TermAccountingStore(
+                        milvus, shard=shard, tracker=self._tracker, per_tenant=self._settings.tenancy.mode == "multi"
+                    )
                     self._stores[shard] = store
         return store
 
@@ -116,9 +118,16 @@ def term_stats_store() -> TermStatsStore:
     return TermStatsStore(artifact_store(), [stats_name(ep.collection, i) for i, ep in enumerate(endpoints)])
 
 
-@lru_cache(maxsize=1)
-def corpus_stats() -> CorpusStatsCache:
-    return CorpusStatsCache(lambda: term_stats_store().merged(), ttl_s=cached_settings().retrieval.bm25.stats_ttl_s)
+@lru_cache(maxsize=1024)
+def corpus_stats(scope: str = "") -> CorpusStatsCache:
+    """The summed BM25 statistics of ``scope`` (a tenant in multi-tenant mode; "" for one table for all)."""
+    return CorpusStatsCache(
+        lambda: term_stats_store().merged(scope), ttl_s=cached_settings().retrieval.bm25.stats_ttl_s
+    )
+
+
+def stats_per_tenant() -> bool:
+    return cached_settings().tenancy.mode == "multi"
 
 
 def bm25_encoder(settings: Settings) -> Bm25Encoder:
@@ -131,9 +140,10 @@ def _query_encoder() -> Bm25Encoder:
     return bm25_encoder(cached_settings())
 
 
-def lexical_query(text: str) -> SparseVector:
-    """The BM25 query side of ``text`` with the current corpus-wide IDF."""
-    return _query_encoder().query(text, corpus_stats().get())
+def lexical_query(text: str, tenant: str = "") -> SparseVector:
+    """The BM25 query side of ``text`` with the current corpus-wide IDF (the tenant's own corpus in
+    multi-tenant mode: another tenant's documents must not move its scores)."""
+    return _query_encoder().query(text, corpus_stats(tenant if stats_per_tenant() else "").get())
 
 
 @lru_cache(maxsize=1)
@@ -214,7 +224,7 @@ def build_query_workflow(
     settings: Settings,
     *,
     embed: Callable[[str], list[float]] = embed_one,
-    lexical: Callable[[str], SparseVector] = lexical_query,
+    lexical: Callable[..., SparseVector] = lexical_query,
     stores: Callable[[int], VectorStore] | None = None,
     make_generator: Callable[[], Generator] = generator,
     make_reranker: Callable[[], Reranker] = reranker,

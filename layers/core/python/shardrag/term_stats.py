@@ -3,6 +3,14 @@
 Ingestion records what each write adds and removes (:class:`TermStatsTracker`, one delta per shard) and applies
 it when the shard is flushed, with a compare-and-swap so that concurrent ingest workers never lose an update.
 The query side (:class:`CorpusStatsCache`) reads every shard's table, sums them and refreshes after ``ttl_s``.
+
+Deltas commute: a table is the plain sum of every delta applied to it, so two workers' flushes may land in
+either order. That is why stored counts are never clamped at zero: a removal applied before the addition it
+undoes goes negative for a moment and comes back exactly, where a clamp would have made it drift for good.
+Only the reader (:meth:`~shardrag.bm25.CorpusStats.readable`) hides a moment's negative count.
+
+In multi-tenant mode every tenant has its own tables (``scope``: the tenant; "" for one table for all), so
+one tenant's uploads never move another tenant's IDF, and with it its scores.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from shardrag.records import SparseVector
 from shardrag.store.base import VectorStore
 
 _FORMAT = 1
-#: Compare-and-swap attempts before a flush gives up (the delta stays pending for the next flush).
+#: Compare-and-swap attempts before a flush gives up (the delta stays pending for the next flush), and the
+#: longest pause between two of them: at most ~4 s of waiting in all, small beside a Lambda timeout.
 _ATTEMPTS = 12
+_MAX_PAUSE_S = 0.5
 
 
 def encode_stats(stats: CorpusStats) -> bytes:
@@ -46,6 +56,14 @@ def stats_name(collection: str, shard: int) -> str:
     return f"{collection}/bm25/shard-{shard}.npz"
 
 
+def scoped_name(name: str, scope: str) -> str:
+    """``name`` for one tenant's table (``scope`` "": the table for all)."""
+    if not scope:
+        return name
+    head, _, tail = name.rpartition("/")
+    return f"{head}/tenants/{scope}/{tail}" if head else f"tenants/{scope}/{tail}"
+
+
 class TermStatsStore:
     """Reads and updates the persisted per-shard tables."""
 
@@ -57,39 +75,43 @@ class TermStatsStore:
     def shard_count(self) -> int:
         return len(self._names)
 
-    def load(self, shard: int) -> CorpusStats:
-        found = self._artifacts.get(self._names[shard])
+    def load(self, shard: int, scope: str = "") -> CorpusStats:
+        """The shard's table as stored (a count may be negative for a moment: see the module docstring)."""
+        found = self._artifacts.get(scoped_name(self._names[shard], scope))
         return decode_stats(found.data) if found else CorpusStats()
 
-    def merged(self) -> CorpusStats:
+    def merged(self, scope: str = "") -> CorpusStats:
+        """Every shard's table summed, as the query side uses it."""
         total = CorpusStats()
         for shard in range(self.shard_count):
-            total.add(self.load(shard), clamp=False)
-        return total
+            total.add(self.load(shard, scope), clamp=False)
+        return total.readable()
 
-    def apply(self, shard: int, delta: CorpusStats) -> bool:
+    def apply(self, shard: int, delta: CorpusStats, scope: str = "") -> bool:
         """Add ``delta`` to the shard's table; ``False`` if every attempt lost a race."""
 
         def added(stats: CorpusStats) -> CorpusStats:
-            stats.add(delta)
+            stats.add(delta, clamp=False)
             return stats
 
-        return self._swap(shard, added)
+        return self._swap(shard, scope, added)
 
-    def replace(self, shard: int, stats: CorpusStats) -> None:
+    def replace(self, shard: int, stats: CorpusStats, scope: str = "") -> None:
         """Overwrite a shard's table (a rebuild from the store's own rows)."""
-        if not self._swap(shard, lambda _: stats):
+        if not self._swap(shard, scope, lambda _: stats):
             raise RuntimeError(f"shard {shard}: term statistics stayed contended; pause ingestion and rebuild again")
 
-    def _swap(self, shard: int, change: Callable[[CorpusStats], CorpusStats]) -> bool:
+    def _swap(self, shard: int, scope: str, change: Callable[[CorpusStats], CorpusStats]) -> bool:
         """Compare-and-swap the shard's table through ``change``, retrying with jitter when a writer races us."""
-        name = self._names[shard]
+        name = scoped_name(self._names[shard], scope)
         for attempt in range(_ATTEMPTS):
+            if attempt:
+                # Jitter (not security) between attempts, never after the last one.
+                time.sleep(random.uniform(0, min(_MAX_PAUSE_S, 0.05 * 2 ** (attempt - 1))))
             found = self._artifacts.get(name)
             stats = change(decode_stats(found.data) if found else CorpusStats())
             if self._artifacts.put(name, encode_stats(stats), expected_etag=found.etag if found else None):
                 return True
-            time.sleep(random.uniform(0, 0.05 * 2**attempt))  # jitter, not security
         return False
 
 
@@ -99,25 +121,31 @@ class TermStatsTracker:
     def __init__(self, store: Callable[[], TermStatsStore]) -> None:
         # A factory: the artefact store (an S3 client when deployed) is built only when a write first flushes.
         self._store = store
-        self._pending: dict[int, CorpusStats] = {}
+        self._pending: dict[tuple[int, str], CorpusStats] = {}
         self._lock = threading.Lock()
 
-    def record(self, shard: int, *, added: Sequence[SparseVector], removed: Sequence[SparseVector]) -> None:
+    def record(
+        self, shard: int, *, added: Sequence[SparseVector], removed: Sequence[SparseVector], tenant: str = ""
+    ) -> None:
+        """Count a write on ``shard`` into the table of ``tenant`` ("" : the table for all tenants)."""
         delta = CorpusStats()
         delta.count(added, +1)
         delta.count(removed, -1)
         with self._lock:
-            self._pending.setdefault(shard, CorpusStats()).add(delta, clamp=False)
+            self._pending.setdefault((shard, tenant), CorpusStats()).add(delta, clamp=False)
 
     def flush(self, shard: int) -> None:
         with self._lock:
-            delta = self._pending.pop(shard, None)
-        if not delta:
-            return
-        if not self._store().apply(shard, delta):
-            with self._lock:  # keep it for the next flush rather than lose it
-                self._pending.setdefault(shard, CorpusStats()).add(delta, clamp=False)
-            raise RuntimeError(f"shard {shard}: term statistics stayed contended; the update is kept pending")
+            keys = [key for key in self._pending if key[0] == shard]
+            deltas = {key: self._pending.pop(key) for key in keys}
+        lost: list[str] = []
+        for (_, scope), delta in deltas.items():
+            if delta and not self._store().apply(shard, delta, scope):
+                with self._lock:  # keep it for the next flush rather than lose it
+                    self._pending.setdefault((shard, scope), CorpusStats()).add(delta, clamp=False)
+                lost.append(scope or "all tenants")
+        if lost:
+            raise RuntimeError(f"shard {shard}: term statistics ({', '.join(lost)}) stayed contended; kept pending")
 
 
 class CorpusStatsCache:
@@ -145,20 +173,24 @@ class CorpusStatsCache:
 
 
 def rebuild_term_stats(
-    stores: Callable[[int], VectorStore], stats: TermStatsStore, *, batch_size: int = 1000
+    stores: Callable[[int], VectorStore], stats: TermStatsStore, *, batch_size: int = 1000, per_tenant: bool = False
 ) -> dict[int, int]:
     """Recount every shard's table from the rows the shard actually stores, and replace it.
 
     The recovery path when a table drifted from its shard: a worker that died between a write and its flush
     loses that delta, and an index copied in from elsewhere comes without tables. Run it with ingestion paused
     (a delta applied while a shard is being recounted would be counted twice or not at all). Returns the
-    chunks counted per shard.
+    chunks counted per shard. ``per_tenant``: one table per tenant found in the shard (a tenant with no chunk
+    left keeps its last table, which no query can use: a query in its scope matches no chunk).
     """
     counted: dict[int, int] = {}
     for shard in range(stats.shard_count):
-        table = CorpusStats()
+        tables: dict[str, CorpusStats] = {"": CorpusStats()} if not per_tenant else {}
         for batch in stores(shard).scan(batch_size):
-            table.count([item.sparse or EMPTY_MARKER for item in batch], +1)
-        stats.replace(shard, table)
-        counted[shard] = table.documents
+            for item in batch:
+                scope = item.chunk.tenant if per_tenant else ""
+                tables.setdefault(scope, CorpusStats()).count([item.sparse or EMPTY_MARKER], +1)
+        for scope, table in tables.items():
+            stats.replace(shard, table, scope)
+        counted[shard] = sum(table.documents for table in tables.values())
     return counted

@@ -140,7 +140,7 @@ class QueryWorkflow:
         self,
         *,
         embed: Callable[[str], list[float]],
-        lexical_query: Callable[[str], SparseVector],
+        lexical_query: Callable[..., SparseVector],
         router: Router,
         searcher: ShardSearcher,
         fusers: Mapping[Mode, Fuser],
@@ -222,7 +222,14 @@ class QueryWorkflow:
         step = _parse(EmbedInput, payload)
         query = self.resolve(step.request, step.caller)
         vector = self._embed(query.question)
-        sparse = self._lexical_query(query.question) if query.mode != "dense" else None
+        sparse = None
+        if query.mode != "dense":
+            # Multi-tenant: the IDF of the caller's tenant's corpus (``lexical_query(text, tenant=...)``).
+            sparse = (
+                self._lexical_query(query.question, tenant=query.tenant)
+                if self._multi_tenant
+                else self._lexical_query(query.question)
+            )
         return {
             "request": query.model_dump(),
             "vector": vector,
@@ -310,8 +317,8 @@ class QueryWorkflow:
         query = step.request
         started = time.perf_counter()
         reranking = self._reranker is not None and query.include_text
-        pool = max(query.top_k, self._rerank_candidates) if reranking else query.top_k
-        fused: FusedHits = self._fusers[query.mode].run(step.shards, pool)
+        depth = max(query.top_k, self._rerank_candidates) if reranking else query.top_k
+        fused: FusedHits = self._fusers[query.mode].run(step.shards, depth)
         fuse_ms = _ms(started)
         hits, rerank, rerank_ms = fused.hits[: query.top_k], None, 0.0
         # Only candidates that carry text can be reranked: each shard sends text for its first ``candidates``

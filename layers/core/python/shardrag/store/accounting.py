@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 from shardrag.bm25 import EMPTY_MARKER
-from shardrag.records import EmbeddedChunk
+from shardrag.records import EmbeddedChunk, SparseVector
 from shardrag.store.base import VectorStore
 from shardrag.store.wrapper import StoreWrapper
 from shardrag.term_stats import TermStatsTracker
@@ -19,23 +20,38 @@ class TermAccountingStore(StoreWrapper):
     applied to the persisted table on :meth:`flush`, which ingestion calls after each batch.
     """
 
-    def __init__(self, inner: VectorStore, *, shard: int, tracker: TermStatsTracker) -> None:
+    def __init__(self, inner: VectorStore, *, shard: int, tracker: TermStatsTracker, per_tenant: bool = False) -> None:
+        """``per_tenant``: keep one table per tenant (multi-tenant mode), so that no tenant's documents change
+        another tenant's BM25 scores."""
         super().__init__(inner)
         self._shard = shard
         self._tracker = tracker
+        self._per_tenant = per_tenant
+
+    def _scope(self, tenant: str) -> str:
+        return tenant if self._per_tenant else ""
 
     def upsert(self, chunks: Sequence[EmbeddedChunk]) -> int:
-        replaced = self._inner.sparse_vectors([c.chunk.chunk_id for c in chunks])
+        replaced = self._inner.stored_terms([c.chunk.chunk_id for c in chunks])
         written = self._inner.upsert(chunks)
-        self._tracker.record(
-            self._shard, added=[c.sparse or EMPTY_MARKER for c in chunks], removed=list(replaced.values())
-        )
+        added: dict[str, list[SparseVector]] = defaultdict(list)
+        removed: dict[str, list[SparseVector]] = defaultdict(list)
+        for c in chunks:
+            added[self._scope(c.chunk.tenant)].append(c.sparse or EMPTY_MARKER)
+        for old in replaced.values():
+            removed[self._scope(old.tenant)].append(old.sparse)
+        for scope in added.keys() | removed.keys():
+            self._tracker.record(self._shard, added=added[scope], removed=removed[scope], tenant=scope)
         return written
 
     def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
-        removed = self._inner.sparse_vectors(chunk_ids)
-        deleted = self._inner.delete_chunks(list(removed))
-        self._tracker.record(self._shard, added=[], removed=list(removed.values()))
+        stored = self._inner.stored_terms(chunk_ids)
+        deleted = self._inner.delete_chunks(list(stored))
+        removed: dict[str, list[SparseVector]] = defaultdict(list)
+        for old in stored.values():
+            removed[self._scope(old.tenant)].append(old.sparse)
+        for scope, vectors in removed.items():
+            self._tracker.record(self._shard, added=[], removed=vectors, tenant=scope)
         return deleted
 
     def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.records import EmbeddedChunk, Hit, SearchRequest, StoredTerms
 
 
 @runtime_checkable
@@ -32,8 +32,8 @@ class VectorStore(Protocol):
         """Ids of the chunks stored for ``doc_id`` (except those of ``keep_version``)."""
         ...
 
-    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
-        """The stored BM25 vectors of those of ``chunk_ids`` that exist (term statistics bookkeeping)."""
+    def stored_terms(self, chunk_ids: Sequence[str]) -> dict[str, StoredTerms]:
+        """The stored BM25 vectors (with tenants) of those of ``chunk_ids`` that exist (term statistics)."""
         ...
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from shardrag.bm25 import EMPTY_MARKER
-from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector, StoredTerms
 
 
 class InMemoryVectorStore:
@@ -61,9 +61,14 @@ class InMemoryVectorStore:
             if chunk.doc_id == doc_id and (keep_version is None or chunk.version != keep_version)
         ]
 
-    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
+    def stored_terms(self, chunk_ids: Sequence[str]) -> dict[str, StoredTerms]:
         self._check()
-        return {cid: self._sparse[cid] for cid in chunk_ids if cid in self._sparse}
+        with self._lock:
+            return {
+                cid: StoredTerms(self._rows[cid][0].tenant, self._sparse[cid])
+                for cid in chunk_ids
+                if cid in self._sparse
+            }
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         self._check()

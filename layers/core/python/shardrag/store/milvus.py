@@ -12,7 +12,7 @@ from pymilvus import MilvusClient
 from shardrag.bm25 import EMPTY_MARKER
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.errors import ConfigurationError
-from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector, StoredTerms
 from shardrag.store.literals import escape_string
 from shardrag.store.schema import (
     DENSE_FIELD,
@@ -164,17 +164,19 @@ class MilvusVectorStore:
     def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
         return self._query_ids(self._doc_filter(doc_id, keep_version))
 
-    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
+    def stored_terms(self, chunk_ids: Sequence[str]) -> dict[str, StoredTerms]:
         if not chunk_ids:
             return {}
         self.ensure_ready()
         client = self._connect()
-        found: dict[str, SparseVector] = {}
+        found: dict[str, StoredTerms] = {}
         ids = list(chunk_ids)
         for start in range(0, len(ids), _QUERY_PAGE):
-            rows = client.get(self._collection, ids=ids[start : start + _QUERY_PAGE], output_fields=[SPARSE_FIELD])
+            rows = client.get(
+                self._collection, ids=ids[start : start + _QUERY_PAGE], output_fields=[SPARSE_FIELD, "tenant"]
+            )
             for row in rows:
-                found[str(row["chunk_id"])] = _sparse_from_milvus(row[SPARSE_FIELD])
+                found[str(row["chunk_id"])] = StoredTerms(str(row["tenant"]), _sparse_from_milvus(row[SPARSE_FIELD]))
         return found
 
     @staticmethod

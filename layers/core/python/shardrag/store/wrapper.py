@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from shardrag.records import EmbeddedChunk, Hit, SearchRequest, SparseVector
+from shardrag.records import EmbeddedChunk, Hit, SearchRequest, StoredTerms
 from shardrag.store.base import VectorStore
 
 
@@ -33,8 +33,8 @@ class StoreWrapper:
     def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
         return self._inner.chunk_ids(doc_id, keep_version=keep_version)
 
-    def sparse_vectors(self, chunk_ids: Sequence[str]) -> dict[str, SparseVector]:
-        return self._inner.sparse_vectors(chunk_ids)
+    def stored_terms(self, chunk_ids: Sequence[str]) -> dict[str, StoredTerms]:
+        return self._inner.stored_terms(chunk_ids)
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         return self._inner.scan(batch_size)
