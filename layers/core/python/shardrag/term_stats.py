@@ -134,15 +134,27 @@ class TermStatsTracker:
         with self._lock:
             self._pending.setdefault((shard, tenant), CorpusStats()).add(delta, clamp=False)
 
+    def _keep(self, deltas: dict[tuple[int, str], CorpusStats]) -> None:
+        """Put deltas back for the next flush rather than lose them."""
+        with self._lock:
+            for key, delta in deltas.items():
+                self._pending.setdefault(key, CorpusStats()).add(delta, clamp=False)
+
     def flush(self, shard: int) -> None:
+        """Apply the shard's pending deltas (every tenant's); a delta that cannot be applied stays pending."""
         with self._lock:
             keys = [key for key in self._pending if key[0] == shard]
             deltas = {key: self._pending.pop(key) for key in keys}
         lost: list[str] = []
-        for (_, scope), delta in deltas.items():
-            if delta and not self._store().apply(shard, delta, scope):
-                with self._lock:  # keep it for the next flush rather than lose it
-                    self._pending.setdefault((shard, scope), CorpusStats()).add(delta, clamp=False)
+        for index, ((_, scope), delta) in enumerate(deltas.items()):
+            try:
+                applied = not delta or self._store().apply(shard, delta, scope)
+            except BaseException:
+                # The artefact store failed: keep this delta and those not yet tried for the next flush.
+                self._keep({k: d for k, d in list(deltas.items())[index:]})
+                raise
+            if not applied:
+                self._keep({(shard, scope): delta})
                 lost.append(scope or "all tenants")
         if lost:
             raise RuntimeError(f"shard {shard}: term statistics ({', '.join(lost)}) stayed contended; kept pending")

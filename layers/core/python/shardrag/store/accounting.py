@@ -16,8 +16,11 @@ class TermAccountingStore(StoreWrapper):
     """Records, for each write, the chunks' terms it adds and the stored terms it replaces or removes.
 
     Counting what is actually stored (read back by id before a write) rather than what the caller says it
-    replaces makes the statistics exact under replays: upserting the same chunk twice adds it once. The delta is
-    applied to the persisted table on :meth:`flush`, which ingestion calls after each batch.
+    replaces makes the statistics exact under replays: upserting the same chunk twice adds it once. Each write's
+    delta is applied to the persisted table straight after the write, so that a worker that dies between two
+    calls (a crash, a Lambda timeout) leaves the tables exact: a retry then reads back what the dead worker
+    wrote and counts only the difference. (A worker killed inside one call, between the shard's write and the
+    table's update, loses that call's delta; ``shardrag rebuild-term-stats`` recounts.)
     """
 
     def __init__(self, inner: VectorStore, *, shard: int, tracker: TermStatsTracker, per_tenant: bool = False) -> None:
@@ -42,6 +45,7 @@ class TermAccountingStore(StoreWrapper):
             removed[self._scope(old.tenant)].append(old.sparse)
         for scope in added.keys() | removed.keys():
             self._tracker.record(self._shard, added=added[scope], removed=removed[scope], tenant=scope)
+        self._tracker.flush(self._shard)
         return written
 
     def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
@@ -52,6 +56,7 @@ class TermAccountingStore(StoreWrapper):
             removed[self._scope(old.tenant)].append(old.sparse)
         for scope, vectors in removed.items():
             self._tracker.record(self._shard, added=[], removed=vectors, tenant=scope)
+        self._tracker.flush(self._shard)
         return deleted
 
     def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
