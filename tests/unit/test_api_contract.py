@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from shardrag.api_contract import GENERIC_MESSAGE, map_execution
 from shardrag.openapi import openapi_document
 
@@ -27,6 +28,16 @@ def test_known_errors_map_to_their_status_without_stack_traces() -> None:
 def test_unknown_errors_are_500_with_a_generic_message() -> None:
     status, body = map_execution({"status": "FAILED", "error": "KeyError", "cause": _cause("KeyError", "'x' in /src")})
     assert status == 500 and body == {"error": {"code": "internal_error", "message": GENERIC_MESSAGE}}
+
+
+@pytest.mark.parametrize("name", ["ConfigurationError", "WiringError"])
+def test_wiring_and_configuration_errors_are_generic_500s_without_their_message(name: str) -> None:
+    # Their messages name secrets, paths and payload shapes; and a malformed state payload is never the caller's
+    # fault (it used to be a 400).
+    cause = json.dumps({"errorType": name, "errorMessage": "cannot read secret 'shardrag/prod/milvus' at /var/task"})
+    status, body = map_execution({"status": "FAILED", "error": name, "cause": cause})
+    assert status == 500 and body["error"]["code"] == "internal_error"
+    assert "secret" not in json.dumps(body) and "/var/task" not in json.dumps(body)
 
 
 def test_timeout_is_504() -> None:

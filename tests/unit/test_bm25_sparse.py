@@ -254,3 +254,50 @@ def test_rebuild_recounts_a_table_that_lost_a_delta(tmp_path: Path) -> None:
     recounted = CorpusStats()
     recounted.count([Bm25Encoder().document(CORPUS[3])], +1)
     assert stats_store.load(1) == recounted
+
+
+def test_deltas_applied_out_of_order_converge_to_the_recount(tmp_path: Path) -> None:
+    # Worker B's removal of a chunk lands before worker A's addition of it (two flushes racing). Clamped at zero,
+    # the removal was lost and the table kept the chunk for good.
+    stats_store = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0)])
+    vector = Bm25Encoder().document(CORPUS[0])
+    adding, removing = CorpusStats(), CorpusStats()
+    adding.count([vector], +1)
+    removing.count([vector], -1)
+    assert stats_store.apply(0, removing)
+    assert stats_store.merged() == CorpusStats()  # a negative count is never shown to the IDF
+    assert stats_store.apply(0, adding)
+    assert stats_store.load(0) == CorpusStats()
+
+
+def test_the_compare_and_swap_loop_never_sleeps_after_its_last_attempt(tmp_path: Path, monkeypatch: Any) -> None:
+    class AlwaysRaced(FileArtifactStore):
+        def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
+            return False
+
+    pauses: list[float] = []
+    monkeypatch.setattr("shardrag.term_stats.time.sleep", pauses.append)
+    monkeypatch.setattr("shardrag.term_stats.random.uniform", lambda low, high: high)
+    stats_store = TermStatsStore(AlwaysRaced(tmp_path), [stats_name("c", 0)])
+    assert not stats_store.apply(0, CorpusStats(documents=1))
+    attempts = len(pauses) + 1
+    assert attempts == 12 and sum(pauses) <= 5.0  # was: 12 pauses, the last one after the last attempt, ~205 s
+
+
+def test_a_failed_artefact_write_keeps_the_delta_for_the_next_flush(tmp_path: Path) -> None:
+    class Flaky(FileArtifactStore):
+        fail = True
+
+        def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
+            if Flaky.fail:
+                raise OSError("injected")
+            return super().put(name, data, expected_etag=expected_etag)
+
+    stats_store = TermStatsStore(Flaky(tmp_path), [stats_name("c", 0)])
+    tracker = TermStatsTracker(lambda: stats_store)
+    tracker.record(0, added=[Bm25Encoder().document(CORPUS[0])], removed=[])
+    with pytest.raises(OSError):
+        tracker.flush(0)
+    Flaky.fail = False
+    tracker.flush(0)
+    assert stats_store.load(0).documents == 1

@@ -83,3 +83,25 @@ def test_fusers_report_shard_outcomes_and_refuse_when_nothing_answered() -> None
 
 def test_empty_lists_fuse_to_no_hits() -> None:
     assert ConvexFuser().run([_shard(0, {}, {})], 5).hits == []
+
+
+@pytest.mark.parametrize("fuser", [ConvexFuser(0.6), ConvexFuser(0.6, normalisation="minmax"), RrfFuser()])
+def test_a_text_less_copy_never_replaces_a_copy_with_text(fuser: ConvexFuser | RrfFuser) -> None:
+    # One chunk, within shard 0's text depth lexically but in its ids-only tail densely (the review found 4 of 60
+    # hybrid top-10 hits empty this way, and generation skipped them).
+    with_text = Hit(chunk_id="k", doc_id="k", score=9.0, text="the passage", source="s3://b/k", shard=0)
+    ids_only = Hit(chunk_id="k", doc_id="k", score=0.7, shard=0)
+    results = [
+        ShardResult(shard=0, status="ok", hits=[_hit("a", 0.9, 0), ids_only], lexical=[with_text, _hit("a", 1.0, 0)])
+    ]
+    fused = {h.chunk_id: h for h in fuser.run(results, 2).hits}
+    assert fused["k"].text == "the passage" and fused["k"].source == "s3://b/k"
+
+
+def test_a_replica_without_text_does_not_hide_the_copy_with_text() -> None:
+    results = [
+        ShardResult(shard=0, status="ok", hits=[Hit(chunk_id="k", doc_id="k", score=0.5, shard=0)]),
+        ShardResult(shard=1, status="ok", hits=[Hit(chunk_id="k", doc_id="k", score=0.5, text="kept", shard=1)]),
+    ]
+    [merged] = merge_modality(results, "dense")
+    assert merged.text == "kept"
