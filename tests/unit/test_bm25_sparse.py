@@ -270,7 +270,9 @@ def test_deltas_applied_out_of_order_converge_to_the_recount(tmp_path: Path) -> 
     assert stats_store.load(0) == CorpusStats()
 
 
-def test_the_compare_and_swap_loop_never_sleeps_after_its_last_attempt(tmp_path: Path, monkeypatch: Any) -> None:
+def test_the_compare_and_swap_loop_never_sleeps_after_its_last_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class AlwaysRaced(FileArtifactStore):
         def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
             return False
