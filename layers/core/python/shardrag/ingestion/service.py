@@ -346,7 +346,13 @@ class IngestService:
         for shard in sorted(state.shards):
             self._stores(shard).flush()
         final = state.model_copy(
-            update={"status": "indexed", "shards": landed or state.shards[:1], "shard": (landed or state.shards)[0]}
+            update={
+                "status": "indexed",
+                "shards": landed or state.shards[:1],
+                "shard": (landed or state.shards)[0],
+                "parts_done": 0,  # progress means something only while writing
+                "plan": "",
+            }
         )
         self.registry.put_documents([final], lease=lease.fence)
         return final
