@@ -20,8 +20,11 @@ processor = BatchProcessor(event_type=EventType.SQS)
 services.ingest_service()
 
 
-def record_handler(record: SQSRecord) -> None:
-    for outcome in services.ingest_service().handle_message(record.body, record.message_id):
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    outcomes = services.ingest_service().handle_message(
+        record.body, record.message_id, time_left=lambda: lambda_context.get_remaining_time_in_millis() / 1000
+    )
+    for outcome in outcomes:
         logger.info("ingested", extra=outcome.model_dump())
 
 

@@ -256,6 +256,8 @@ class LocalIngestion:
         queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
+        # Where the ingest function hands the rest of a large object to a fresh invocation (as deployed).
+        os.environ[env.INGEST_QUEUE_URL] = self.queue_url
         self.aws.deploy_function(FUNCTION_FOLDER, timeout_s=900)
         install_sequencer_stamp()
         self.aws.client("s3").put_bucket_notification_configuration(

@@ -170,6 +170,9 @@ def ingest_handler() -> Any:
 
 
 class LambdaContext:
+    """What Powertools and the handler read of a Lambda context; ``remaining_s`` stands in for the clock."""
+
+    remaining_s: Callable[[], float] = staticmethod(lambda: 300.0)
     function_name = "ingest"
     memory_limit_in_mb = 3008
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ingest"
@@ -180,7 +183,7 @@ class LambdaContext:
         self.aws_request_id = str(uuid.uuid4())
 
     def get_remaining_time_in_millis(self) -> int:
-        return 300_000
+        return int(self.remaining_s() * 1000)
 
 
 class MilvusShards:
@@ -274,6 +277,7 @@ class IngestSystem:
             self.embedder,
             DynamoDbRegistry(FaultyClient(self.ddb, "ddb", self.plan), self.table, clock=self.clock),
             S3ObjectSource(FaultyClient(self.s3, "s3", self.plan)),
+            requeue=self.send,
         )
 
     # -- the bucket -------------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ class IngestSystem:
         handler = _handler()
         event = {"Records": [{"messageId": message_id, "body": body, "eventSource": "aws:sqs", "attributes": {}}]}
         try:
-            result = handler.handler(event, LambdaContext())
+            result = handler.handler(event, self.context())
         except WorkerCrash:
             self.new_process()
             return "crash"
@@ -323,6 +327,9 @@ class IngestSystem:
         if not keep:
             self.queue.pop(index)
         return "ok"
+
+    def context(self) -> LambdaContext:
+        return LambdaContext()
 
     def drain(self, *, limit: int = 500) -> None:
         """Deliver until the queue is empty with faults off; a lease a dead worker holds runs out meanwhile."""
@@ -385,6 +392,7 @@ def build_service(
     embedder: HashingEmbedder,
     registry: DynamoDbRegistry,
     objects: S3ObjectSource,
+    requeue: Callable[[ObjectEvent], None] | None = None,
 ) -> IngestService:
     """The ingest service as ``services.ingest_service`` assembles it, on the given parts."""
     fresh = FreshDocuments(stores.__getitem__)
@@ -402,6 +410,7 @@ def build_service(
         registry=registry,
         objects=objects,
         fresh=fresh,
+        requeue=requeue,
     )
 
 

@@ -80,15 +80,24 @@ def test_a_large_file_interrupted_at_its_fourth_upsert_ends_complete(make: Any, 
 
 def test_a_retry_after_a_partial_write_resumes_after_the_parts_already_written(make: Any) -> None:
     system = make()
-    system.put("geology/basalt.txt", _large_text())
+    upserts = {"n": 0}
+    original_step = system.plan.step
+
+    def count(name: str, transient: Any) -> None:
+        upserts["n"] += name == "store.upsert"
+        original_step(name, transient)
+
+    system.plan.step = count  # type: ignore[method-assign]
+    system.put("geology/whole.txt", _large_text(tag="w"))
+    system.drain()
+    parts = upserts["n"]  # one upsert per part (one shard: hash placement)
+    system.put("geology/basalt.txt", _large_text(tag="w"))
     system.plan.arm(3, "transient", only="store.upsert")
     assert system.deliver() == "retry"
-    upserts_before = system.plan.steps
+    upserts["n"] = 0
     system.drain()
-    # Parts 1-2 were recorded as written: the retry embeds and upserts only from part 3 on.
-    [doc] = system.service.registry.documents_of(f"{system.bucket}/geology/basalt.txt")
-    assert doc.status == "indexed" and doc.parts_done > 3
-    assert system.plan.steps > upserts_before
+    # Parts 1 and 2 were recorded as written: the retry upserts only from part 3 on.
+    assert parts > 3 and upserts["n"] == parts - 2
     _assert_true_to_the_bucket(system)
 
 
@@ -213,12 +222,62 @@ def test_a_redelivery_while_the_first_delivery_still_works_is_not_the_leases_own
     owners: list[str] = []
     original_run = system.service.run
 
-    def record(e: Any, *, owner: str) -> Any:
+    def record(e: Any, *, owner: str, **kwargs: Any) -> Any:
         owners.append(owner)
-        return original_run(e, owner=owner)
+        return original_run(e, owner=owner, **kwargs)
 
     system.service.run = record  # type: ignore[method-assign]
     system.deliver(0, keep=True)
     system.deliver(0)
     assert len(owners) == 2 and owners[0] != owners[1]
     assert event.sequencer
+
+
+# -- large objects: no invocation comes near the Lambda timeout ----------------------------------------------------
+@pytest.mark.parametrize("key", ["geology/basalt.txt", "bulk/lines.jsonl"])
+def test_a_large_object_is_handed_on_between_invocations_and_ends_complete(make: Any, key: str) -> None:
+    system = make(IngestionSettings(**{**SETTINGS.model_dump(), "jsonl_batch_documents": 20}))
+    # Every invocation believes it has 100 s left and takes 40 s per part: after one part, two more would not
+    # leave the 30 s margin, so it records its progress and queues the rest.
+    ticks = iter(range(1_000_000))
+
+    class Slow:
+        aws_request_id = "r"
+        function_name = "ingest"
+        memory_limit_in_mb = 3008
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ingest"
+        function_version = "$LATEST"
+
+        def get_remaining_time_in_millis(self) -> int:
+            return 100_000
+
+    system.context = Slow  # type: ignore[method-assign]
+    monotonic = {"now": 0.0}
+
+    def fake_monotonic() -> float:
+        monotonic["now"] += 20.0  # each call: 20 s later (two calls per part: 40 s a part)
+        next(ticks)
+        return monotonic["now"]
+
+    import shardrag.ingestion.service as service_module
+
+    original = service_module.time.monotonic
+    service_module.time.monotonic = fake_monotonic  # type: ignore[attr-defined]
+    try:
+        if key.endswith(".jsonl"):
+            lines = [json.dumps({"_id": f"n{i}", "text": f"Line {i} about basalt columns."}) for i in range(100)]
+            body = "\n".join(lines).encode()
+        else:
+            body = _large_text()
+        system.put(key, body)
+        outcomes = []
+        for _ in range(50):
+            if not system.queue:
+                break
+            outcomes.append(system.deliver(0))
+    finally:
+        service_module.time.monotonic = original  # type: ignore[attr-defined]
+    source = system.service.registry.get_source(f"{system.bucket}/{key}")
+    assert source is not None and source.status == "indexed"
+    assert len(outcomes) >= 4 and set(outcomes) == {"ok"}  # one part per invocation, each acknowledged
+    _assert_true_to_the_bucket(system)

@@ -183,10 +183,13 @@ def test_default_mode_comes_from_settings(hashing_embedder) -> None:  # type: ig
 def _tenant_workflow(hashing_embedder, mode: str = "multi") -> QueryWorkflow:  # type: ignore[no-untyped-def]
     settings = Settings(
         tenancy={"mode": mode},
+        ingestion={"tenant_source": "key_prefix" if mode == "multi" else "default"},
         store={"dimension": hashing_embedder.dimension},
         retrieval={"metadata_fields": {"lang": "string"}},
     )
-    return build_query_workflow(settings, embed=lambda t: [0.0], lexical=lambda t: None, stores=lambda i: None)  # type: ignore[arg-type,return-value]
+    return build_query_workflow(
+        settings, embed=lambda t: [0.0], lexical=lambda t, tenant="": None, stores=lambda i: None
+    )  # type: ignore[arg-type,return-value]
 
 
 def test_multi_tenant_queries_are_scoped_to_the_callers_tenant(hashing_embedder) -> None:  # type: ignore[no-untyped-def]

@@ -204,6 +204,10 @@ class IngestionSettings(_Model):
     #: How long a worker owns a key while it indexes it (the Lambda timeout); a crashed worker's claim
     #: expires after it.
     lease_s: float = Field(default=900.0, gt=0)
+    #: An invocation starts another part of a large object only if, after twice its slowest part so far, at
+    #: least this much of its time would be left (the last part's sweep, flush and registry writes); otherwise
+    #: it records its progress and hands the rest to a fresh invocation through the queue.
+    continue_margin_s: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IngestionSettings:

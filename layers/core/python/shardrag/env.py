@@ -17,6 +17,8 @@ MODEL_DIR: Final = "SHARDRAG_MODEL_DIR"
 DATA_DIR: Final = "SHARDRAG_DATA_DIR"
 #: Name of the DynamoDB document registry table.
 REGISTRY_TABLE: Final = "SHARDRAG_REGISTRY_TABLE"
+#: URL of the ingest queue: the ingest function hands the rest of a large object to a fresh invocation there.
+INGEST_QUEUE_URL: Final = "SHARDRAG_INGEST_QUEUE_URL"
 #: Name of the documents bucket.
 DOCUMENTS_BUCKET: Final = "SHARDRAG_DOCUMENTS_BUCKET"
 #: Powertools service name / log level (standard Powertools variables).

@@ -300,10 +300,11 @@ def build_indexer(
 def ingest_service() -> IngestService:
     """The ingest function's service, built once per container (boto3 clients honour ``AWS_ENDPOINT_URL``)."""
     import boto3
-    from shardrag.ingestion.service import FreshDocuments, build_ingest_service
+    from shardrag.ingestion.service import FreshDocuments, build_ingest_service, sqs_requeue
 
     settings = cached_settings()
     fresh = FreshDocuments(shard_stores())
+    queue_url = os.environ.get(env.INGEST_QUEUE_URL)
     return build_ingest_service(
         settings.ingestion,
         indexer=build_indexer(settings, stores=fresh),
@@ -313,6 +314,7 @@ def ingest_service() -> IngestService:
         s3_client=boto3.client("s3"),
         dynamodb_client=boto3.client("dynamodb"),
         table_name=os.environ.get(env.REGISTRY_TABLE, DEFAULT_REGISTRY_TABLE),
+        requeue=sqs_requeue(boto3.client("sqs"), queue_url) if queue_url else None,
     )
 
 

@@ -43,6 +43,8 @@ class ObjectEvent(Record):
     event_time: str = ""
     #: Set by the reconciler: repair the key to what S3 holds even though no newer sequencer exists.
     reconcile: bool = False
+    #: Set by the ingest function itself: the rest of a large object, handed to a fresh invocation.
+    continuation: bool = False
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -77,6 +79,7 @@ def _record_to_event(record: Mapping[str, Any]) -> ObjectEvent | None:
         event_name=name,
         event_time=str(record.get("eventTime", "")),
         reconcile=bool(marker.get("reconcile", False)),
+        continuation=bool(marker.get("continuation", False)),
     )
 
 
@@ -122,7 +125,7 @@ def notification(events: list[ObjectEvent]) -> dict[str, Any]:
                     "bucket": {"name": e.bucket, "arn": f"arn:aws:s3:::{e.bucket}"},
                     "object": {"key": quote_plus(e.key), "size": e.size, "eTag": e.etag, "sequencer": e.sequencer},
                 },
-                "shardrag": {"reconcile": e.reconcile},
+                "shardrag": {"reconcile": e.reconcile, "continuation": e.continuation},
             }
         )
     return {"Records": records}

@@ -7,9 +7,11 @@ record documents, remove what the object no longer produces, and release the key
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
@@ -19,7 +21,7 @@ from shardrag.config import TENANT_PATTERN, IngestionSettings
 from shardrag.identity import object_doc_id
 from shardrag.indexing import DocumentIndexer
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
-from shardrag.ingestion.events import ObjectEvent, parse_notification
+from shardrag.ingestion.events import ObjectEvent, notification, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry, LeaseLost
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
@@ -30,7 +32,7 @@ from shardrag.store.wrapper import StoreWrapper
 
 log = logging.getLogger("shardrag.ingestion")
 
-Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged", "superseded"]
+Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged", "superseded", "continued"]
 
 
 class IngestOutcome(Record):
@@ -88,11 +90,20 @@ class _SweepSkipping(StoreWrapper):
 
 
 class _Lease:
-    """The event being processed and the owner token that holds its key: every registry write is fenced by it."""
+    """The event being processed and the owner token that holds its key: every registry write is fenced by it.
+    ``time_left``: the invocation's remaining seconds, when the rest of an object may be continued elsewhere."""
 
-    def __init__(self, event: ObjectEvent, owner: str) -> None:
+    def __init__(self, event: ObjectEvent, owner: str, time_left: Callable[[], float] | None = None) -> None:
         self.event = event
         self.owner = owner
+        self.time_left = time_left
+        self.slowest_part_s = 0.0
+        self.parts = 0
+
+    def room_for_another_part(self, margin_s: float) -> bool:
+        if self.time_left is None or self.parts == 0:
+            return True  # every invocation makes progress: at least one part
+        return self.time_left() >= 2 * self.slowest_part_s + margin_s
 
     @property
     def fence(self) -> tuple[ObjectEvent, str]:
@@ -111,6 +122,10 @@ class _Written:
             self.slices.append((doc_id, version, first, count, shards))
 
 
+class _Continue(Exception):
+    """This invocation's time is nearly up: the rest of the object goes to a fresh invocation."""
+
+
 class IngestService:
     """Processes :class:`ObjectEvent` s; safe to run concurrently and to replay (see the registry)."""
 
@@ -125,9 +140,13 @@ class IngestService:
         objects: ObjectSource,
         parsers: ParserRegistry | None = None,
         fresh: FreshDocuments | None = None,
+        requeue: Callable[[ObjectEvent], None] | None = None,
     ) -> None:
-        """``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a speed-up only)."""
+        """``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a speed-up only).
+        ``requeue``: sends an event back to the ingest queue; with it, a large object whose parts would not fit
+        in the invocation's remaining time is continued by a fresh invocation."""
         self._settings = settings
+        self._requeue = requeue
         self._fresh = fresh
         self._indexer = indexer
         self._stores = stores
@@ -137,9 +156,12 @@ class IngestService:
         self._parsers = parsers or ParserRegistry()
 
     # -- entry points ----------------------------------------------------------------------------------
-    def handle_message(self, body: str, message_id: str) -> list[IngestOutcome]:
+    def handle_message(
+        self, body: str, message_id: str, *, time_left: Callable[[], float] | None = None
+    ) -> list[IngestOutcome]:
         """Every object event in one SQS message body. Raises :class:`Retryable` if any event needs a retry
-        (after the others were processed: those are then recognised as duplicates on redelivery)."""
+        (after the others were processed: those are then recognised as duplicates on redelivery).
+        ``time_left``: seconds this invocation has left (the Lambda context's), for continuations."""
         try:
             events = parse_notification(body)
         except (ValueError, KeyError, TypeError) as exc:
@@ -154,21 +176,21 @@ class IngestService:
         attempt = uuid.uuid4().hex[:12]
         for index, event in enumerate(events):
             try:
-                outcomes.append(self.run(event, owner=f"{message_id}:{index}:{attempt}"))
+                outcomes.append(self.run(event, owner=f"{message_id}:{index}:{attempt}", time_left=time_left))
             except Retryable as exc:
                 retry = exc
         if retry is not None:
             raise retry
         return outcomes
 
-    def run(self, event: ObjectEvent, *, owner: str) -> IngestOutcome:
+    def run(self, event: ObjectEvent, *, owner: str, time_left: Callable[[], float] | None = None) -> IngestOutcome:
         """Apply one event. Permanent problems are recorded and returned; transient ones raise :class:`Retryable`."""
         claim, _ = self.registry.claim(event, owner=owner, lease_s=self._settings.lease_s)
         if claim is Claim.STALE or claim is Claim.DUPLICATE:
             return IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action=claim.value)
         if claim is Claim.BUSY:
             raise Retryable(Reason.BUSY, f"{event.source_key} is being processed by another worker")
-        lease = _Lease(event, owner)
+        lease = _Lease(event, owner, time_left if self._requeue is not None else None)
         written = _Written()
         try:
             try:
@@ -179,6 +201,8 @@ class IngestService:
                 return self._reject(lease, exc)
         except LeaseLost:
             return self._superseded(lease, written)
+        except _Continue:
+            return self._continue(lease)
         except Retryable:
             self.registry.release(event, owner=owner)
             raise
@@ -203,6 +227,20 @@ class IngestService:
         for shard in sorted({shard for *_, shards in written.slices for shard in shards}):
             self._stores(shard).flush()
         return IngestOutcome(source_key=lease.event.source_key, sequencer=lease.event.sequencer, action="superseded")
+
+    def _continue(self, lease: _Lease) -> IngestOutcome:
+        """Give the key back (progress is recorded) and queue the same event for a fresh invocation, which
+        claims the released key and resumes after the parts already written."""
+        event = lease.event
+        self.registry.release(event, owner=lease.owner)
+        assert self._requeue is not None
+        try:
+            self._requeue(event.model_copy(update={"continuation": True}))
+        except Exception as exc:
+            # The original message is then redelivered, and resumes the same way.
+            raise Retryable(Reason.DEPENDENCY, f"could not queue the continuation: {type(exc).__name__}") from exc
+        log.info("continuing %s in a fresh invocation", event.uri)
+        return IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action="continued")
 
     def _finish(self, lease: _Lease, **fields: Any) -> None:
         if not self.registry.finish(lease.event, owner=lease.owner, **fields):
@@ -328,6 +366,9 @@ class IngestService:
         for index, part in enumerate(self._parts(parser, stream, ctx, report)):
             if index < state.parts_done:
                 continue  # written by an earlier attempt at this version
+            if not lease.room_for_another_part(self._settings.continue_margin_s):
+                raise _Continue
+            started = time.monotonic()
             self.registry.renew(event, owner=lease.owner, lease_s=self._settings.lease_s)
             count = state.chunk_count
             for piece in part:
@@ -340,6 +381,8 @@ class IngestService:
                 update={"parts_done": index + 1, "chunk_count": count, "shards": _union(state.shards, landed)}
             )
             self.registry.put_documents([state], lease=lease.fence)
+            lease.parts += 1
+            lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
         self._sweep(ctx.doc_id, version, state.chunk_count, state.shards, fresh=current is None or not current.live)
         # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
         # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
@@ -385,10 +428,17 @@ class IngestService:
         states: dict[str, DocumentState] = {}
         touched: set[int] = set()
         for part in self._parts(parser, stream, ctx, report):
+            if not lease.room_for_another_part(self._settings.continue_margin_s):
+                # The lines written so far are indexed at their versions: the continuation skips them.
+                raise _Continue
+            started = time.monotonic()
             self.registry.renew(lease.event, owner=lease.owner, lease_s=self._settings.lease_s)
             for state in self._index_batch(lease, part, written):
                 states[state.doc_id] = state
                 touched.update(state.held_shards())
+            if any(s.status == "indexed" and s.sequencer == lease.event.sequencer for s in states.values()):
+                lease.parts += 1
+                lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
         for shard in sorted(touched):
             self._stores(shard).flush()
         return states
@@ -537,6 +587,15 @@ def _union(*groups: Iterable[int]) -> list[int]:
     return list(dict.fromkeys(shard for group in groups for shard in group))
 
 
+def sqs_requeue(client: Any, queue_url: str) -> Callable[[ObjectEvent], None]:
+    """Send an event back to the ingest queue as an S3 notification body (what the handler consumes)."""
+
+    def send(event: ObjectEvent) -> None:
+        client.send_message(QueueUrl=queue_url, MessageBody=json.dumps(notification([event])))
+
+    return send
+
+
 def build_ingest_service(
     settings: IngestionSettings,
     *,
@@ -547,6 +606,7 @@ def build_ingest_service(
     dynamodb_client: Any,
     table_name: str,
     fresh: FreshDocuments | None = None,
+    requeue: Callable[[ObjectEvent], None] | None = None,
 ) -> IngestService:
     """An :class:`IngestService` on boto3 clients (the handler's cached factory and the tests use this)."""
     from shardrag.ingestion.source import S3ObjectSource
@@ -559,4 +619,5 @@ def build_ingest_service(
         registry=DynamoDbRegistry(dynamodb_client, table_name),
         objects=S3ObjectSource(s3_client),
         fresh=fresh,
+        requeue=requeue,
     )
