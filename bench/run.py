@@ -24,6 +24,7 @@ RUNS: dict[str, list[str]] = {
     "cold_start": ["-m", "bench.cold_start", "--runs", "5"],
     "ingest": ["-m", "bench.ingest"],
     "shards": ["-m", "bench.shards", "--shards", "1,2,4,8", "--docs", "500", "--queries", "100"],
+    "ingest-model": ["-m", "bench.ingest_model", "--examples", "500", "--steps", "40"],
 }
 
 

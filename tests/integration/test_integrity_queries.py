@@ -166,3 +166,50 @@ def test_oversized_filters_are_a_400_in_the_runtime(local_runtime: Any) -> None:
     values = ["ö" * 1000 for _ in range(16)]
     status, body = local_runtime.execute({"question": "tides", "filters": {"doc_id": values}})
     assert status == 400 and "too large" in body["error"]["message"]
+
+
+# -- defect 5, at the store boundary: any string a key or filter can hold is one exact literal -----------------
+def test_filter_literals_match_exactly_what_was_stored_whatever_it_contains(tmp_path: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from shardrag.config import IndexSettings, ShardEndpoint
+    from shardrag.filters import FilterCompiler
+    from shardrag.records import Chunk, EmbeddedChunk, SearchRequest
+    from shardrag.store.milvus import MilvusVectorStore
+
+    store = MilvusVectorStore(
+        ShardEndpoint(uri=str(tmp_path / "literals.db"), collection="c"),
+        shard=0,
+        dimension=8,
+        index=IndexSettings(),
+    )
+    compiler = FilterCompiler()
+    vector = [1.0] + [0.0] * 7
+    hostile = st.text(
+        alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40
+    ) | st.sampled_from(['"', "\\", '\\\\"', "\n", "\r\n", "a\tb", "%", "_", "\\%", '" or 1==1 or "'])
+
+    @settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(value=hostile, other=hostile)
+    def check(value: str, other: str) -> None:
+        rows = []
+        for n, text in enumerate({value, value + other, other}):
+            chunk = Chunk(chunk_id=f"c{n}", doc_id=f"d{n}", text="t", source=text, external_id=text)
+            rows.append(EmbeddedChunk(chunk=chunk, vector=vector))
+        store.delete_chunks(store._query_ids('chunk_id != ""'))
+        store.upsert(rows)
+        for field, expected in (("doc_id", {value}), ("source_prefix", {value, value + other})):
+            expr = compiler.run({field: value})
+            hits = store.search(SearchRequest(vector=vector, top_k=10, filter_expr=expr))
+            found = {h.external_id for h in hits}
+            wanted = {r.chunk.external_id for r in rows if r.chunk.external_id in expected}
+            if field == "source_prefix":
+                wanted = {r.chunk.external_id for r in rows if r.chunk.source.startswith(value)}
+            assert found == wanted, (field, value, other, expr)
+
+    try:
+        check()
+    finally:
+        store.close()

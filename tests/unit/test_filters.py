@@ -17,7 +17,8 @@ def test_builtins_and_declared_fields_compile() -> None:
         }
     )
     assert 'external_id == "d1"' in expr
-    assert 'source like "s3://b/a\\\\_b\\\\%/%"' in expr
+    # A prefix is a range (LIKE's wildcards and escapes never come into it).
+    assert '(source >= "s3://b/a_b%/" and source < "s3://b/a_b%/\U0010ffff")' in expr
     assert 'metadata["year"] >= 2005' in expr and 'metadata["year"] < 2010' in expr
     assert '(metadata["lang"] == "en" or metadata["lang"] == "de")' in expr
 

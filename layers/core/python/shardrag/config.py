@@ -186,8 +186,10 @@ class IngestionSettings(_Model):
     chunk_overlap: int = Field(default=32, ge=0, le=256)
     #: Objects larger than this are rejected (reason ``too_large``) without being downloaded.
     max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
-    #: Objects are read in byte ranges of this size and indexed part by part, bounding memory.
-    part_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+    #: Objects are read in byte ranges of this size and indexed part by part, bounding memory and the time one
+    #: part takes: 1 MiB of text is about 2,500 chunks at 128/32 tokens, about 30 s at the measured 88.6
+    #: chunks/s on 2 cores, so a part always fits in one invocation with room to spare (README, "Integrity").
+    part_bytes: int = Field(default=1024 * 1024, ge=4096)
     #: JSON Lines documents embedded together (one indexer call, one registry batch).
     jsonl_batch_documents: int = Field(default=256, ge=1, le=10_000)
     #: Decompressed ``.gz`` output: absolute cap and cap relative to the compressed size (bomb guard).

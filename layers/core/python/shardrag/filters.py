@@ -18,7 +18,6 @@ from shardrag.store.literals import escape_string
 
 MAX_IN_VALUES: Final = 100
 _RANGE_OPS: Final = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-_LIKE_SPECIALS: Final = ("\\", "%", "_")
 
 
 def _literal(value: Any, where: str) -> str:
@@ -52,10 +51,16 @@ def _check_type(name: str, declared: str, value: Any) -> None:
         raise BadRequest(f"filters.{name}: expected a {declared} value, got {value!r:.60}")
 
 
-def _like_prefix(prefix: str) -> str:
-    for ch in _LIKE_SPECIALS:
-        prefix = prefix.replace(ch, "\\" + ch)
-    return escape_string(prefix + "%")
+#: The greatest code point: every string that starts with a prefix P sorts in [P, P + _TOP) (byte order of
+#: UTF-8 is code-point order), except strings that continue P with U+10FFFF itself, a noncharacter.
+_TOP: Final = "\U0010ffff"
+
+
+def _prefix_range(field: str, prefix: str) -> str:
+    """``field`` starts with ``prefix``, as a range rather than ``like "prefix%"``: LIKE gives a backslash its own
+    meaning, which Milvus Lite and the server do not agree on (found by a generated key with a backslash), while
+    comparisons of escaped literals mean the same everywhere."""
+    return f"({field} >= {escape_string(prefix)} and {field} < {escape_string(prefix + _TOP)})"
 
 
 class FilterCompiler:
@@ -89,7 +94,7 @@ class FilterCompiler:
             if name == "source_prefix":
                 if not isinstance(value, str) or not value:
                     raise BadRequest("filters.source_prefix must be a non-empty string")
-                clauses.append(f"source like {_like_prefix(value)}")
+                clauses.append(_prefix_range("source", value))
                 continue
             field = self._field(name)
             if isinstance(value, list):
