@@ -27,7 +27,16 @@ def main() -> None:
     }
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/integration/test_ingestion_model.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--timeout=0",
+            "tests/integration/test_ingestion_model.py",
+        ],
         cwd=ROOT,
         env=environment,
         capture_output=True,
