@@ -17,6 +17,9 @@ A document's life, in its ``status``:
   never exists without a record saying where it is, so a document with no record has no chunks to sweep.
 * ``indexed`` — every part written and the previous version's chunks swept: only now may a replay of the same
   version take the "unchanged" shortcut (a ``writing`` document at the same version resumes instead).
+* ``deleting`` — recorded before its chunks are removed (a delete, an overwrite that no longer produces it, a
+  rejection), so a crash mid-removal can never leave an ``indexed`` record over missing chunks (a later upload
+  of the same version would then skip it as unchanged).
 * ``deleted`` / ``failed`` — its chunks were removed before the status was written.
 
 Every document write while an event is processed is fenced by the event's lease (a transaction whose
@@ -43,10 +46,10 @@ from shardrag.ingestion.events import ObjectEvent
 from shardrag.records import Record
 
 SourceStatus = Literal["processing", "indexed", "deleted", "failed"]
-DocumentStatus = Literal["writing", "indexed", "deleted", "failed"]
+DocumentStatus = Literal["writing", "indexed", "deleting", "deleted", "failed"]
 TERMINAL: frozenset[str] = frozenset({"indexed", "deleted", "failed"})
 #: Document statuses whose chunks may be in the store.
-LIVE: frozenset[str] = frozenset({"writing", "indexed"})
+LIVE: frozenset[str] = frozenset({"writing", "indexed", "deleting"})
 #: Items per DynamoDB transaction: the service limit is 100, one of which is the lease check.
 _TRANSACTION_ITEMS = 99
 SOURCE_INDEX = "by_source"

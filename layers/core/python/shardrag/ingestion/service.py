@@ -565,6 +565,15 @@ class IngestService:
         """Remove the chunks of ``documents`` (those this object produced) and leave tombstones."""
         event = lease.event
         live = [d for d in documents if d.live and d.source_key == event.source_key]
+        # Intent first: a crash while chunks are being removed must leave a record that says so.
+        self.registry.put_documents(
+            [
+                d.model_copy(update={"status": "deleting", "sequencer": event.sequencer})
+                for d in live
+                if d.status != "deleting"
+            ],
+            lease=lease.fence,
+        )
         touched: set[int] = set()
         for doc in live:
             # Every shard the registry recorded (replicas included); the hash shard for items that predate it.
