@@ -300,23 +300,27 @@ class DynamoDbRegistry:
 
     def renew(self, event: ObjectEvent, *, owner: str, lease_s: float) -> None:
         """Extend the lease before the next stretch of work; :class:`LeaseLost` if it is no longer ours."""
+        if not self._set_lease(event, owner, self._now_ms() + int(lease_s * 1000), "renew"):
+            raise LeaseLost(f"{event.source_key}: lease lost")
+
+    def _set_lease(self, event: ObjectEvent, owner: str, until_ms: int, what: str) -> bool:
+        """Move the lease's end if ``owner`` still holds the key at this event; ``False`` if it does not."""
         try:
             self._db.update_item(
                 TableName=self.table_name,
                 Key=_item({"pk": f"src#{event.source_key}"}),
-                UpdateExpression="SET #lease = :lease",
+                UpdateExpression="SET #lease = :until",
                 ConditionExpression="#seq = :seq AND #own = :owner",
                 ExpressionAttributeNames={"#lease": "lease_until_ms", "#seq": "sequencer", "#own": "owner"},
-                ExpressionAttributeValues=_item(
-                    {":lease": self._now_ms() + int(lease_s * 1000), ":seq": event.sequencer, ":owner": owner}
-                ),
+                ExpressionAttributeValues=_item({":until": until_ms, ":seq": event.sequencer, ":owner": owner}),
             )
         except ClientError as exc:
             if _is_conditional(exc):
-                raise LeaseLost(f"{event.source_key}: lease lost") from None
-            raise _dependency(exc, "renew") from exc
+                return False
+            raise _dependency(exc, what) from exc
         except BotoCoreError as exc:
-            raise _dependency(exc, "renew") from exc
+            raise _dependency(exc, what) from exc
+        return True
 
     def sources(self) -> Iterator[SourceState]:
         """Every object item (the reconciler compares them with the bucket listing)."""
@@ -433,18 +437,5 @@ class DynamoDbRegistry:
 
     def release(self, event: ObjectEvent, *, owner: str) -> None:
         """Give the lease back after a transient failure so that the retry (or a newer event) need not wait for
-        it to expire; the key stays ``processing`` at this sequencer."""
-        try:
-            self._db.update_item(
-                TableName=self.table_name,
-                Key=_item({"pk": f"src#{event.source_key}"}),
-                UpdateExpression="SET #lease = :zero",
-                ConditionExpression="#seq = :seq AND #own = :owner",
-                ExpressionAttributeNames={"#lease": "lease_until_ms", "#seq": "sequencer", "#own": "owner"},
-                ExpressionAttributeValues=_item({":zero": 0, ":seq": event.sequencer, ":owner": owner}),
-            )
-        except ClientError as exc:
-            if not _is_conditional(exc):
-                raise _dependency(exc, "release") from exc
-        except BotoCoreError as exc:
-            raise _dependency(exc, "release") from exc
+        it to expire; the key stays ``processing`` at this sequencer. A lease already lost needs no release."""
+        self._set_lease(event, owner, 0, "release")
