@@ -42,6 +42,30 @@ FUNCTION_LAYERS: Final[dict[FunctionName, tuple[LayerName, ...]]] = {
     "ingest": ("core", "base", "onnx", "milvus", "model"),
 }
 
+#: The AWS APIs each function calls through boto3 (the core library's clients; a test checks this table against
+#: every ``boto3.client(...)`` in the code). The VPC endpoints and the botocore service models the base layer
+#: keeps are both derived from it, so a new client without an entry here fails a test, not a deployment.
+FUNCTION_AWS_SERVICES: Final[dict[FunctionName, tuple[str, ...]]] = {
+    "embed": ("s3",),
+    "route": ("s3",),
+    "shard_search": ("secretsmanager",),
+    "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager"),
+    "ingest": ("s3", "dynamodb", "secretsmanager"),
+}
+#: Services a VPC reaches through a (free) gateway endpoint; every other one needs an interface endpoint or a NAT.
+GATEWAY_ENDPOINT_SERVICES: Final = frozenset({"s3", "dynamodb"})
+
+
+def vpc_endpoint_services(functions: tuple[FunctionName, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(gateway, interface) endpoint services that ``functions``, placed in a VPC without a NAT, need.
+
+    S3 and DynamoDB gateway endpoints are always listed: they cost nothing, and the Milvus host uses S3 too.
+    """
+    called = sorted({service for f in functions for service in FUNCTION_AWS_SERVICES[f]})
+    interface = tuple(s for s in called if s not in GATEWAY_ENDPOINT_SERVICES)
+    return tuple(sorted(GATEWAY_ENDPOINT_SERVICES)), interface
+
+
 #: Distributions that must never reach a Lambda package (too big, or local-only engines).
 FORBIDDEN_DISTRIBUTIONS: Final = frozenset(
     {"torch", "sentence-transformers", "milvus-lite", "transformers", "triton", "sympy", "huggingface-hub"}

@@ -35,6 +35,11 @@ class ShardEndpoint(_Model):
     collection: str = Field(default="shardrag_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     db_name: str = ""
     token_secret: str | None = None
+    #: Secret holding the PEM of the CA that signed the server's certificate (a private CA: a self-hosted Milvus);
+    #: None trusts the system roots (Zilliz Cloud, a public certificate).
+    ca_secret: str | None = None
+    #: The name the server's certificate is issued for, when ``uri`` reaches it by another name or an IP address.
+    server_name: str = ""
 
     @property
     def is_lite(self) -> bool:
@@ -163,7 +168,9 @@ class RetrievalSettings(_Model):
 class GeneratorSettings(_Model):
     kind: Literal["extractive", "bedrock", "openai"] = "extractive"
     #: Bedrock model id / inference profile, or the model name sent to an OpenAI-compatible endpoint.
-    model_id: str = "anthropic.claude-3-haiku-20240307-v1:0"
+    #: Claude Haiku 5.5 through the US cross-Region inference profile (Anthropic models on Bedrock are invoked through
+    #: an inference profile; outside the US use its ``eu.`` / ``apac.`` / ``global.`` profile).
+    model_id: str = "us.anthropic.claude-haiku-5-5"
     endpoint_url: str = ""
     api_key_secret: str | None = None
     region: str | None = None
