@@ -140,9 +140,10 @@ class DeploymentConfig(_Model):
     api: ApiConfig = ApiConfig()
     #: Where Milvus runs (``standalone`` by default: the stack creates it).
     store: StoreConfig = StandaloneStoreConfig()
-    #: The VPC shared by the store and the functions that reach it; None only for an ``external`` store reached
-    #: over the internet (e.g. a public Zilliz Cloud endpoint).
-    network: NetworkConfig | None = NetworkConfig()
+    #: The VPC shared by the store and the functions that reach it. Absent: a created VPC with the defaults for a
+    #: store the stack runs, none for an ``external`` store (reached over the internet, e.g. a public Zilliz Cloud
+    #: endpoint; give one for a private cluster or ``private_link_service``).
+    network: NetworkConfig | None = None
     #: The account's Lambda concurrency limit in the stack's Region (1,000 unless raised through Service Quotas):
     #: synthesis refuses reserved concurrency that would not leave 100 of it unreserved.
     account_concurrency_limit: int = Field(default=1000, ge=UNRESERVED_MINIMUM + 1, le=1_000_000)
@@ -158,6 +159,16 @@ class DeploymentConfig(_Model):
     workflow_log_execution_data: bool = False
     service_name: str = Field(default="shardrag", pattern=r"^[a-z][a-z0-9-]{0,40}$")
     metrics_namespace: str = Field(default="ShardRAG", pattern=r"^[A-Za-z][A-Za-z0-9/_.-]{0,200}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_network(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("network") is None:
+            store = data.get("store")
+            kind = store.get("kind") if isinstance(store, dict) else getattr(store, "kind", "standalone")
+            if kind != "external":
+                return {**data, "network": {}}
+        return data
 
     @model_validator(mode="after")
     def _fits_the_account(self) -> DeploymentConfig:
@@ -175,8 +186,6 @@ class DeploymentConfig(_Model):
 
     @model_validator(mode="after")
     def _store_has_a_network(self) -> DeploymentConfig:
-        if self.network is None and not isinstance(self.store, ExternalStoreConfig):
-            raise ValueError(f"store kind {self.store.kind!r} runs in a VPC: deployment.network cannot be null")
         if self.network is None and isinstance(self.store, ExternalStoreConfig) and self.store.private_link_service:
             raise ValueError("store.private_link_service needs deployment.network (the endpoint lives in the VPC)")
         return self

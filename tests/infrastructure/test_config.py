@@ -31,9 +31,11 @@ def _store(store: dict[str, Any]) -> dict[str, Any]:
     """cdk.json's environments with dev's ``deployment.store`` replaced (not merged) by ``store``."""
     environments = _environments()
     environments["dev"]["deployment"]["store"] = store
+    del environments["dev"]["deployment"]["network"]  # the default that goes with the store kind
     return environments
 
 
+PRIVATE_LINK = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 POOL = "arn:aws:cognito-idp:us-east-1:123456789012:userpool/us-east-1_Abc123"
 MULTI = {"tenancy": {"mode": "multi"}}
 #: Cognito with the stack's own user pool (no cognito_user_pool_arn).
@@ -107,7 +109,11 @@ def test_every_environment_validates() -> None:
         (_environments(deployment={"store": {"kind": "standalone", "instance_type": "t3.large"}}), "dev", "Graviton"),
         (_environments(deployment={"store": {"kind": "standalone", "instance_type": "t4g.small"}}), "dev", "Graviton"),
         (_store({"kind": "cassandra"}), "dev", "deployment.store"),
-        (_environments(deployment={"network": None}), "dev", "runs in a VPC: deployment.network cannot be null"),
+        (
+            _store({"kind": "external", "endpoints": [{"uri": "https://a"}], "private_link_service": PRIVATE_LINK}),
+            "dev",
+            "store.private_link_service needs deployment.network",
+        ),
         (
             _environments(deployment={"network": {"functions": ["ingest"]}}),
             "dev",
