@@ -14,7 +14,7 @@ from shardrag import env
 from shardrag.config import Settings
 
 from shardrag_cdk.config import DeploymentConfig, LogRetentionDays
-from shardrag_cdk.layout import FUNCTION_LAYERS, MODEL_MOUNT, QUERY_FUNCTION_NAMES, FunctionName
+from shardrag_cdk.layout import FUNCTION_LAYERS, MODEL_FROM_S3, MODEL_MOUNT, QUERY_FUNCTION_NAMES, FunctionName
 from shardrag_cdk.nag import acknowledge
 from shardrag_cdk.network import FunctionNetwork
 from shardrag_cdk.packaging import ARCHITECTURE, RUNTIME, LambdaPackaging
@@ -133,6 +133,15 @@ class ShardRagFunction(Construct):
             vpc_subnets=placement.get("subnets"),
             security_groups=placement.get("security_groups"),
         )
+        if name in MODEL_FROM_S3:
+            # The model zip, read once per cold start (use_model_archive); exactly that object, nothing else.
+            archive = packaging.model_archive()
+            self.function.add_environment(env.MODEL_ARCHIVE, archive.s3_object_url)
+            iam.Grant.add_to_principal(
+                grantee=self.role,
+                actions=["s3:GetObject"],
+                resource_arns=[archive.bucket.arn_for_objects(archive.s3_object_key)],
+            )
         self.alias = lambda_.Alias(
             self,
             "Live",

@@ -21,6 +21,7 @@ from typing import Final, Literal, get_args
 
 from aws_cdk import Annotations, CfnParameter, CfnRule, CfnRuleAssertion, Fn
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from shardrag_cdk.config import DeploymentConfigError
@@ -64,6 +65,7 @@ class LambdaPackaging(Construct):
         self.mode = mode
         self.stand_ins: list[str] = []
         self._refusing = False
+        self._model_archive: s3_assets.Asset | None = None
         self._layers: dict[LayerName, lambda_.ILayerVersion] = {}
         needed = {layer for layers in FUNCTION_LAYERS.values() for layer in layers}
         for name in (n for n in _LAYER_NAMES if n in needed):
@@ -128,6 +130,14 @@ class LambdaPackaging(Construct):
             )
         self.stand_ins.append(name)
         return Path(_stand_in(name))
+
+    def model_archive(self) -> s3_assets.Asset:
+        """The exported model as a zip in the assets bucket, for the functions in ``MODEL_FROM_S3``."""
+        if self._model_archive is None:
+            self._model_archive = s3_assets.Asset(
+                self, "ModelArchive", path=str(self._layer_source("model") / "model"), exclude=_EXCLUDE
+            )
+        return self._model_archive
 
     def layers_for(self, function: FunctionName) -> list[lambda_.ILayerVersion]:
         return [self._layers[name] for name in FUNCTION_LAYERS[function]]

@@ -474,3 +474,21 @@ def test_gateway_responses_are_valid_json_whatever_the_error_text(synth: Synthes
             assert "validationErrorString" not in template
             body = template.replace("$context.error.messageString", json.dumps(hostile))
             assert json.loads(body)["error"]["message"] in (hostile, api_mapping.TIMEOUT_MESSAGE)
+
+
+def test_ingest_reads_its_model_archive_and_nothing_else_of_the_assets_bucket(synth: Synthesis) -> None:
+    ingest = next(
+        f["Properties"]
+        for f in _project_functions(synth).values()
+        if f["Properties"]["Description"] == "ShardRAG ingest"
+    )
+    archive = ingest["Environment"]["Variables"]["SHARDRAG_MODEL_ARCHIVE"]["Fn::Sub"]
+    assert re.fullmatch(r"s3://cdk-\w+-assets-\$\{AWS::AccountId\}-[\w:{}$-]+/[0-9a-f]{64}\.zip", archive), archive
+    assert "SHARDRAG_MODEL_DIR" not in ingest["Environment"]["Variables"]  # set at cold start, after the download
+    key = archive.rsplit("/", 1)[1]
+    reads = [
+        s
+        for s in _role_statements(synth)["ingest"]
+        if s["Action"] == "s3:GetObject" and key in json.dumps(s["Resource"])
+    ]
+    assert len(reads) == 1
