@@ -17,6 +17,7 @@ from shardrag.config import Settings
 from shardrag_cdk.api_mapping import CLAIM_PATTERN
 from shardrag_cdk.layout import FUNCTION_NAMES, FunctionName
 from shardrag_cdk.store_config import (
+    DistributedStoreConfig,
     ExternalStoreConfig,
     NetworkConfig,
     StandaloneStoreConfig,
@@ -181,6 +182,15 @@ class DeploymentConfig(_Model):
                 f"account_concurrency_limit {self.account_concurrency_limit} can reserve at most {available} (Lambda "
                 "keeps 100 unreserved): lower reserved_concurrency, or raise the quota in Service Quotas and set "
                 "deployment.account_concurrency_limit to it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_nodes_can_pull_images(self) -> DeploymentConfig:
+        if isinstance(self.store, DistributedStoreConfig) and self.network is not None and not self.network.has_nat:
+            raise ValueError(
+                "store kind 'distributed' needs a NAT (network.nat_gateways >= 1, or imported.has_nat): the EKS nodes "
+                "pull the Milvus, etcd and controller images from public registries"
             )
         return self
 

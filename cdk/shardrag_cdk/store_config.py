@@ -75,6 +75,10 @@ class DistributedStoreConfig(_Model):
     query_node_replicas: int = Field(default=2, ge=1, le=64)
     data_node_replicas: int = Field(default=1, ge=1, le=64)
     proxy_replicas: int = Field(default=2, ge=1, le=16)
+    #: An ACM certificate (in the stack's Region) for ``server_name``: the internal load balancer terminates TLS
+    #: with it, and the functions verify it against the system roots under that name.
+    certificate_arn: str = Field(pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$")
+    server_name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 
     @model_validator(mode="after")
     def _graviton(self) -> DistributedStoreConfig:

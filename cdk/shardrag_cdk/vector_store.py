@@ -61,7 +61,8 @@ class VectorStore(Construct):
                 self, "Cluster", config=store, network=network, access_logs=access_logs, removal_policy=policy
             )
             endpoints = (cluster.endpoint,)
-            self.secrets = [cluster.root_secret, cluster.ca_secret]
+            # The load balancer's certificate is a public ACM one: the system roots verify it, no CA secret.
+            self.secrets = [cluster.root_secret]
         elif isinstance(store, ExternalStoreConfig):
             endpoints = store.endpoints
             self.secrets = [

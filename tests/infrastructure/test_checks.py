@@ -33,6 +33,11 @@ EXTERNAL_PRIVATELINK: dict[str, Any] = {
     "private_link_service": "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0",
     "private_link_port": 19530,
 }
+DISTRIBUTED: dict[str, Any] = {
+    "kind": "distributed",
+    "certificate_arn": "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+    "server_name": "milvus.corp.example",
+}
 IMPORTED_VPC: dict[str, Any] = {
     "vpc_id": "vpc-0123456789abcdef0",
     "subnet_ids": ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"],
@@ -60,6 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "external_public": {"store": EXTERNAL_PUBLIC, "network": None},
     "external_privatelink": {"store": EXTERNAL_PRIVATELINK, "network": {"imported": IMPORTED_VPC}},
     "nat": {"network": {"nat_gateways": 1}},
+    "distributed": {"store": DISTRIBUTED, "network": {"nat_gateways": 1}},
 }
 #: Runtime settings overrides per variant (deep-merged into dev's settings section by section).
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
@@ -242,3 +248,39 @@ def test_a_configured_nat_replaces_the_interface_endpoints(variants: dict[str, S
     assert len(synth.resources("AWS::EC2::NatGateway")) == 1
     kinds = [e.get("VpcEndpointType", "Gateway") for e in synth.properties("AWS::EC2::VPCEndpoint")]
     assert kinds == ["Gateway", "Gateway"]  # S3 and DynamoDB stay free and private
+
+
+def test_distributed_store_runs_the_pinned_chart_on_graviton_nodes_with_pod_identity(
+    variants: dict[str, Synthesis],
+) -> None:
+    synth = variants["distributed"]
+    assert not synth.resources("AWS::EC2::Instance")
+    (cluster,) = synth.properties("AWS::EKS::Cluster")
+    assert cluster["Version"] == "1.33"
+    (nodes,) = synth.properties("AWS::EKS::Nodegroup")
+    assert nodes["AmiType"] == "AL2023_ARM_64_STANDARD" and nodes["InstanceTypes"] == ["m7g.xlarge"]
+    (chart,) = [
+        c for c in synth.resources("Custom::AWSCDK-EKS-HelmChart").values() if c["Properties"]["Chart"] == "milvus"
+    ]
+    props = chart["Properties"]
+    assert (props["Repository"], props["Version"], props["Namespace"]) == (
+        "https://zilliztech.github.io/milvus-helm/",
+        "5.0.19",
+        "milvus",
+    )
+    values = json.dumps(props["Values"])
+    assert "{{resolve:secretsmanager:" in values  # the password is a dynamic reference, never a literal
+    assert "aws-load-balancer-scheme" in values and DISTRIBUTED["certificate_arn"] in values
+    associations = synth.properties("AWS::EKS::PodIdentityAssociation")
+    assert {(a["Namespace"], a["ServiceAccount"]) for a in associations} >= {("milvus", "milvus")}
+    shards = _shards_text(synth)
+    assert all(s["server_name"] == "milvus.corp.example" and "ca_secret" not in s for s in shards)
+    assert all(s["uri"].startswith("https://<ref>:19530") for s in shards)  # the load balancer's name, at deploy
+
+
+def _shards_text(synth: Synthesis) -> list[dict[str, Any]]:
+    from test_template import _text
+
+    variables = _function_props(synth, "shard_search")["Environment"]["Variables"]
+    shards: list[dict[str, Any]] = json.loads(_text(variables["SHARDRAG_SETTINGS"]))["store"]["shards"]
+    return shards

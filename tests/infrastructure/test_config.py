@@ -35,6 +35,7 @@ def _store(store: dict[str, Any]) -> dict[str, Any]:
     return environments
 
 
+CERT = "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"
 PRIVATE_LINK = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 POOL = "arn:aws:cognito-idp:us-east-1:123456789012:userpool/us-east-1_Abc123"
 MULTI = {"tenancy": {"mode": "multi"}}
@@ -109,6 +110,12 @@ def test_every_environment_validates() -> None:
         (_environments(deployment={"store": {"kind": "standalone", "instance_type": "t3.large"}}), "dev", "Graviton"),
         (_environments(deployment={"store": {"kind": "standalone", "instance_type": "t4g.small"}}), "dev", "Graviton"),
         (_store({"kind": "cassandra"}), "dev", "deployment.store"),
+        (
+            _store({"kind": "distributed", "certificate_arn": CERT, "server_name": "milvus.corp.example"}),
+            "dev",
+            "store kind 'distributed' needs a NAT",
+        ),
+        (_store({"kind": "distributed", "server_name": "milvus.corp.example"}), "dev", "certificate_arn"),
         (
             _store({"kind": "external", "endpoints": [{"uri": "https://a"}], "private_link_service": PRIVATE_LINK}),
             "dev",
