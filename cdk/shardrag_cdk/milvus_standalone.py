@@ -132,7 +132,9 @@ class MilvusStandalone(Construct):
             role=self.role,
             security_group=self.security_group,
             user_data=self._user_data(config, region),
-            require_imdsv2=True,
+            # IMDSv2 only; two hops so that Milvus, in a container, gets the instance role's credentials (S3).
+            http_tokens=ec2.HttpTokens.REQUIRED,
+            http_put_response_hop_limit=2,
             disable_api_termination=not destroy,
             block_devices=[
                 ec2.BlockDevice(

@@ -56,9 +56,9 @@ def test_standalone_host_is_one_graviton_instance_with_an_encrypted_data_volume(
     retain = synth.config.deployment.removal_policy == "retain"
     assert volumes["/dev/sdf"]["DeleteOnTermination"] is (not retain)
     assert host.get("DisableApiTermination", False) is retain
-    # IMDSv2 only (CDK puts the metadata options in a launch template).
-    (template,) = synth.properties("AWS::EC2::LaunchTemplate")
-    assert template["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
+    # IMDSv2 only, with the two hops a container needs to reach it (Milvus' S3 client uses the instance role).
+    assert host["MetadataOptions"]["HttpTokens"] == "required"
+    assert host["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
 
 
 def test_host_user_data_runs_the_bootstrap_script_with_its_settings(synth: Synthesis) -> None:
