@@ -223,9 +223,9 @@ class EnvironmentConfig(_Model):
     @model_validator(mode="after")
     def _deployable(self) -> EnvironmentConfig:
         store, deployed = self.settings.store, self.deployment.store
-        if store.shards:
+        if store.shards or store.endpoint is not None:
             raise ValueError(
-                "settings.store.shards is produced by the stack from deployment.store (kind "
+                "settings.store.shards / store.endpoint are produced by the stack from deployment.store (kind "
                 f"{deployed.kind!r}); remove it (for an existing cluster use kind 'external' and its endpoints)"
             )
         if isinstance(deployed, ExternalStoreConfig) and len(deployed.endpoints) not in (1, store.shard_count):

@@ -7,12 +7,14 @@ read. Nobody types endpoints into ``cdk.json`` for a store the stack runs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
-from shardrag.config import Settings
+from shardrag.config import Settings, ShardEndpoint
 
 from shardrag_cdk.access import imported_secret
 from shardrag_cdk.config import DeploymentConfigError, EnvironmentConfig
@@ -90,7 +92,25 @@ class VectorStore(Construct):
         self.shards = shard_endpoints(
             collection=settings.store.collection, shard_count=settings.store.shard_count, endpoints=endpoints
         )
+        #: One deployment for every shard is written once (``store.endpoint``), not once per shard: the settings
+        #: variable then stays far below Lambda's 4 KB whatever the shard count.
+        first = endpoints[0]
+        self.shared = ShardEndpoint(
+            uri=first.uri,
+            db_name=first.db_name,
+            token_secret=first.token_secret,
+            ca_secret=first.ca_secret,
+            server_name=first.server_name,
+        )
+        self.one_endpoint = len(endpoints) == 1
 
     def settings(self, settings: Settings) -> Settings:
-        """``settings`` with ``store.shards`` pointing at this store."""
-        return settings.model_copy(update={"store": settings.store.model_copy(update={"shards": self.shards})})
+        """``settings`` pointing at this store (``store.endpoint``, or ``store.shards`` for one endpoint per shard)."""
+        if self.one_endpoint:
+            update: dict[str, object] = {"endpoint": self.shared}
+        else:
+            update = {"shards": self.shards}
+        store = settings.store.model_copy(update=update)
+        # The runtime derives one collection per shard from the shared endpoint; the same names as shard_endpoints.
+        assert [e.collection for e in store.endpoints(Path())] == [e.collection for e in self.shards]
+        return settings.model_copy(update={"store": store})

@@ -198,9 +198,13 @@ def _function_props(synth: Synthesis, name: str) -> dict[str, Any]:
 
 
 def _shards(synth: Synthesis) -> list[dict[str, Any]]:
+    """The shard endpoints the runtime derives from the settings the stack gives shard_search."""
+    from shardrag.config import Settings
+    from test_template import _text
+
     variables = _function_props(synth, "shard_search")["Environment"]["Variables"]
-    shards: list[dict[str, Any]] = json.loads(variables["SHARDRAG_SETTINGS"])["store"]["shards"]
-    return shards
+    settings = Settings.model_validate(json.loads(_text(variables["SHARDRAG_SETTINGS"])))
+    return [e.model_dump() for e in settings.shard_endpoints()]
 
 
 def test_external_store_over_the_internet_needs_no_vpc_and_runs_nothing(variants: dict[str, Synthesis]) -> None:
@@ -209,7 +213,7 @@ def test_external_store_over_the_internet_needs_no_vpc_and_runs_nothing(variants
     assert "VpcConfig" not in _function_props(synth, "shard_search")
     shards = _shards(synth)
     (endpoint,) = EXTERNAL_PUBLIC["endpoints"]
-    assert [s.get("collection") for s in shards] == [f"shardrag_chunks_shard{i}" for i in range(4)]
+    assert [s["collection"] for s in shards] == [f"shardrag_chunks_shard{i}" for i in range(4)]
     assert {s["uri"] for s in shards} == {endpoint["uri"]}
     assert {s["token_secret"] for s in shards} == {"zilliz/dev"}
     assert json.loads(_function_props(synth, "ingest")["Environment"]["Variables"]["SHARDRAG_SETTINGS"])["store"][
@@ -230,7 +234,7 @@ def test_external_store_with_privatelink_in_an_imported_vpc(variants: dict[str, 
     # One endpoint per shard, same collection; each shard's secrets readable by the Milvus functions only.
     shards = _shards(synth)
     assert [s["uri"] for s in shards] == [e["uri"] for e in EXTERNAL_PRIVATELINK["endpoints"]]
-    assert {s.get("collection", "shardrag_chunks") for s in shards} == {"shardrag_chunks"}  # the default
+    assert {s["collection"] for s in shards} == {"shardrag_chunks"}  # the default, on each shard's own endpoint
     secrets = json.dumps(
         [
             s
@@ -273,14 +277,6 @@ def test_distributed_store_runs_the_pinned_chart_on_graviton_nodes_with_pod_iden
     assert "aws-load-balancer-scheme" in values and DISTRIBUTED["certificate_arn"] in values
     associations = synth.properties("AWS::EKS::PodIdentityAssociation")
     assert {(a["Namespace"], a["ServiceAccount"]) for a in associations} >= {("milvus", "milvus")}
-    shards = _shards_text(synth)
-    assert all(s["server_name"] == "milvus.corp.example" and "ca_secret" not in s for s in shards)
-    assert all(s["uri"].startswith("https://<ref>:19530") for s in shards)  # the load balancer's name, at deploy
-
-
-def _shards_text(synth: Synthesis) -> list[dict[str, Any]]:
-    from test_template import _text
-
-    variables = _function_props(synth, "shard_search")["Environment"]["Variables"]
-    shards: list[dict[str, Any]] = json.loads(_text(variables["SHARDRAG_SETTINGS"]))["store"]["shards"]
-    return shards
+    shards = _shards(synth)
+    assert all(s["server_name"] == "milvus.corp.example" and s["ca_secret"] is None for s in shards)
+    assert all(s["uri"] == "https://<ref>:19530" for s in shards)  # the load balancer's name, at deploy

@@ -95,7 +95,7 @@ def test_every_environment_validates() -> None:
                 }
             ),
             "dev",
-            "settings.store.shards is produced by the stack",
+            "settings.store.shards / store.endpoint are produced by the stack",
         ),
         (
             _store({"kind": "external", "endpoints": [{"uri": "https://a"}] * 3}),

@@ -281,3 +281,34 @@ def test_bootstrap_script_is_what_the_host_runs() -> None:
 @pytest.mark.parametrize("instance_type", ["t4g.medium", "m7g.large", "c7gn.2xlarge", "r8g.metal"])
 def test_graviton_instance_types_are_accepted(instance_type: str) -> None:
     assert StandaloneStoreConfig(instance_type=instance_type).instance_type == instance_type
+
+
+def test_shard_wiring_that_would_overflow_lambdas_environment_is_refused(
+    synthesised: dict[str, Synthesis], tmp_path: Path
+) -> None:
+    """One endpoint per shard is written once per shard: 64 of them would exceed Lambda's 4 KB of environment."""
+    import copy
+
+    from cdk_synthesis import CDK_CONTEXT, synthesise
+    from shardrag_cdk.config import DeploymentConfigError
+
+    environments = copy.deepcopy(CDK_CONTEXT["environments"])
+    dev = environments["dev"]
+    dev["settings"]["store"]["shard_count"] = 64
+    endpoints = [
+        {"uri": f"https://milvus-{i}.corp.example:19530", "token_secret": f"milvus/shard-{i}"} for i in range(64)
+    ]
+    dev["deployment"]["store"] = {"kind": "external", "endpoints": endpoints}
+    with pytest.raises(DeploymentConfigError, match=r"environment would take up to \d+ bytes once resolved"):
+        synthesise("dev", tmp_path, {"environments": environments})
+
+
+def test_one_store_for_all_shards_fits_any_shard_count(synthesised: dict[str, Synthesis], tmp_path: Path) -> None:
+    import copy
+
+    from cdk_synthesis import CDK_CONTEXT, synthesise
+
+    environments = copy.deepcopy(CDK_CONTEXT["environments"])
+    environments["dev"]["settings"]["store"]["shard_count"] = 64
+    synth = synthesise("dev", tmp_path, {"environments": environments, "shardrag:nag": "false"})
+    assert len(synth.resources("AWS::EC2::Instance")) == 1

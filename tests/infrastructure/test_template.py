@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from cdk_synthesis import Synthesis
+from shardrag.config import Settings
 from shardrag.env import ARTIFACTS_BUCKET
 from shardrag.errors import ERROR_STATUS
 from shardrag.ingestion.registry import table_definition
@@ -334,13 +335,16 @@ def test_no_credentials_in_environment_variables(synth: Synthesis) -> None:
 
 def test_the_stack_wires_every_shard_to_its_store(synth: Synthesis) -> None:
     """One collection per shard on the one store the stack runs, over TLS, with its token and CA secrets."""
-    shards = _settings(synth)["store"]["shards"]
+    store = _settings(synth)["store"]
+    assert "shards" not in store  # one endpoint for all: written once, whatever the shard count
+    # What the runtime will connect to: the settings parsed by the runtime's own model.
+    shards = Settings.model_validate(_settings(synth)).shard_endpoints()
     count = synth.config.settings.store.shard_count
     assert len(shards) == count
-    assert [s["collection"] for s in shards] == [f"shardrag_chunks_shard{i}" for i in range(count)]
-    assert all(s["uri"].startswith("https://") and s["uri"].endswith(":19530") for s in shards)
-    assert all(s["token_secret"] == "<ref>" and s["ca_secret"] == "<ref>" for s in shards)
-    assert {s["server_name"] for s in shards} == {"milvus.shardrag.internal"}
+    assert [s.collection for s in shards] == [f"shardrag_chunks_shard{i}" for i in range(count)]
+    assert all(s.uri.startswith("https://") and s.uri.endswith(":19530") for s in shards)
+    assert all(s.token_secret == "<ref>" and s.ca_secret == "<ref>" for s in shards)
+    assert {s.server_name for s in shards} == {"milvus.shardrag.internal"}
     assert "example.internal" not in json.dumps(synth.template)
     # Every function gets the same wiring (ingest writes where shard_search reads).
     assert _settings(synth, "ingest")["store"] == _settings(synth)["store"]

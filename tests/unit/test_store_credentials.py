@@ -70,3 +70,26 @@ def test_no_ca_means_the_system_roots() -> None:
         ShardEndpoint(uri="https://in03.zillizcloud.com"), shard=0, dimension=8, index=IndexSettings()
     )
     assert store._tls_options() == {}
+
+
+def test_one_endpoint_for_every_shard_gives_one_collection_per_shard() -> None:
+    from shardrag.config import StoreSettings
+
+    shared = ShardEndpoint(uri="https://10.0.0.5:19530", token_secret="arn:root", ca_secret="arn:ca", server_name="m")
+    endpoints = StoreSettings(shard_count=3, endpoint=shared).endpoints(Path())
+    assert [e.collection for e in endpoints] == [
+        "shardrag_chunks_shard0",
+        "shardrag_chunks_shard1",
+        "shardrag_chunks_shard2",
+    ]
+    assert {(e.uri, e.token_secret, e.ca_secret, e.server_name) for e in endpoints} == {
+        ("https://10.0.0.5:19530", "arn:root", "arn:ca", "m")
+    }
+
+
+def test_shards_and_a_shared_endpoint_are_exclusive() -> None:
+    from pydantic import ValidationError
+    from shardrag.config import StoreSettings
+
+    with pytest.raises(ValidationError, match="exclusive"):
+        StoreSettings(shard_count=1, shards=(ShardEndpoint(uri="https://a"),), endpoint=ShardEndpoint(uri="https://b"))
