@@ -12,7 +12,7 @@ export CDK_DISABLE_VERSION_CHECK := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install model dev test test-unit test-integration test-infra lint format synth bench eval clean openapi lambda-assets deploy
+.PHONY: install model tools dev test test-unit test-integration test-infra lint format synth bench eval clean openapi lambda-assets deploy smoke
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ $(MODEL): $(STAMP)
 
 model: $(MODEL)
 
+## System tools the infrastructure tests run (Debian/Ubuntu packages): Apache Velocity 1.7 and a JDK render the API
+## Gateway mapping templates, shellcheck checks the Milvus host's bootstrap script. Installed once, with apt-get.
+TOOL_FILES := /usr/share/java/velocity-1.7.jar /usr/share/java/commons-lang-2.6.jar /usr/share/java/commons-collections3.jar
+TOOL_PACKAGES := velocity libcommons-lang-java libcommons-collections3-java default-jdk-headless shellcheck
+tools:
+	@if [ -x "$$(command -v javac)" ] && [ -x "$$(command -v shellcheck)" ] && ls $(TOOL_FILES) >/dev/null 2>&1; then :; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES); fi
+
 node_modules/.bin/cdk: package.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -37,7 +46,7 @@ dev: install model
 	$(PY) -m shardrag_local.cli serve
 
 ## Every test: unit, integration (real Milvus Lite, real model, local AWS emulation), infrastructure (CDK).
-test: install model node_modules/.bin/cdk
+test: install model node_modules/.bin/cdk tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
@@ -46,7 +55,7 @@ test-unit: install
 test-integration: install model
 	$(PY) -m pytest -q tests/integration
 
-test-infra: install node_modules/.bin/cdk
+test-infra: install node_modules/.bin/cdk tools
 	$(PY) -m pytest -q tests/infrastructure
 
 lint: install
@@ -71,9 +80,14 @@ ENV ?= dev
 lambda-assets: install model
 	$(PY) scripts/build_lambda_assets.py
 
-## Deploy one environment: make deploy ENV=prod
+## Deploy one environment: make deploy ENV=prod (builds the layers first; a template with stand-ins cannot deploy)
 deploy: install node_modules/.bin/cdk lambda-assets
 	node_modules/.bin/cdk deploy -c env=$(ENV) -c shardrag:assets=require --no-notices
+
+## Smoke-test a deployed environment (signed as its auth requires): make smoke ENV=dev [SMOKE_ARGS=--outage]
+## `make test` runs the same command against the local runtime (tests/smoke).
+smoke: install
+	$(PY) -m shardrag_local.smoke --env $(ENV) $(SMOKE_ARGS)
 
 bench: install model
 	$(PY) -m bench.run

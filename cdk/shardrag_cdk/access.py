@@ -25,18 +25,28 @@ _INFERENCE_PROFILE_PREFIXES: Final = ("us.", "eu.", "apac.", "global.", "us-gov.
 
 
 class MilvusSecretsAccess(Construct):
-    """Read access to each shard's token secret, for the functions that talk to Milvus."""
+    """Read access to the store's secrets (tokens, CA certificates), for the functions that talk to Milvus."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, secret_names: Sequence[str], readers: Sequence[iam.IGrantable]
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        secrets: Sequence[secretsmanager.ISecret],
+        readers: Sequence[iam.IGrantable],
     ) -> None:
         super().__init__(scope, construct_id)
-        self.secrets = [
-            secretsmanager.Secret.from_secret_name_v2(self, f"Token{i}", name) for i, name in enumerate(secret_names)
-        ]
+        self.secrets = list(secrets)
         for secret in self.secrets:
             for reader in readers:
                 secret.grant_read(reader)
+
+
+def imported_secret(scope: Construct, construct_id: str, name_or_arn: str) -> secretsmanager.ISecret:
+    """A secret the stack does not manage, by name (any version suffix) or by its complete ARN."""
+    if name_or_arn.startswith("arn:"):
+        return secretsmanager.Secret.from_secret_complete_arn(scope, construct_id, name_or_arn)
+    return secretsmanager.Secret.from_secret_name_v2(scope, construct_id, name_or_arn)
 
 
 def bedrock_model_arns(stack: Stack, model_id: str, region: str | None) -> list[str]:

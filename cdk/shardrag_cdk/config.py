@@ -15,13 +15,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shardrag.config import Settings
 
 from shardrag_cdk.api_mapping import CLAIM_PATTERN
-from shardrag_cdk.layout import FunctionName
+from shardrag_cdk.layout import FUNCTION_NAMES, FunctionName
+from shardrag_cdk.store_config import (
+    DistributedStoreConfig,
+    ExternalStoreConfig,
+    NetworkConfig,
+    StandaloneStoreConfig,
+    StoreConfig,
+)
 
 #: CloudWatch Logs accepts only these retention periods (days).
 LogRetentionDays = Literal[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
 ]
 
+#: Lambda keeps this many concurrent executions of an account unreserved ("UnreservedConcurrentExecution below its
+#: minimum value of 100" otherwise): reserved concurrency of all functions must leave them free.
+UNRESERVED_MINIMUM = 100
 #: SQS caps a visibility timeout at 12 hours.
 _MAX_VISIBILITY_S = 12 * 3600
 #: A Cognito custom attribute's claim (Cognito caps custom attribute names at 20 characters).
@@ -98,28 +108,6 @@ class ApiConfig(_Model):
         return self
 
 
-class VpcConfig(_Model):
-    """Existing VPC placement for the functions that reach Milvus (no lookups: synthesis stays offline)."""
-
-    vpc_id: str = Field(pattern=r"^vpc-[0-9a-f]{8,17}$")
-    subnet_ids: tuple[str, ...] = Field(min_length=1)
-    #: One per subnet, in the same order (CDK needs them to import subnets without a lookup).
-    availability_zones: tuple[str, ...] = Field(min_length=1)
-    security_group_ids: tuple[str, ...] = Field(min_length=1)
-    #: Functions placed in the VPC; the others keep Lambda's default networking (Bedrock, no NAT needed).
-    functions: tuple[FunctionName, ...] = ("shard_search", "ingest")
-
-    @model_validator(mode="after")
-    def _ids(self) -> VpcConfig:
-        bad = [s for s in self.subnet_ids if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", s)]
-        bad += [g for g in self.security_group_ids if not re.fullmatch(r"sg-[0-9a-f]{8,17}", g)]
-        if bad:
-            raise ValueError(f"malformed subnet / security group ids: {bad}")
-        if len(self.availability_zones) != len(self.subnet_ids):
-            raise ValueError("availability_zones must list one zone per subnet id, in the same order")
-        return self
-
-
 class AlarmConfig(_Model):
     """Alarm thresholds; every alarm evaluates ``evaluation_periods`` periods of ``period_minutes``."""
 
@@ -151,7 +139,15 @@ class DeploymentConfig(_Model):
 
     functions: FunctionsConfig = FunctionsConfig()
     api: ApiConfig = ApiConfig()
-    vpc: VpcConfig | None = None
+    #: Where Milvus runs (``standalone`` by default: the stack creates it).
+    store: StoreConfig = StandaloneStoreConfig()
+    #: The VPC shared by the store and the functions that reach it. Absent: a created VPC with the defaults for a
+    #: store the stack runs, none for an ``external`` store (reached over the internet, e.g. a public Zilliz Cloud
+    #: endpoint; give one for a private cluster or ``private_link_service``).
+    network: NetworkConfig | None = None
+    #: The account's Lambda concurrency limit in the stack's Region (1,000 unless raised through Service Quotas):
+    #: synthesis refuses reserved concurrency that would not leave 100 of it unreserved.
+    account_concurrency_limit: int = Field(default=1000, ge=UNRESERVED_MINIMUM + 1, le=1_000_000)
     alarms: AlarmConfig = AlarmConfig()
     ingestion: IngestionConfig = IngestionConfig()
     log_retention_days: LogRetentionDays = 30
@@ -164,6 +160,45 @@ class DeploymentConfig(_Model):
     workflow_log_execution_data: bool = False
     service_name: str = Field(default="shardrag", pattern=r"^[a-z][a-z0-9-]{0,40}$")
     metrics_namespace: str = Field(default="ShardRAG", pattern=r"^[A-Za-z][A-Za-z0-9/_.-]{0,200}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_network(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("network") is None:
+            store = data.get("store")
+            kind = store.get("kind") if isinstance(store, dict) else getattr(store, "kind", "standalone")
+            if kind != "external":
+                return {**data, "network": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _fits_the_account(self) -> DeploymentConfig:
+        reserved = {n: self.functions.of(n).reserved_concurrency or 0 for n in FUNCTION_NAMES}
+        available = self.account_concurrency_limit - UNRESERVED_MINIMUM
+        if sum(reserved.values()) > available:
+            detail = ", ".join(f"{n} {r}" for n, r in reserved.items() if r)
+            raise ValueError(
+                f"reserved concurrency adds up to {sum(reserved.values())} ({detail}) but an account with "
+                f"account_concurrency_limit {self.account_concurrency_limit} can reserve at most {available} (Lambda "
+                "keeps 100 unreserved): lower reserved_concurrency, or raise the quota in Service Quotas and set "
+                "deployment.account_concurrency_limit to it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_nodes_can_pull_images(self) -> DeploymentConfig:
+        if isinstance(self.store, DistributedStoreConfig) and self.network is not None and not self.network.has_nat:
+            raise ValueError(
+                "store kind 'distributed' needs a NAT (network.nat_gateways >= 1, or imported.has_nat): the EKS nodes "
+                "pull the Milvus, etcd and controller images from public registries"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _store_has_a_network(self) -> DeploymentConfig:
+        if self.network is None and isinstance(self.store, ExternalStoreConfig) and self.store.private_link_service:
+            raise ValueError("store.private_link_service needs deployment.network (the endpoint lives in the VPC)")
+        return self
 
     @model_validator(mode="after")
     def _queue_can_hold_ingest(self) -> DeploymentConfig:
@@ -187,18 +222,17 @@ class EnvironmentConfig(_Model):
 
     @model_validator(mode="after")
     def _deployable(self) -> EnvironmentConfig:
-        store = self.settings.store
-        if not store.shards:
+        store, deployed = self.settings.store, self.deployment.store
+        if store.shards or store.endpoint is not None:
             raise ValueError(
-                "settings.store.shards must list one Milvus endpoint per shard for a deployment "
-                "(the embedded Milvus Lite default exists only locally)"
+                "settings.store.shards / store.endpoint are produced by the stack from deployment.store (kind "
+                f"{deployed.kind!r}); remove it (for an existing cluster use kind 'external' and its endpoints)"
             )
-        lite = [s.uri for s in store.shards if s.is_lite]
-        if lite:
-            raise ValueError(f"Milvus Lite data files cannot be deployed; use server URIs instead of {lite}")
-        insecure = [s.uri for s in store.shards if s.uri.startswith("http://") and s.token_secret]
-        if insecure:
-            raise ValueError(f"shards with a token must use https:// (the token would cross in clear): {insecure}")
+        if isinstance(deployed, ExternalStoreConfig) and len(deployed.endpoints) not in (1, store.shard_count):
+            raise ValueError(
+                f"deployment.store.endpoints lists {len(deployed.endpoints)} endpoints: give one (every shard a "
+                f"collection on it) or one per shard ({store.shard_count})"
+            )
         generator = self.settings.generator
         if generator.kind == "openai" and not generator.endpoint_url:
             raise ValueError("settings.generator.kind 'openai' needs settings.generator.endpoint_url")
@@ -256,9 +290,12 @@ class EnvironmentConfig(_Model):
             return None
         return match[1]
 
-    def milvus_secret_names(self) -> tuple[str, ...]:
-        """Secrets Manager names of the shard tokens, deduplicated, in shard order."""
-        names = [s.token_secret for s in self.settings.store.shards if s.token_secret]
+    def external_secret_names(self) -> tuple[str, ...]:
+        """Secrets Manager names of an ``external`` store's tokens and CA certificates, deduplicated, in order."""
+        store = self.deployment.store
+        if not isinstance(store, ExternalStoreConfig):
+            return ()
+        names = [n for e in store.endpoints for n in (e.token_secret, e.ca_secret) if n]
         return tuple(dict.fromkeys(names))
 
 

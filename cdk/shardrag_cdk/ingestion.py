@@ -29,26 +29,20 @@ _ATTRIBUTE_TYPES = {
 
 
 class DocumentBucket(Construct):
-    """The documents bucket (SSE-S3, no public access, TLS only, versioned) and its access-log bucket."""
+    """The documents bucket (SSE-S3, no public access, TLS only, versioned), logging to the stack's log bucket."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig, access_logs: s3.Bucket
+    ) -> None:
         super().__init__(scope, construct_id)
-        policy = removal_policy(deployment)
-        # Server access logs support SSE-S3 only; the log bucket cannot log to itself. S3 log delivery is
-        # granted by bucket policy (cdk.json flag serverAccessLogsUseBucketPolicy), so ACLs stay disabled.
-        self.access_logs = s3.Bucket(
-            self,
-            "AccessLogs",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(deployment.log_retention_days))],
-            removal_policy=policy,
-        )
+        self.access_logs = access_logs
         # A re-upload replaces the document in the index; old versions are only kept for recovery.
         self.bucket = data_bucket(
-            self, "Documents", access_logs=self.access_logs, log_prefix="documents/", removal_policy=policy
+            self,
+            "Documents",
+            access_logs=access_logs,
+            log_prefix="documents/",
+            removal_policy=removal_policy(deployment),
         )
 
 
@@ -133,9 +127,10 @@ class Ingestion(Construct):
         deployment: DeploymentConfig,
         packaging: LambdaPackaging,
         network: FunctionNetwork | None,
+        access_logs: s3.Bucket,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.documents = DocumentBucket(self, "Documents", deployment=deployment)
+        self.documents = DocumentBucket(self, "Documents", deployment=deployment, access_logs=access_logs)
         self.queue = IngestQueue(self, "Queue", deployment=deployment)
         self.registry = DocumentRegistry(self, "Registry", deployment=deployment)
         self.ingest = ShardRagFunction(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from typing import Final, get_args
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -13,8 +15,8 @@ from constructs import Construct
 from shardrag import env
 from shardrag.config import Settings
 
-from shardrag_cdk.config import DeploymentConfig, LogRetentionDays
-from shardrag_cdk.layout import FUNCTION_LAYERS, MODEL_MOUNT, QUERY_FUNCTION_NAMES, FunctionName
+from shardrag_cdk.config import DeploymentConfig, DeploymentConfigError, LogRetentionDays
+from shardrag_cdk.layout import FUNCTION_LAYERS, MODEL_FROM_S3, MODEL_MOUNT, QUERY_FUNCTION_NAMES, FunctionName
 from shardrag_cdk.nag import acknowledge
 from shardrag_cdk.network import FunctionNetwork
 from shardrag_cdk.packaging import ARCHITECTURE, RUNTIME, LambdaPackaging
@@ -66,6 +68,36 @@ def runtime_environment(settings: Settings, deployment: DeploymentConfig, functi
     }
     if "model" in FUNCTION_LAYERS[function]:
         variables[env.MODEL_DIR] = MODEL_MOUNT
+    return variables
+
+
+#: Lambda's limit on a function's environment variables (keys and values together).
+ENVIRONMENT_LIMIT_BYTES: Final = 4 * 1024
+#: The longest a deploy-time reference can resolve to: an IP address, else an ARN or a name (a secret's ARN with a
+#: generated name is ~120 characters; allow 128).
+_IP_ALLOWANCE: Final = len("255.255.255.255")
+_TOKEN_ALLOWANCE: Final = 128
+_TOKEN = re.compile(r"\$\{Token\[[^\]]+\]\}")
+
+
+def checked_environment(scope: Construct, function: FunctionName, variables: dict[str, str]) -> dict[str, str]:
+    """``variables``, after checking they fit Lambda's 4 KB once every deploy-time reference is resolved.
+
+    The settings carry one entry per shard with its secrets' ARNs: enough shards would make the deployment fail
+    on the environment's size, so synthesis refuses it first (allowing each reference its longest likely value).
+    """
+    stack = Stack.of(scope)
+
+    def allowance(match: re.Match[str]) -> str:
+        resolved = json.dumps(stack.resolve(match.group(0)))
+        return "x" * (_IP_ALLOWANCE if "PrivateIp" in resolved else _TOKEN_ALLOWANCE)
+
+    size = sum(len(key.encode()) + len(_TOKEN.sub(allowance, value).encode()) for key, value in variables.items())
+    if size > ENVIRONMENT_LIMIT_BYTES:
+        raise DeploymentConfigError(
+            f"the {function} function's environment would take up to {size} bytes once resolved, over Lambda's "
+            f"{ENVIRONMENT_LIMIT_BYTES}: fewer shards (store.shard_count), or shorter settings"
+        )
     return variables
 
 
@@ -128,11 +160,22 @@ class ShardRagFunction(Construct):
             reserved_concurrent_executions=sizing.reserved_concurrency,
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
-            environment={**runtime_environment(settings, deployment, name), **(extra_environment or {})},
+            environment=checked_environment(
+                self, name, {**runtime_environment(settings, deployment, name), **(extra_environment or {})}
+            ),
             vpc=placement.get("vpc"),
             vpc_subnets=placement.get("subnets"),
             security_groups=placement.get("security_groups"),
         )
+        if name in MODEL_FROM_S3:
+            # The model zip, read once per cold start (use_model_archive); exactly that object, nothing else.
+            archive = packaging.model_archive()
+            self.function.add_environment(env.MODEL_ARCHIVE, archive.s3_object_url)
+            iam.Grant.add_to_principal(
+                grantee=self.role,
+                actions=["s3:GetObject"],
+                resource_arns=[archive.bucket.arn_for_objects(archive.s3_object_key)],
+            )
         self.alias = lambda_.Alias(
             self,
             "Live",

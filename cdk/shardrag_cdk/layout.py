@@ -23,6 +23,8 @@ MODEL_MOUNT: Final = "/opt/model"
 
 #: Lambda's limit on a function's code plus all its layers, unzipped.
 LAMBDA_UNZIPPED_LIMIT_BYTES: Final = 250 * 1024 * 1024
+#: What every function keeps free under that limit, so that a dependency upgrade or a new module still fits.
+HEADROOM_BYTES: Final = 20 * 1024 * 1024
 #: Lambda allows at most five layers per function.
 MAX_LAYERS: Final = 5
 
@@ -32,15 +34,44 @@ LayerName = Literal["core", "base", "onnx", "milvus", "model"]
 QUERY_FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = ("embed", "route", "shard_search", "fuse_generate")
 FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = (*QUERY_FUNCTION_NAMES, "ingest")
 
-#: Which layers each function needs. numpy sits in ``base`` (both onnx and pymilvus need it) so that no
-#: distribution is shipped twice to one function; ingest uses all five layers, Lambda's maximum.
+#: The AWS APIs each function calls through boto3 (the core library's clients; a test checks this table against
+#: every ``boto3.client(...)`` in the code). The VPC endpoints and the botocore service models the base layer
+#: keeps are both derived from it, so a new client without an entry here fails a test, not a deployment.
+FUNCTION_AWS_SERVICES: Final[dict[FunctionName, tuple[str, ...]]] = {
+    "embed": ("s3",),
+    "route": ("s3",),
+    "shard_search": ("secretsmanager",),
+    "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager"),
+    "ingest": ("s3", "dynamodb", "secretsmanager"),
+}
+#: Services a VPC reaches through a (free) gateway endpoint; every other one needs an interface endpoint or a NAT.
+GATEWAY_ENDPOINT_SERVICES: Final = frozenset({"s3", "dynamodb"})
+
+
+def vpc_endpoint_services(functions: tuple[FunctionName, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(gateway, interface) endpoint services that ``functions``, placed in a VPC without a NAT, need.
+
+    S3 and DynamoDB gateway endpoints are always listed: they cost nothing, and the Milvus host uses S3 too.
+    """
+    called = sorted({service for f in functions for service in FUNCTION_AWS_SERVICES[f]})
+    interface = tuple(s for s in called if s not in GATEWAY_ENDPOINT_SERVICES)
+    return tuple(sorted(GATEWAY_ENDPOINT_SERVICES)), interface
+
+
+#: Which layers each function needs. numpy and boto3 sit in ``base`` (every function needs them) so that no
+#: distribution is shipped twice to one function.
 FUNCTION_LAYERS: Final[dict[FunctionName, tuple[LayerName, ...]]] = {
     "embed": ("core", "base", "onnx", "model"),
     "route": ("core", "base"),
     "shard_search": ("core", "base", "milvus"),
     "fuse_generate": ("core", "base"),
-    "ingest": ("core", "base", "onnx", "milvus", "model"),
+    "ingest": ("core", "base", "onnx", "milvus"),
 }
+#: Functions that download the model from S3 at cold start instead of carrying the model layer: onnxruntime,
+#: pymilvus (and the pandas it imports) and the 87 MB model left ingest 3 MB under the limit.
+MODEL_FROM_S3: Final[tuple[FunctionName, ...]] = ("ingest",)
+#: The ``base`` layer keeps botocore's service models for these APIs only (the 400-odd others are 26 MB).
+BOTOCORE_SERVICES: Final = tuple(sorted({s for services in FUNCTION_AWS_SERVICES.values() for s in services}))
 
 #: Distributions that must never reach a Lambda package (too big, or local-only engines).
 FORBIDDEN_DISTRIBUTIONS: Final = frozenset(
@@ -59,6 +90,8 @@ class PipLayer:
     drop: tuple[str, ...] = ()
     #: Modules each function using the layer imports: the build script's smoke test imports them.
     imports: tuple[str, ...] = ()
+    #: (folder, names): inside that folder (relative to ``python/``) only the named subfolders are kept.
+    keep_only: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def requirements(self) -> Path:
@@ -73,7 +106,18 @@ PIP_LAYERS: Final[tuple[PipLayer, ...]] = (
     PipLayer(
         "base",
         drop=("numpy/_core/include",),
-        imports=("aws_lambda_powertools", "aws_lambda_powertools.metrics", "pydantic", "numpy", "pypdf", "Stemmer"),
+        imports=(
+            "aws_lambda_powertools",
+            "aws_lambda_powertools.metrics",
+            "pydantic",
+            "numpy",
+            "pypdf",
+            "Stemmer",
+            "boto3",
+        ),
+        # The functions ship the boto3 the tests ran with (S3 conditional writes and bedrock-agent-runtime Rerank
+        # are recent), not whatever the Lambda runtime bundles; only the service models they call are kept.
+        keep_only=(("botocore/data", BOTOCORE_SERVICES),),
     ),
     PipLayer(
         "onnx",

@@ -4,7 +4,9 @@ Dependency layers are pre-built by ``scripts/build_lambda_assets.py`` into ``bui
 missing one is handled is explicit (context ``shardrag:assets``):
 
 * ``auto`` (default): use the built directory; if it is missing, a marked stand-in and a synthesis warning,
-  so that ``cdk synth`` and template checks work on a fresh clone. Never deploy with that warning showing.
+  so that ``cdk synth`` and template checks work on a fresh clone. Such a template cannot be deployed: it carries a
+  CloudFormation rule that fails the change set, before any resource is created, with a message saying to build
+  the layers (``make deploy`` builds them and passes ``require``).
 * ``require``: a missing layer is a synthesis error (``make deploy`` passes it).
 * ``stub``: always the stand-ins. The template tests use it: they check the template, not package contents
   (the package-size check does that), and staging ~250 MB per synthesis would make them slow.
@@ -17,8 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from aws_cdk import Annotations
+from aws_cdk import Annotations, CfnParameter, CfnRule, CfnRuleAssertion, Fn
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from shardrag_cdk.config import DeploymentConfigError
@@ -61,6 +64,8 @@ class LambdaPackaging(Construct):
         super().__init__(scope, construct_id)
         self.mode = mode
         self.stand_ins: list[str] = []
+        self._refusing = False
+        self._model_archive: s3_assets.Asset | None = None
         self._layers: dict[LayerName, lambda_.ILayerVersion] = {}
         needed = {layer for layers in FUNCTION_LAYERS.values() for layer in layers}
         for name in (n for n in _LAYER_NAMES if n in needed):
@@ -73,11 +78,42 @@ class LambdaPackaging(Construct):
                 description=f"ShardRAG {name} layer",
             )
         if self.stand_ins:
+            self._refuse_deployment()
             Annotations.of(self).add_warning_v2(
                 "shardrag:layers-not-built",
                 f"layers {self.stand_ins} are stand-ins (not built): this template is NOT deployable. "
                 "Run `python scripts/build_lambda_assets.py` (and `make model`) first.",
             )
+
+    def _refuse_deployment(self) -> None:
+        """A rule CloudFormation evaluates when it creates the change set: with stand-ins it always fails, so a
+        plain ``cdk deploy`` of this template stops with this message instead of shipping functions that cannot
+        import their dependencies. (A parameter, as in CDK's own bootstrap-version rule: rules compare parameters.)
+        """
+        if self._refusing:
+            return
+        self._refusing = True
+        marker = CfnParameter(
+            self,
+            "LayersBuilt",
+            type="String",
+            default="no",
+            allowed_values=["no", "yes"],
+            description="Whether the Lambda layers were built (this template has stand-ins: they were not)",
+        )
+        CfnRule(
+            self,
+            "RefuseStandInLayers",
+            assertions=[
+                CfnRuleAssertion(
+                    assert_=Fn.condition_equals(marker.value_as_string, "yes"),
+                    assert_description=(
+                        "Not deployable: this template was synthesised without built Lambda layers (stand-ins). Build "
+                        "them with `make lambda-assets` (no Docker needed), or deploy with `make deploy ENV=<env>`."
+                    ),
+                )
+            ],
+        )
 
     def _layer_source(self, name: LayerName) -> Path:
         if name == "core":
@@ -95,6 +131,14 @@ class LambdaPackaging(Construct):
         self.stand_ins.append(name)
         return Path(_stand_in(name))
 
+    def model_archive(self) -> s3_assets.Asset:
+        """The exported model as a zip in the assets bucket, for the functions in ``MODEL_FROM_S3``."""
+        if self._model_archive is None:
+            self._model_archive = s3_assets.Asset(
+                self, "ModelArchive", path=str(self._layer_source("model") / "model"), exclude=_EXCLUDE
+            )
+        return self._model_archive
+
     def layers_for(self, function: FunctionName) -> list[lambda_.ILayerVersion]:
         return [self._layers[name] for name in FUNCTION_LAYERS[function]]
 
@@ -105,6 +149,7 @@ class LambdaPackaging(Construct):
             if self.mode == "require":
                 raise DeploymentConfigError(f"function {function!r} has no handler.py in {source}")
             self.stand_ins.append(function)
+            self._refuse_deployment()
             Annotations.of(self).add_warning_v2(
                 f"shardrag:function-missing-{function}",
                 f"{source}/handler.py does not exist: the {function} function is a stand-in, not deployable.",

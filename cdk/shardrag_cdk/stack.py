@@ -10,13 +10,15 @@ from constructs import Construct
 from shardrag_cdk.access import GeneratorAccess, MilvusSecretsAccess, RerankerAccess
 from shardrag_cdk.api import QueryApi
 from shardrag_cdk.artifacts import IndexArtifacts
+from shardrag_cdk.buckets import access_log_bucket
 from shardrag_cdk.config import EnvironmentConfig
 from shardrag_cdk.ingestion import Ingestion
-from shardrag_cdk.lambdas import QueryFunctions
+from shardrag_cdk.lambdas import QueryFunctions, log_retention, removal_policy
 from shardrag_cdk.network import FunctionNetwork
 from shardrag_cdk.observability import Observability
 from shardrag_cdk.packaging import AssetMode, LambdaPackaging
 from shardrag_cdk.query_workflow import QueryWorkflow
+from shardrag_cdk.vector_store import VectorStore
 
 
 class ShardRagStack(Stack):
@@ -31,22 +33,36 @@ class ShardRagStack(Stack):
         Tags.of(self).add("environment", config.name)
 
         packaging = LambdaPackaging(self, "Packaging", mode=assets)
-        network = FunctionNetwork(self, "Network", config=deployment.vpc) if deployment.vpc else None
+        network = (
+            FunctionNetwork(self, "Network", config=deployment.network, log_retention=log_retention(deployment))
+            if deployment.network
+            else None
+        )
+        access_logs = access_log_bucket(
+            self, "AccessLogs", retention_days=deployment.log_retention_days, removal_policy=removal_policy(deployment)
+        )
+        store = VectorStore(self, "Store", config=config, network=network, access_logs=access_logs)
+        # The functions run with the shards this stack wired, never with endpoints typed into cdk.json.
+        settings = store.settings(settings)
         query = QueryFunctions(
             self, "QueryFunctions", settings=settings, deployment=deployment, packaging=packaging, network=network
         )
         ingestion = Ingestion(
-            self, "Ingestion", settings=settings, deployment=deployment, packaging=packaging, network=network
+            self,
+            "Ingestion",
+            settings=settings,
+            deployment=deployment,
+            packaging=packaging,
+            network=network,
+            access_logs=access_logs,
         )
         MilvusSecretsAccess(
             self,
             "MilvusSecrets",
-            secret_names=config.milvus_secret_names(),
+            secrets=store.secrets,
             readers=[query.by_name["shard_search"].function, ingestion.ingest.function],
         )
-        artifacts = IndexArtifacts(
-            self, "IndexArtifacts", deployment=deployment, access_logs=ingestion.documents.access_logs
-        )
+        artifacts = IndexArtifacts(self, "IndexArtifacts", deployment=deployment, access_logs=access_logs)
         artifacts.grant_read_write(ingestion.ingest)
         # Embed: corpus-wide IDF for the BM25 query side; Route: the centroids (routing.mode centroid).
         for reader in ("embed", "route"):
@@ -88,3 +104,7 @@ class ShardRagStack(Stack):
         CfnOutput(self, "RegistryTable", value=ingestion.registry.table.table_name)
         CfnOutput(self, "QueryStateMachine", value=workflow.state_machine.state_machine_arn)
         CfnOutput(self, "DeadLetterQueue", value=ingestion.queue.dead_letters.queue_url)
+        CfnOutput(self, "StoreKind", value=deployment.store.kind)
+        if store.standalone is not None:
+            CfnOutput(self, "MilvusInstance", value=store.standalone.instance.instance_id)
+            CfnOutput(self, "MilvusRootSecret", value=store.standalone.root_secret.secret_arn)

@@ -13,9 +13,12 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from shardrag import services
+from shardrag.model_source import use_model_archive
 
 logger = Logger(service="shardrag-ingest")
 processor = BatchProcessor(event_type=EventType.SQS)
+# Deployed, the model comes from S3 (no room for its layer beside pymilvus); locally it is already on disk.
+use_model_archive()
 # Cold start: settings, the ONNX model, the shard clients and the registry client, once per container.
 services.ingest_service()
 

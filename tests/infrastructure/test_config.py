@@ -27,6 +27,16 @@ def _environments(**changes: Any) -> dict[str, Any]:
     return environments
 
 
+def _store(store: dict[str, Any]) -> dict[str, Any]:
+    """cdk.json's environments with dev's ``deployment.store`` replaced (not merged) by ``store``."""
+    environments = _environments()
+    environments["dev"]["deployment"]["store"] = store
+    del environments["dev"]["deployment"]["network"]  # the default that goes with the store kind
+    return environments
+
+
+CERT = "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"
+PRIVATE_LINK = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"
 POOL = "arn:aws:cognito-idp:us-east-1:123456789012:userpool/us-east-1_Abc123"
 MULTI = {"tenancy": {"mode": "multi"}, "ingestion": {"tenant_source": "key_prefix"}}
 #: Cognito with the stack's own user pool (no cognito_user_pool_arn).
@@ -37,7 +47,9 @@ def test_every_environment_validates() -> None:
     for name in CDK_CONTEXT["environments"]:
         config = load_environment(CDK_CONTEXT["environments"], name)
         assert config.settings.environment == name
-        assert len(config.settings.store.shards) == config.settings.store.shard_count
+        # The stack wires the shards to the store it provisions: nothing is typed by hand.
+        assert config.settings.store.shards == ()
+        assert config.deployment.store.kind in ("standalone", "distributed", "external")
 
 
 @pytest.mark.parametrize(
@@ -87,14 +99,78 @@ def test_every_environment_validates() -> None:
             "dev",
             "the claim must be 'custom:<name>'",
         ),
-        (_environments(settings={"store": {"shard_count": 3}}), "dev", "lists 4 endpoints but store.shard_count is 3"),
         (_environments(settings={"retrieval": {"top_k": 0}}), "dev", "settings.retrieval.top_k"),
         (
-            _environments(settings={"store": {"shard_count": 2, "shards": [{"uri": "a.db"}, {"uri": "b.db"}]}}),
+            _environments(
+                settings={
+                    "store": {"shard_count": 2, "shards": [{"uri": "https://a:19530"}, {"uri": "https://b:19530"}]}
+                }
+            ),
             "dev",
-            "Milvus Lite",
+            "settings.store.shards / store.endpoint are produced by the stack",
         ),
-        (_environments(settings={"store": {"shards": []}}), "dev", "must list one Milvus endpoint per shard"),
+        (
+            _store({"kind": "external", "endpoints": [{"uri": "https://a"}] * 3}),
+            "dev",
+            "lists 3 endpoints: give one",
+        ),
+        (
+            _store({"kind": "external", "endpoints": [{"uri": "http://a:19530", "token_secret": "t"}]}),
+            "dev",
+            "must use https://",
+        ),
+        (_environments(deployment={"store": {"kind": "standalone", "instance_type": "t3.large"}}), "dev", "Graviton"),
+        (_environments(deployment={"store": {"kind": "standalone", "instance_type": "t4g.small"}}), "dev", "Graviton"),
+        (_store({"kind": "cassandra"}), "dev", "deployment.store"),
+        (
+            _store({"kind": "distributed", "certificate_arn": CERT, "server_name": "milvus.corp.example"}),
+            "dev",
+            "store kind 'distributed' needs a NAT",
+        ),
+        (_store({"kind": "distributed", "server_name": "milvus.corp.example"}), "dev", "certificate_arn"),
+        (
+            _store({"kind": "external", "endpoints": [{"uri": "https://a"}], "private_link_service": PRIVATE_LINK}),
+            "dev",
+            "store.private_link_service needs deployment.network",
+        ),
+        (
+            _environments(deployment={"network": {"functions": ["ingest"]}}),
+            "dev",
+            "network.functions must include ['shard_search']",
+        ),
+        (
+            _environments(
+                deployment={
+                    "network": {
+                        "imported": {
+                            "vpc_id": "vpc-0123456789abcdef0",
+                            "subnet_ids": ["subnet-01234567"],
+                            "availability_zones": ["us-east-1a", "us-east-1b"],
+                            "route_table_ids": ["rtb-01234567"],
+                        }
+                    }
+                }
+            ),
+            "dev",
+            "one entry per subnet id",
+        ),
+        # A default account: 1,000, of which 100 stay unreserved.
+        (
+            _environments(deployment={"functions": {"shard_search": {"reserved_concurrency": 901}}}),
+            "dev",
+            "reserved concurrency adds up to 901 (shard_search 901) but an account with account_concurrency_limit "
+            "1000 can reserve at most 900",
+        ),
+        (
+            _environments(
+                deployment={
+                    "account_concurrency_limit": 3000,
+                    "functions": {"embed": {"reserved_concurrency": 2000}, "ingest": {"reserved_concurrency": 901}},
+                }
+            ),
+            "dev",
+            "adds up to 2901",
+        ),
         (_environments(deployment={"log_retention_days": 10}), "dev", "deployment.log_retention_days"),
         (
             _environments(
@@ -111,15 +187,7 @@ def test_every_environment_validates() -> None:
             "dev",
             "exceeds reserved_concurrency",
         ),
-        (
-            _environments(
-                deployment={
-                    "vpc": {"vpc_id": "vpc-1", "subnet_ids": [], "availability_zones": [], "security_group_ids": []}
-                }
-            ),
-            "dev",
-            "deployment.vpc",
-        ),
+        (_environments(deployment={"vpc": {"vpc_id": "vpc-1"}}), "dev", "deployment.vpc"),
         (_environments(settings={"generator": {"kind": "openai"}}), "dev", "needs settings.generator.endpoint_url"),
         (
             _environments(settings={"rerank": {"kind": "bedrock", "timeout_s": 25}}),
@@ -133,6 +201,21 @@ def test_bad_config_is_rejected_with_a_clear_message(environments: Any, name: st
     with pytest.raises(DeploymentConfigError) as caught:
         load_environment(environments, name)
     assert expected in str(caught.value)
+
+
+def test_reserved_concurrency_up_to_the_account_limit_is_accepted() -> None:
+    functions = {"shard_search": {"reserved_concurrency": 880}, "ingest": {"reserved_concurrency": 20}}
+    config = load_environment(_environments(deployment={"functions": functions}), "dev")
+    assert config.deployment.functions.shard_search.reserved_concurrency == 880
+    raised = {**functions, "embed": {"reserved_concurrency": 1000}}
+    config = load_environment(_environments(deployment={"functions": raised, "account_concurrency_limit": 2000}), "dev")
+    assert config.deployment.account_concurrency_limit == 2000
+
+
+def test_provisioned_concurrency_is_off_unless_configured() -> None:
+    for name in CDK_CONTEXT["environments"]:
+        functions = load_environment(CDK_CONTEXT["environments"], name).deployment.functions
+        assert all(functions.of(f).provisioned_concurrency == 0 for f in ("embed", "route", "shard_search"))
 
 
 @pytest.mark.parametrize(

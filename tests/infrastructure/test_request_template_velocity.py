@@ -2,7 +2,9 @@
 and ``$util.escapeJavaScript``): the body arrives untouched and the tenant exactly as the claim holds it, whatever
 quotes or backslashes it contains.
 
-Needs a JDK and the two jars (``VELOCITY_CLASSPATH``, or a local Maven repository that has them); skipped otherwise.
+Needs a JDK and the jars: ``make tools`` installs Debian's ``velocity`` 1.7, ``libcommons-lang-java`` and
+``libcommons-collections3-java`` (``/usr/share/java``); ``VELOCITY_CLASSPATH`` or a local Maven repository also work.
+Without them the tests fail (they are the only check of what API Gateway will render), they do not skip.
 """
 
 from __future__ import annotations
@@ -23,13 +25,23 @@ _JARS = (
     "commons-lang/commons-lang/2.6/commons-lang-2.6.jar",
     "commons-collections/commons-collections/3.2.2/commons-collections-3.2.2.jar",
 )
+#: Debian's packages of the same releases (velocity 1.7-6, commons-lang 2.6, commons-collections 3.2.2).
+_DEBIAN = tuple(
+    Path("/usr/share/java") / jar for jar in ("velocity-1.7.jar", "commons-lang-2.6.jar", "commons-collections3.jar")
+)
 CLASSPATH = os.environ.get("VELOCITY_CLASSPATH") or (
-    os.pathsep.join(str(_M2 / jar) for jar in _JARS) if all((_M2 / jar).exists() for jar in _JARS) else ""
+    os.pathsep.join(str(jar) for jar in _DEBIAN)
+    if all(jar.exists() for jar in _DEBIAN)
+    else os.pathsep.join(str(_M2 / jar) for jar in _JARS)
+    if all((_M2 / jar).exists() for jar in _JARS)
+    else ""
 )
 
-pytestmark = pytest.mark.skipif(
-    not (CLASSPATH and shutil.which("javac") and shutil.which("java")), reason="no JDK or Velocity 1.7 jars"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _engine_installed() -> None:
+    assert CLASSPATH and shutil.which("javac") and shutil.which("java"), "no JDK or Velocity 1.7 jars: `make tools`"
+
 
 #: Renders a template with $util, $input.json('$') and $context.authorizer.claims as API Gateway provides them.
 _RENDER = """

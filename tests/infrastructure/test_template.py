@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from cdk_synthesis import Synthesis
+from shardrag.config import Settings
 from shardrag.env import ARTIFACTS_BUCKET
 from shardrag.errors import ERROR_STATUS
 from shardrag.ingestion.registry import table_definition
@@ -258,13 +259,18 @@ def test_functions_run_python312_with_active_tracing(synth: Synthesis) -> None:
 
 
 def test_vpc_placement_follows_the_config(synth: Synthesis) -> None:
-    vpc = synth.config.deployment.vpc
+    network = synth.config.deployment.network
+    (functions_sg,) = [
+        k
+        for k, v in synth.resources("AWS::EC2::SecurityGroup").items()
+        if v["Properties"]["GroupDescription"] == "ShardRAG functions that reach the vector store"
+    ]
     for function in _project_functions(synth).values():
         props = function["Properties"]
         name = props["Description"].removeprefix("ShardRAG ")
-        if vpc and name in vpc.functions:
-            assert props["VpcConfig"]["SubnetIds"] == list(vpc.subnet_ids)
-            assert props["VpcConfig"]["SecurityGroupIds"] == list(vpc.security_group_ids)
+        if network and name in network.functions:
+            assert _refs(props["VpcConfig"]["SecurityGroupIds"]) == {functions_sg}
+            assert len(props["VpcConfig"]["SubnetIds"]) == network.max_azs
         else:
             assert "VpcConfig" not in props
 
@@ -300,37 +306,63 @@ def _secret_like(node: Any, path: str = "") -> list[str]:
     return found
 
 
+def _text(value: Any) -> str:
+    """A template string, with every ``Fn::Join`` part that is a reference replaced by ``"<ref>"``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(_text(part) for part in parts)
+    return "<ref>"
+
+
+def _settings(synth: Synthesis, function_name: str = "shard_search") -> dict[str, Any]:
+    function = next(
+        f for f in _project_functions(synth).values() if f["Properties"]["Description"] == f"ShardRAG {function_name}"
+    )
+    return json.loads(_text(function["Properties"]["Environment"]["Variables"]["SHARDRAG_SETTINGS"]))
+
+
 def test_no_credentials_in_environment_variables(synth: Synthesis) -> None:
     for function_id, function in _project_functions(synth).items():
         variables = function["Properties"]["Environment"]["Variables"]
         for name, value in variables.items():
             assert not any(word in name.upper() for word in ("TOKEN", "PASSWORD", "API_KEY")), name
-            if not isinstance(value, str):
-                continue
-            parsed = json.loads(value) if value.startswith("{") else value
+            text = _text(value)
+            parsed = json.loads(text) if text.startswith("{") else text
             assert _secret_like(parsed) == [], f"{function_id}.{name}"
-    settings = json.loads(
-        next(iter(_project_functions(synth).values()))["Properties"]["Environment"]["Variables"]["SHARDRAG_SETTINGS"]
-    )
-    assert [s["token_secret"] for s in settings["store"]["shards"]] == [
-        s.token_secret for s in synth.config.settings.store.shards
-    ]
 
 
-def test_token_secrets_readable_only_by_the_milvus_functions(synth: Synthesis) -> None:
+def test_the_stack_wires_every_shard_to_its_store(synth: Synthesis) -> None:
+    """One collection per shard on the one store the stack runs, over TLS, with its token and CA secrets."""
+    store = _settings(synth)["store"]
+    assert "shards" not in store  # one endpoint for all: written once, whatever the shard count
+    # What the runtime will connect to: the settings parsed by the runtime's own model.
+    shards = Settings.model_validate(_settings(synth)).shard_endpoints()
+    count = synth.config.settings.store.shard_count
+    assert len(shards) == count
+    assert [s.collection for s in shards] == [f"shardrag_chunks_shard{i}" for i in range(count)]
+    assert all(s.uri.startswith("https://") and s.uri.endswith(":19530") for s in shards)
+    assert all(s.token_secret == "<ref>" and s.ca_secret == "<ref>" for s in shards)
+    assert {s.server_name for s in shards} == {"milvus.shardrag.internal"}
+    assert "example.internal" not in json.dumps(synth.template)
+    # Every function gets the same wiring (ingest writes where shard_search reads).
+    assert _settings(synth, "ingest")["store"] == _settings(synth)["store"]
+
+
+def test_store_secrets_readable_only_by_the_milvus_functions(synth: Synthesis) -> None:
     functions = _project_functions(synth)
     roles = {next(iter(_refs(f["Properties"]["Role"]))): f["Properties"]["Description"] for f in functions.values()}
+    secrets = set(synth.resources("AWS::SecretsManager::Secret"))
     readers: dict[str, set[str]] = {}
     for policy in synth.properties("AWS::IAM::Policy"):
         for statement in policy["PolicyDocument"]["Statement"]:
             if "secretsmanager:GetSecretValue" in statement["Action"]:
-                resource = json.dumps(statement["Resource"])
-                for role in _refs(policy["Roles"]):
-                    readers.setdefault(roles[role], set()).add(resource)
+                for role in _refs(policy["Roles"]) & set(roles):
+                    readers.setdefault(roles[role], set()).update(_refs(statement["Resource"]))
     assert set(readers) == {"ShardRAG shard_search", "ShardRAG ingest"}
     for resources in readers.values():
-        names = {re.search(r":secret:([^\"]+)-\?{6}", r)[1] for r in resources}  # type: ignore[index]
-        assert names == set(synth.config.milvus_secret_names())
+        assert resources == secrets  # the root password and the CA certificate, nothing else
 
 
 #: Actions AWS does not let a policy scope to a resource: the only ones allowed on ``Resource: "*"``.
@@ -446,3 +478,21 @@ def test_gateway_responses_are_valid_json_whatever_the_error_text(synth: Synthes
             assert "validationErrorString" not in template
             body = template.replace("$context.error.messageString", json.dumps(hostile))
             assert json.loads(body)["error"]["message"] in (hostile, api_mapping.TIMEOUT_MESSAGE)
+
+
+def test_ingest_reads_its_model_archive_and_nothing_else_of_the_assets_bucket(synth: Synthesis) -> None:
+    ingest = next(
+        f["Properties"]
+        for f in _project_functions(synth).values()
+        if f["Properties"]["Description"] == "ShardRAG ingest"
+    )
+    archive = ingest["Environment"]["Variables"]["SHARDRAG_MODEL_ARCHIVE"]["Fn::Sub"]
+    assert re.fullmatch(r"s3://cdk-\w+-assets-\$\{AWS::AccountId\}-[\w:{}$-]+/[0-9a-f]{64}\.zip", archive), archive
+    assert "SHARDRAG_MODEL_DIR" not in ingest["Environment"]["Variables"]  # set at cold start, after the download
+    key = archive.rsplit("/", 1)[1]
+    reads = [
+        s
+        for s in _role_statements(synth)["ingest"]
+        if s["Action"] == "s3:GetObject" and key in json.dumps(s["Resource"])
+    ]
+    assert len(reads) == 1

@@ -35,6 +35,11 @@ class ShardEndpoint(_Model):
     collection: str = Field(default="shardrag_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     db_name: str = ""
     token_secret: str | None = None
+    #: Secret holding the PEM of the CA that signed the server's certificate (a private CA: a self-hosted Milvus);
+    #: None trusts the system roots (Zilliz Cloud, a public certificate).
+    ca_secret: str | None = None
+    #: The name the server's certificate is issued for, when ``uri`` reaches it by another name or an IP address.
+    server_name: str = ""
 
     @property
     def is_lite(self) -> bool:
@@ -52,8 +57,12 @@ class IndexSettings(_Model):
 
 class StoreSettings(_Model):
     shard_count: int = Field(default=4, ge=1, le=64)
-    #: Explicit endpoints, one per shard; empty means Milvus Lite files under the data directory.
+    #: Explicit endpoints, one per shard; empty means ``endpoint`` or, without it, Milvus Lite files under the data
+    #: directory.
     shards: tuple[ShardEndpoint, ...] = ()
+    #: One Milvus deployment for every shard: shard ``i`` is the collection ``<collection>_shard<i>`` on it (its own
+    #: ``collection`` is ignored). What a deployed stack sets: the settings stay the same size whatever the shards.
+    endpoint: ShardEndpoint | None = None
     collection: str = Field(default="shardrag_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     dimension: int = Field(default=384, ge=8, le=4096)
     index: IndexSettings = IndexSettings()
@@ -62,6 +71,8 @@ class StoreSettings(_Model):
 
     @model_validator(mode="after")
     def _shards_match_count(self) -> StoreSettings:
+        if self.shards and self.endpoint is not None:
+            raise ValueError("store.shards and store.endpoint are exclusive: one endpoint per shard, or one for all")
         if self.shards and len(self.shards) != self.shard_count:
             raise ValueError(
                 f"store.shards lists {len(self.shards)} endpoints but store.shard_count is {self.shard_count}"
@@ -72,6 +83,11 @@ class StoreSettings(_Model):
         """The configured endpoints, or one Milvus Lite file per shard under ``data_dir``."""
         if self.shards:
             return self.shards
+        if self.endpoint is not None:
+            shared = self.endpoint
+            return tuple(
+                shared.model_copy(update={"collection": f"{self.collection}_shard{i}"}) for i in range(self.shard_count)
+            )
         return tuple(
             ShardEndpoint(uri=str(data_dir / "shards" / f"shard-{i}.db"), collection=self.collection)
             for i in range(self.shard_count)
@@ -163,7 +179,9 @@ class RetrievalSettings(_Model):
 class GeneratorSettings(_Model):
     kind: Literal["extractive", "bedrock", "openai"] = "extractive"
     #: Bedrock model id / inference profile, or the model name sent to an OpenAI-compatible endpoint.
-    model_id: str = "anthropic.claude-3-haiku-20240307-v1:0"
+    #: Claude Haiku 5.5 through the US cross-Region inference profile (Anthropic models on Bedrock are invoked through
+    #: an inference profile; outside the US use its ``eu.`` / ``apac.`` / ``global.`` profile).
+    model_id: str = "us.anthropic.claude-haiku-5-5"
     endpoint_url: str = ""
     api_key_secret: str | None = None
     region: str | None = None

@@ -27,3 +27,6 @@ LOG_LEVEL: Final = "POWERTOOLS_LOG_LEVEL"
 POWERTOOLS_METRICS_NAMESPACE: Final = "POWERTOOLS_METRICS_NAMESPACE"
 #: Bucket for index artefacts (BM25 term statistics); unset: files under ``<data_dir>/index`` beside the shards.
 ARTIFACTS_BUCKET: Final = "SHARDRAG_ARTIFACTS_BUCKET"
+#: ``s3://bucket/key`` of a zip holding ``model.onnx`` + ``tokenizer.json``, for a function whose package has no
+#: room for the model layer (ingest: pymilvus and onnxruntime already fill most of Lambda's 250 MB).
+MODEL_ARCHIVE: Final = "SHARDRAG_MODEL_ARCHIVE"

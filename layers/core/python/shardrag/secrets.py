@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from shardrag.errors import ConfigurationError
@@ -28,8 +28,15 @@ def read_secret(
     region: str | None = None,
     fields: Sequence[str] = SECRET_FIELDS,
     what: str = "secret",
+    check: Callable[[str], str | None] | None = None,
 ) -> str:
-    """The secret's string value, or for a JSON secret the first of ``fields`` it holds."""
+    """The secret's string value, or for a JSON secret the first of ``fields`` it holds.
+
+    A JSON secret with ``username`` and ``password`` and no ``token`` (Secrets Manager's shape for generated
+    database credentials) gives ``"username:password"``, the form of a Milvus token. ``check`` returns why a value
+    is unusable (None when it is fine); an unusable value is an error and is not cached, so that a secret written
+    later (a Milvus host publishing its CA certificate at first boot) is picked up by the next call.
+    """
     with _lock:
         if (name, region) in _cache:
             return _cache[(name, region)]
@@ -50,10 +57,19 @@ def read_secret(
             parsed = json.loads(value)
         except json.JSONDecodeError:
             raise ConfigurationError(f"{what} {name!r} looks like JSON but does not parse") from None
+        if (
+            isinstance(parsed, dict)
+            and "token" not in parsed
+            and isinstance(parsed.get("username"), str)
+            and isinstance(parsed.get("password"), str)
+        ):
+            parsed = {"token": f"{parsed['username']}:{parsed['password']}"}
         found = [parsed.get(f) for f in fields if isinstance(parsed, dict) and isinstance(parsed.get(f), str)]
         if not found or not found[0]:
             raise ConfigurationError(f"{what} {name!r} has none of the fields {', '.join(fields)}")
         value = found[0]
+    if check is not None and (problem := check(value)):
+        raise ConfigurationError(f"{what} {name!r} {problem}")
     with _lock:
         _cache[(name, region)] = value
     return value

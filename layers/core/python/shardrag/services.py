@@ -73,6 +73,11 @@ class ShardStores:
 
                     endpoint = self._endpoints[shard]
                     token = read_secret(endpoint.token_secret) if endpoint.token_secret else None
+                    ca_pem = (
+                        read_secret(endpoint.ca_secret, what="Milvus CA certificate", check=_pem_problem)
+                        if endpoint.ca_secret
+                        else None
+                    )
                     milvus = MilvusVectorStore(
                         endpoint,
                         shard=shard,
@@ -80,6 +85,7 @@ class ShardStores:
                         index=self._settings.store.index,
                         max_text_bytes=self._settings.store.max_text_bytes,
                         token=token,
+                        ca_pem=ca_pem,
                     )
                     store = TermAccountingStore(
                         milvus, shard=shard, tracker=self._tracker, per_tenant=self._settings.tenancy.mode == "multi"
@@ -89,6 +95,11 @@ class ShardStores:
 
     def all(self) -> list[VectorStore]:
         return [self(i) for i in range(self.shard_count)]
+
+
+def _pem_problem(value: str) -> str | None:
+    """Why a CA secret is not (yet) a certificate: the stack creates it before the Milvus host writes the PEM."""
+    return None if "-----BEGIN CERTIFICATE-----" in value else "holds no PEM certificate (yet)"
 
 
 def load_store_driver() -> None:

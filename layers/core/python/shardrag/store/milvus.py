@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ class MilvusVectorStore:
         index: IndexSettings,
         max_text_bytes: int = 8192,
         token: str | None = None,
+        ca_pem: str | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._shard = shard
@@ -49,6 +51,7 @@ class MilvusVectorStore:
         self._index = index
         self._max_text_bytes = max_text_bytes
         self._token = token
+        self._ca_pem = ca_pem
         self._client: MilvusClient | None = None
         self._ready = False
         self._lock = threading.Lock()
@@ -68,8 +71,21 @@ class MilvusVectorStore:
                         kwargs["token"] = self._token
                     if self._endpoint.db_name:
                         kwargs["db_name"] = self._endpoint.db_name
+                    kwargs.update(self._tls_options())
                     self._client = MilvusClient(**kwargs)
         return self._client
+
+    def _tls_options(self) -> dict[str, Any]:
+        """One-way TLS against a private CA: pymilvus reads the roots from a file (``server_pem_path``), so the PEM
+        goes to a private temporary file; ``server_name`` is the name the certificate was issued for."""
+        options: dict[str, Any] = {}
+        if self._ca_pem:
+            with tempfile.NamedTemporaryFile("w", prefix="milvus-ca-", suffix=".pem", delete=False) as handle:
+                handle.write(self._ca_pem)
+            options.update(secure=True, server_pem_path=handle.name)
+        if self._endpoint.server_name:
+            options.update(secure=True, server_name=self._endpoint.server_name)
+        return options
 
     @property
     def _collection(self) -> str:

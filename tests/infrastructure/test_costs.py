@@ -1,0 +1,58 @@
+"""The cost table: computed from one prices file whose every figure names its source and date; the README shows
+exactly what the computation gives."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from cdk_synthesis import CDK_CONTEXT, ROOT
+from shardrag_cdk.config import load_environment
+from shardrag_cdk.costs import KINDS, PRICES_FILE, Prices, estimate, table
+
+
+def _entries(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict) and "value" in node:
+        return [(path, node)]
+    if isinstance(node, dict):
+        return [e for key, value in node.items() for e in _entries(value, f"{path}.{key}".strip("."))]
+    return []
+
+
+def test_every_price_names_its_source_and_date() -> None:
+    raw = json.loads(PRICES_FILE.read_text())
+    entries = [*_entries(raw["prices"]), ("hours_per_month", raw["hours_per_month"])]
+    assert len(entries) >= 15
+    for name, entry in entries:
+        assert isinstance(entry["value"], int | float) and entry["value"] > 0, name
+        assert entry["unit"] and entry["source"], name
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry["date"]), name
+
+
+def test_readme_shows_the_computed_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("<!-- cost-table:start -->\n", 1)[1].split("\n<!-- cost-table:end -->", 1)[0]
+    assert shown == table(CDK_CONTEXT["environments"]), "run `python -m shardrag_cdk.costs` and update README.md"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_environment_and_store_kind_has_an_estimate(kind: str) -> None:
+    prices = Prices()
+    for name in CDK_CONTEXT["environments"]:
+        result = estimate(load_environment(CDK_CONTEXT["environments"], name), kind, prices)
+        assert result.per_million_queries > 0
+        assert (result.idle_per_month > 0) is (kind != "external")
+
+
+def test_idle_cost_follows_the_configuration() -> None:
+    prices = Prices()
+    dev = load_environment(CDK_CONTEXT["environments"], "dev")
+    result = estimate(dev, "standalone", prices)
+    # dev: one t4g.large around the clock, and one Secrets Manager interface endpoint in each of two zones.
+    assert result.idle_items["Milvus host"] == pytest.approx(prices.price("ec2_hour.t4g.large") * 730)
+    assert result.idle_items["interface endpoints"] == pytest.approx(1 * 2 * 0.01 * 730)
+    assert "NAT gateways" not in result.idle_items
+    with pytest.raises(KeyError, match="add it with its source and date"):
+        prices.price("ec2_hour.x9g.huge")
