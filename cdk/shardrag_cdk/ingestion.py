@@ -144,8 +144,11 @@ class Ingestion(Construct):
             extra_environment={
                 env.REGISTRY_TABLE: self.registry.table.table_name,
                 env.DOCUMENTS_BUCKET: self.documents.bucket.bucket_name,
+                env.INGEST_QUEUE_URL: self.queue.queue.queue_url,
             },
         )
+        # A large object's remaining parts are queued again for a fresh invocation (ingestion continuations).
+        self.queue.queue.grant_send_messages(self.ingest.function)
         destination = s3n.SqsDestination(self.queue.queue)
         for event in (s3.EventType.OBJECT_CREATED, s3.EventType.OBJECT_REMOVED):
             self.documents.bucket.add_event_notification(event, destination)

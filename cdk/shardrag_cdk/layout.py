@@ -42,7 +42,8 @@ FUNCTION_AWS_SERVICES: Final[dict[FunctionName, tuple[str, ...]]] = {
     "route": ("s3",),
     "shard_search": ("secretsmanager",),
     "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager"),
-    "ingest": ("s3", "dynamodb", "secretsmanager"),
+    # SQS: the rest of a large object is handed to a fresh invocation through the ingest queue.
+    "ingest": ("s3", "dynamodb", "secretsmanager", "sqs"),
 }
 #: Services a VPC reaches through a (free) gateway endpoint; every other one needs an interface endpoint or a NAT.
 GATEWAY_ENDPOINT_SERVICES: Final = frozenset({"s3", "dynamodb"})

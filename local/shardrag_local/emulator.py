@@ -138,8 +138,8 @@ class LocalAws:
     # stop and restoring them at start keeps the bucket, the registry and the index consistent between runs.
     def save_state(self, directory: Path) -> dict[str, int]:
         """Write every S3 object and DynamoDB item to ``directory`` (replacing what was there)."""
+        import hashlib
         import shutil
-        from urllib.parse import quote
 
         staging = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -151,7 +151,11 @@ class LocalAws:
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
                 for item in page.get("Contents", []):
                     body = s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
-                    (root / quote(item["Key"], safe="")).write_bytes(body)
+                    # Named by a hash, the key beside it: an S3 key (up to 1,024 bytes) quoted as a file name
+                    # could exceed the file system's 255 (a valid upload used to crash the snapshot).
+                    name = hashlib.sha256(item["Key"].encode()).hexdigest()
+                    (root / f"{name}.key").write_text(item["Key"], encoding="utf-8")
+                    (root / f"{name}.obj").write_bytes(body)
                     counts["objects"] += 1
         ddb = self.client("dynamodb")
         (staging / "dynamodb").mkdir(parents=True, exist_ok=True)
@@ -177,7 +181,13 @@ class LocalAws:
             if root.name not in existing:
                 s3.create_bucket(Bucket=root.name)
             for path in sorted(root.iterdir()):
-                s3.put_object(Bucket=root.name, Key=unquote(path.name), Body=path.read_bytes())
+                if path.suffix == ".key":
+                    continue
+                if path.suffix == ".obj":
+                    key = path.with_suffix(".key").read_text(encoding="utf-8")
+                else:
+                    key = unquote(path.name)  # a snapshot from before keys were stored beside their bodies
+                s3.put_object(Bucket=root.name, Key=key, Body=path.read_bytes())
                 restored += 1
         return restored
 

@@ -50,9 +50,9 @@ def test_idle_cost_follows_the_configuration() -> None:
     prices = Prices()
     dev = load_environment(CDK_CONTEXT["environments"], "dev")
     result = estimate(dev, "standalone", prices)
-    # dev: one t4g.large around the clock, and one Secrets Manager interface endpoint in each of two zones.
+    # dev: one t4g.large around the clock, and Secrets Manager and SQS interface endpoints in each of two zones.
     assert result.idle_items["Milvus host"] == pytest.approx(prices.price("ec2_hour.t4g.large") * 730)
-    assert result.idle_items["interface endpoints"] == pytest.approx(1 * 2 * 0.01 * 730)
+    assert result.idle_items["interface endpoints"] == pytest.approx(2 * 2 * 0.01 * 730)
     assert "NAT gateways" not in result.idle_items
     with pytest.raises(KeyError, match="add it with its source and date"):
         prices.price("ec2_hour.x9g.huge")

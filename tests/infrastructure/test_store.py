@@ -179,10 +179,11 @@ def test_interface_endpoints_admit_https_from_the_functions_and_the_host(synth: 
 def test_endpoint_table_derives_the_endpoints() -> None:
     gateway, interface = vpc_endpoint_services(("shard_search", "ingest"))
     assert gateway == ("dynamodb", "s3")
-    assert interface == ("secretsmanager",)
+    # SQS: ingestion hands the rest of a large object to a fresh invocation through its queue.
+    assert interface == ("secretsmanager", "sqs")
     # FuseAndGenerate in the VPC would need Bedrock's endpoints too.
     _, with_fuse = vpc_endpoint_services(("shard_search", "ingest", "fuse_generate"))
-    assert with_fuse == ("bedrock-agent-runtime", "bedrock-runtime", "secretsmanager")
+    assert with_fuse == ("bedrock-agent-runtime", "bedrock-runtime", "secretsmanager", "sqs")
 
 
 def test_endpoint_table_lists_every_boto3_client_the_code_creates() -> None:

@@ -1,6 +1,7 @@
 """A model-based test of ingestion: random sequences of uploads, overwrites and deletes of objects and bulk
 files across tenants, delivered duplicated and out of order through the real ingest handler, with transient
-S3 / DynamoDB / shard / term-statistics failures and worker crashes injected at any step. After the queue
+S3 / DynamoDB / shard / term-statistics failures and worker crashes injected at any step (a crash between a
+shard write and its term-statistics update, inside one call, is the documented exception). After the queue
 drains, the index must hold exactly the chunks a clean ingest of the bucket's current objects gives (per shard,
 per tenant, with the ids their owners gave them), the registry must agree, and the BM25 statistics must equal a
 recount.
