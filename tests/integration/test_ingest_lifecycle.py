@@ -211,7 +211,9 @@ def test_a_large_generated_document_is_indexed_in_bounded_parts(local_runtime: A
     assert any("tangerine" in h["text"] and h["doc_id"] == key for h in hits)
     store = services.shard_stores()(hits[0]["shard"]) if hits else None
     assert store is not None
+    from shardrag.identity import object_doc_id
     from shardrag.sharding import shard_for
 
-    ids = services.shard_stores()(shard_for(key, local_runtime.settings.store.shard_count)).chunk_ids(key)
+    doc_id = object_doc_id("default", key)
+    ids = services.shard_stores()(shard_for(doc_id, local_runtime.settings.store.shard_count)).chunk_ids(doc_id)
     assert len(ids) == outcome.chunks == len(set(ids))
