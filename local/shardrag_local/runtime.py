@@ -1,4 +1,5 @@
-"""The local runtime: one process hosting the AWS emulation, the Milvus Lite shards and the HTTP API."""
+"""The local runtime: one process hosting the AWS emulation, the handlers and the HTTP API, with each Milvus Lite
+shard served by a process of its own (``shardrag_local.shard_servers``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from shardrag import services
+from shardrag import env, services
 from shardrag.api_contract import map_execution
 from shardrag.config import Settings, cached_settings
 
 from shardrag_local.emulator import Endpoint, LocalAws
 from shardrag_local.ingestion import LocalIngestion
+from shardrag_local.shard_servers import ShardServers
 
 log = logging.getLogger("shardrag.local")
 
@@ -58,10 +60,14 @@ class LocalRuntime:
         self.ingestion = LocalIngestion(self.aws, bucket=DOCUMENTS_BUCKET)
         self._stopped = threading.Event()
         self.aws_state_dir = self.data_dir / "aws"
+        self.shard_servers = ShardServers(self.settings.shard_endpoints(), self.data_dir / "logs")
+        self._previous_settings_env: str | None = None
 
     def start(self) -> None:
         started = time.perf_counter()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_servers.start()
+        self._serve_settings()
         self.aws.start()
         self.query_arn = self.aws.deploy_query_workflow(self.settings.store.shard_count)
         s3 = self.aws.client("s3")
@@ -92,6 +98,28 @@ class LocalRuntime:
         self.aws.stop()
         for store in services.shard_stores().all():
             store.close()
+        # Last: ingestion has drained and every client is closed, so no write is cut off.
+        self.shard_servers.stop()
+        self._restore_settings_env()
+
+    def _serve_settings(self) -> None:
+        """Point the handlers at the shard servers, the way a deployed function learns its Milvus endpoints: in
+        its settings (``SHARDRAG_SETTINGS``), read at cold start."""
+        served = self.settings.model_copy(
+            update={
+                "store": self.settings.store.model_copy(update={"shards": self.shard_servers.served_endpoints()})
+            }
+        )
+        self._previous_settings_env = os.environ.get(env.SETTINGS_JSON)
+        os.environ[env.SETTINGS_JSON] = served.model_dump_json()
+        services.reset_caches()
+
+    def _restore_settings_env(self) -> None:
+        if self._previous_settings_env is None:
+            os.environ.pop(env.SETTINGS_JSON, None)
+        else:
+            os.environ[env.SETTINGS_JSON] = self._previous_settings_env
+        services.reset_caches()
 
     # -- the query path ------------------------------------------------------------------------------
     def execute(self, body: dict[str, Any], *, tenant: str = "") -> tuple[int, dict[str, Any]]:
@@ -105,16 +133,12 @@ class LocalRuntime:
         return map_execution(result)
 
     # -- shards (local operations) -------------------------------------------------------------------
-    def shard_uri(self, shard: int) -> str:
-        return self.settings.shard_endpoints()[shard].uri
-
     def stop_shard(self, shard: int) -> None:
-        """Stop one embedded shard's Milvus Lite server: searches of that shard fail until it is started."""
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(self.shard_uri(shard))
+        """Stop one embedded shard's server process: searches of that shard fail until it is started."""
+        self.shard_servers.stop_shard(shard)
 
     def start_shard(self, shard: int) -> None:
+        self.shard_servers.start_shard(shard)
         store = services.shard_stores()(shard)
         reset = getattr(getattr(store, "inner", store), "reset", None)
         if reset is not None:
