@@ -202,6 +202,25 @@ def _watch_parent(parent_pid: int) -> None:
             return
 
 
+def _accept_client_keepalive() -> None:
+    """pymilvus pings every 10 s; a gRPC server's default policy calls that abuse on an idle connection and
+    answers GOAWAY (``too_many_pings``), which drops the connection and fails or retries the next call. Milvus Lite
+    builds its server without keepalive options, so they are added here, in this process only."""
+    import grpc
+
+    build = grpc.server
+
+    def server(*args: Any, options: Any = (), **kwargs: Any) -> Any:
+        keepalive = [
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+        return build(*args, options=[*options, *keepalive], **kwargs)
+
+    grpc.server = server
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -221,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True, name="parent-watchdog").start()
     for noisy in ("pymilvus", "milvus_lite", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _accept_client_keepalive()
     from milvus_lite.adapter.grpc.server import run_server
 
     with contextlib.suppress(KeyboardInterrupt):
