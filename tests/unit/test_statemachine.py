@@ -30,8 +30,9 @@ def test_one_branch_per_shard_from_the_single_template(shards: int) -> None:
         assert search["Parameters"]["Payload"]["shard"] == i  # an integer, not the string "${ShardIndex}"
         assert search["ResultSelector"]["shard"] == i
         assert states[f"Shard{i}Selected"]["Choices"][0]["Variable"] == f"$.route.selected.shard_{i}"
-        # every branch catches its own failure
-        assert search["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+        # every branch catches its own failure (last, after overload, which is shed rather than degraded)
+        assert search["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
+        assert search["Catch"][-1]["Next"] == f"ShardFailed{i}"
         assert states[f"ShardFailed{i}"]["Parameters"]["shard"] == i
 
 

@@ -230,6 +230,8 @@ class MilvusVectorStore:
             filter=request.filter_expr,
             output_fields=list(OUTPUT_FIELDS),
             search_params={"metric_type": metric, "params": params},
+            # Also bounds pymilvus's reconnect retries, so that a stopped shard fails within it too.
+            timeout=request.timeout_s,
         )
         hits: list[Hit] = []
         for row in results[0] if results else []:
