@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         chunks = runtime.ensure_sample_corpus()
         if chunks:
             print(f"indexed the sample corpus: {chunks} chunks", flush=True)
-    server = ApiServer(runtime, host=args.host, port=args.port)
+    server = ApiServer(runtime, host=args.host, port=args.port, max_concurrency=args.max_concurrency)
     stop = threading.Event()
 
     def _shutdown(signum: int, frame: Any) -> None:
@@ -52,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     thread.start()
     print(
         f"ShardRAG local runtime: API http://{args.host}:{args.port} (POST /query, GET /openapi.json), "
-        f"AWS endpoint http://127.0.0.1:{args.aws_port}, data in {runtime.data_dir}. Ctrl-C stops.",
+        f"AWS endpoint http://127.0.0.1:{args.aws_port}, data in {runtime.data_dir}, "
+        f"at most {server.admission.limit} queries in flight. Ctrl-C stops.",
         flush=True,
     )
     stop.wait()
@@ -238,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--aws-port", type=int, default=4566)
     serve.add_argument("--no-sample", action="store_true", help="do not index the sample corpus")
+    serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="queries in flight before POST /query answers 429 + Retry-After "
+        "(default: $SHARDRAG_MAX_CONCURRENCY, else 4 per core)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     ask = sub.add_parser("ask", help="ask a question")
