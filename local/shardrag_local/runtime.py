@@ -137,13 +137,23 @@ class LocalRuntime:
         """Stop one embedded shard's server process: searches of that shard fail until it is started."""
         self.shard_servers.stop_shard(shard)
 
-    def start_shard(self, shard: int) -> None:
+    def start_shard(self, shard: int, timeout_s: float = 30.0) -> None:
         self.shard_servers.start_shard(shard)
         store = services.shard_stores()(shard)
         reset = getattr(getattr(store, "inner", store), "reset", None)
-        if reset is not None:
-            reset()
-        store.ensure_ready()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if reset is not None:
+                reset()
+            try:
+                store.ensure_ready()
+                return
+            except Exception:
+                # gRPC refuses the first connection to a restarted address until its reconnect backoff (at most
+                # a second, see the store) has passed: listening is not yet reachable for this process.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def shard_status(self) -> list[dict[str, Any]]:
         statuses = []

@@ -37,6 +37,10 @@ def test_private_hooks_still_exist() -> None:
     from moto.stepfunctions.parser.backend.execution import SyncExecution
 
     assert list(inspect.signature(LambdaFunction._invoke_lambda).parameters)[:2] == ["self", "event"]
+    from shardrag_local import dispatch
+
+    task_invoke = dispatch._original_task_invoke or lambda_eval_utils._invoke_lambda_function
+    assert list(inspect.signature(task_invoke).parameters) == ["parameters", "region", "state_credentials"]
     assert callable(lambda_eval_utils.boto_client_for)
     assert callable(AmazonStateLanguageParser.parse)
     assert hasattr(SyncExecution, "to_start_sync_execution_output")
@@ -91,6 +95,26 @@ def test_state_machine_task_runs_the_handler_in_process_and_catch_sees_its_error
     caught = aws.start_sync_execution(machine, json.dumps({"fail": True}))
     assert caught["status"] == "SUCCEEDED" and json.loads(caught["output"]) == {"error": "Boom"}
     assert aws.registry.invocations[name] == before + 2
+
+
+def test_a_task_calling_an_unknown_function_fails_with_lambdas_error_name(local_runtime: Any) -> None:
+    definition = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:nobody", "Payload": {}},
+                "End": True,
+            }
+        },
+    }
+    aws = local_runtime.aws
+    machine = aws.client("stepfunctions").create_state_machine(
+        name="smoke-missing", definition=json.dumps(definition), roleArn=aws._role_arn(), type="EXPRESS"
+    )["stateMachineArn"]
+    result = aws.start_sync_execution(machine, "{}")
+    assert result["status"] == "FAILED" and result["error"] == "Lambda.ResourceNotFoundException", result
 
 
 def test_s3_notification_reaches_the_handler(local_runtime: Any, smoke_function: tuple[str, str]) -> None:

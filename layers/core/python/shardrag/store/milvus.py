@@ -24,6 +24,13 @@ from shardrag.store.schema import (
 
 #: Milvus caps a query's result window; chunk-id listings page through it.
 _QUERY_PAGE = 10_000
+#: gRPC backs off reconnecting for up to 120 s by default, so a shard that was down for a minute could stay
+#: unreachable long after it is back. A shard is a handful of endpoints, not a fleet: retry within a second.
+_RECONNECT_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
 
 
 class MilvusVectorStore:
@@ -63,7 +70,7 @@ class MilvusVectorStore:
                 if self._client is None:
                     if self._endpoint.is_lite:
                         Path(self._endpoint.uri).parent.mkdir(parents=True, exist_ok=True)
-                    kwargs: dict[str, Any] = {"uri": self._endpoint.uri}
+                    kwargs: dict[str, Any] = {"uri": self._endpoint.uri, "grpc_options": dict(_RECONNECT_OPTIONS)}
                     if self._token:
                         kwargs["token"] = self._token
                     if self._endpoint.db_name:
