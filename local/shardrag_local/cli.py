@@ -13,6 +13,8 @@ import urllib.request
 from typing import Any
 
 DEFAULT_API = os.environ.get("SHARDRAG_API", "http://127.0.0.1:8080")
+#: Overrides the default number of query worker processes (one per core).
+QUERY_WORKERS_ENV = "SHARDRAG_QUERY_WORKERS"
 
 
 def _call(
@@ -34,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shardrag_local.emulator import Endpoint
     from shardrag_local.runtime import LocalRuntime
 
-    runtime = LocalRuntime(aws_endpoint=Endpoint(port=args.aws_port))
+    workers = args.query_workers if args.query_workers is not None else int(os.environ.get(QUERY_WORKERS_ENV, 0) or 0)
+    runtime = LocalRuntime(aws_endpoint=Endpoint(port=args.aws_port), query_workers=workers or (os.cpu_count() or 1))
     runtime.start()
     if not args.no_sample:
         chunks = runtime.ensure_sample_corpus()
@@ -245,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="queries in flight before POST /query answers 429 + Retry-After "
         "(default: $SHARDRAG_MAX_CONCURRENCY, else 4 per core)",
+    )
+    serve.add_argument(
+        "--query-workers",
+        type=int,
+        default=None,
+        help="processes that run query executions (default: $SHARDRAG_QUERY_WORKERS, else one per core)",
     )
     serve.set_defaults(func=cmd_serve)
 

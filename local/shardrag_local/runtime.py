@@ -19,6 +19,7 @@ from shardrag.config import Settings, cached_settings
 
 from shardrag_local.emulator import Endpoint, LocalAws
 from shardrag_local.ingestion import LocalIngestion
+from shardrag_local.query_workers import QueryWorkers
 from shardrag_local.shard_servers import ShardServers
 
 log = logging.getLogger("shardrag.local")
@@ -50,8 +51,15 @@ class LocalRuntime:
     """Everything ``make dev`` serves, also used in process by the integration tests."""
 
     def __init__(
-        self, settings: Settings | None = None, *, aws_endpoint: Endpoint | None = None, serve_aws: bool = True
+        self,
+        settings: Settings | None = None,
+        *,
+        aws_endpoint: Endpoint | None = None,
+        serve_aws: bool = True,
+        query_workers: int = 0,
     ) -> None:
+        """``query_workers``: processes that run query executions (``shardrag_local.query_workers``); 0 runs them
+        in this process, where tests can reach the handlers' objects."""
         configure_process_environment()
         self.settings = settings or cached_settings()
         self.data_dir = Path(self.settings.data_dir)
@@ -61,6 +69,7 @@ class LocalRuntime:
         self._stopped = threading.Event()
         self.aws_state_dir = self.data_dir / "aws"
         self.shard_servers = ShardServers(self.settings.shard_endpoints(), self.data_dir / "logs")
+        self.workers = QueryWorkers(query_workers, PROJECT_ROOT) if query_workers else None
         self._previous_settings_env: str | None = None
 
     def start(self) -> None:
@@ -68,6 +77,8 @@ class LocalRuntime:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.shard_servers.start()
         self._serve_settings()
+        if self.workers is not None:
+            self.workers.spawn()  # they read the served settings from the environment they inherit
         self.aws.start()
         self.query_arn = self.aws.deploy_query_workflow(self.settings.store.shard_count)
         s3 = self.aws.client("s3")
@@ -87,12 +98,16 @@ class LocalRuntime:
         # would otherwise print a full traceback per query. The handler still reports the failure by name.
         for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        if self.workers is not None:
+            self.workers.wait_ready()
         log.info("local runtime up in %.1f s", time.perf_counter() - started)
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.workers is not None:
+            self.workers.stop()
         self.ingestion.stop()
         self.aws.save_state(self.aws_state_dir)
         self.aws.stop()
@@ -129,6 +144,8 @@ class LocalRuntime:
         (API Gateway takes it from the caller's identity; locally the API server passes what stands in for it).
         """
         execution_input = {"request": body, "caller": {"tenant": tenant}}
+        if self.workers is not None:
+            return self.workers.execute(execution_input)
         result = self.aws.start_sync_execution(self.query_arn, json.dumps(execution_input), name=uuid.uuid4().hex)
         return map_execution(result)
 
@@ -174,9 +191,9 @@ class LocalRuntime:
 
     # -- centroid routing ----------------------------------------------------------------------------
     def rebalance(self) -> dict[str, Any]:
-        """Retrain the routing centroids and move the chunks (``shardrag.rebalance``). Every router and writer of
-        the local runtime lives in this process and re-reads the artefact right after the swap, so there is no
-        grace period to wait."""
+        """Retrain the routing centroids and move the chunks (``shardrag.rebalance``). Without query workers every
+        router and writer lives in this process and re-reads the artefact right after the swap, so there is no
+        grace period to wait; with them, routers in other processes pick it up within ``refresh_s``, as deployed."""
         from shardrag.errors import BadRequest
         from shardrag.rebalance import Rebalancer
 
@@ -190,7 +207,7 @@ class LocalRuntime:
             settings=self.settings.routing.centroid,
             registry=self.ingestion.registry,
             on_swap=lambda _: cache.invalidate(),
-        ).run(grace_s=0)
+        ).run(grace_s=0 if self.workers is None else self.settings.routing.centroid.refresh_s)
         return report.model_dump()
 
     # -- sample corpus -------------------------------------------------------------------------------

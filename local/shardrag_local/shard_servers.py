@@ -42,6 +42,7 @@ HOST = "127.0.0.1"
 WATCHDOG_INTERVAL_S = 0.5
 #: A shard's gRPC worker threads; one Python engine serialises searches anyway, more only queue.
 SERVER_WORKERS = 8
+_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def free_port(host: str = HOST) -> int:
@@ -97,9 +98,18 @@ class ShardProcess:
             "--parent-pid",
             str(os.getpid()),
         ]
+        # One BLAS / OpenMP thread per shard process: the shards run in parallel as processes already, and
+        # numpy's extra threads only spin on the same cores (measured: a 4,400-row dense search took 26 ms of CPU
+        # with the default threads, 13 ms with one).
+        environment = {**os.environ, **{name: "1" for name in _ONE_THREAD}}
         # Own session: a terminal's SIGINT goes to the runtime only, which stops the shards after ingestion.
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=environment,
         )
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -30,7 +30,7 @@ HANDLER = textwrap.dedent(
 )
 
 
-def test_private_hooks_still_exist() -> None:
+def test_private_hooks_still_exist(local_runtime: Any) -> None:
     from moto.awslambda.models import LambdaFunction
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
@@ -41,9 +41,29 @@ def test_private_hooks_still_exist() -> None:
 
     task_invoke = dispatch._original_task_invoke or lambda_eval_utils._invoke_lambda_function
     assert list(inspect.signature(task_invoke).parameters) == ["parameters", "region", "state_credentials"]
+    import importlib
+
+    from shardrag_local import emulator
+
+    for name in emulator._STATE_DATA_MODULES:  # each still copies state data through its own ``copy`` global
+        assert importlib.import_module(name).copy is emulator._JsonCopyModule, name
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    assert getattr(json_path.parse, "_shardrag_cached", False)
     assert callable(lambda_eval_utils.boto_client_for)
     assert callable(AmazonStateLanguageParser.parse)
     assert hasattr(SyncExecution, "to_start_sync_execution_output")
+
+
+def test_the_engines_state_copy_is_a_deep_copy() -> None:
+    from shardrag_local.emulator import _json_copy
+
+    original = {"a": [1, 2.5, {"b": "c", "d": None, "e": True}], "f": (1, [2])}
+    copied = _json_copy(original)
+    assert copied == original
+    copied["a"][2]["b"] = "changed"
+    copied["f"][1].append(3)
+    assert original == {"a": [1, 2.5, {"b": "c", "d": None, "e": True}], "f": (1, [2])}
 
 
 @pytest.fixture(scope="module")
