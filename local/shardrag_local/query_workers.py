@@ -39,6 +39,11 @@ _WATCHDOG_INTERVAL_S = 0.5
 def _serve(connection: Connection, parent_pid: int, project_root: str) -> None:
     """A worker process: deploy the query workflow in its own emulation, then run what the front sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when a worker stops (a closed pipe)
+    # Parallelism comes from the executions a worker runs at once and from the other processes: a second BLAS or
+    # onnxruntime thread per query would only spin on the same cores (set before numpy or onnxruntime load).
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    _one_embedding_thread()
 
     def watch_parent() -> None:
         while True:
@@ -81,6 +86,18 @@ def _serve(connection: Connection, parent_pid: int, project_root: str) -> None:
                 break
             pool.submit(run, *message)
     aws.stop()
+
+
+def _one_embedding_thread() -> None:
+    """One onnxruntime intra-op thread per query embedding, unless the settings chose a number."""
+    from shardrag import env
+
+    raw = os.environ.get(env.SETTINGS_JSON)
+    data = json.loads(raw) if raw else {}
+    embedding = data.setdefault("embedding", {})
+    if not embedding.get("threads"):
+        embedding["threads"] = 1
+        os.environ[env.SETTINGS_JSON] = json.dumps(data)
 
 
 class _Worker:

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 2
+WORKERS = 2
 
 
 def _free_port() -> int:
@@ -82,7 +83,19 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     }
     # Its own process group, like a shell job: SIGINT to the group is what a terminal's Ctrl-C sends.
     process = subprocess.Popen(
-        [sys.executable, "-m", "shardrag_local.cli", "serve", "--no-sample", "--port", str(port), "--aws-port", str(aws_port)],
+        [
+            sys.executable,
+            "-m",
+            "shardrag_local.cli",
+            "serve",
+            "--no-sample",
+            "--port",
+            str(port),
+            "--aws-port",
+            str(aws_port),
+            "--query-workers",
+            str(WORKERS),
+        ],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.DEVNULL,
@@ -112,6 +125,8 @@ def _shard_processes(process: subprocess.Popen[bytes]) -> dict[int, str]:
     children = _descendants(process.pid)
     shards = {pid: cmd for pid, cmd in children.items() if "shardrag_local.shard_servers" in cmd}
     assert len(shards) == SHARDS, f"expected {SHARDS} shard processes under the runtime, found {children}"
+    workers = {pid: cmd for pid, cmd in children.items() if "multiprocessing.spawn" in cmd}
+    assert len(workers) == WORKERS, f"expected {WORKERS} query workers under the runtime, found {children}"
     return children
 
 
