@@ -24,6 +24,8 @@ RUNS: dict[str, list[str]] = {
     "cold_start": ["-m", "bench.cold_start", "--runs", "5"],
     "ingest": ["-m", "bench.ingest"],
     "shards": ["-m", "bench.shards", "--shards", "1,2,4,8", "--docs", "500", "--queries", "100"],
+    # e09a5fc: the runtime before shard processes, query workers and shedding (issue 12), measured in the same run.
+    "load": ["-m", "bench.load", "--baseline", "e09a5fc"],
 }
 
 
