@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT.parent / "shared" / "datasets" / "scifact"
@@ -106,6 +106,7 @@ class Server:
     aws_port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
     data: Path | None = None
+    _log: IO[bytes] | None = None
 
     def __enter__(self) -> Server:
         self.data = Path(tempfile.mkdtemp(prefix="shardrag-load-"))
@@ -116,10 +117,9 @@ class Server:
             "SHARDRAG_SETTINGS": json.dumps({"store": {"shard_count": SHARDS}}),
             "SHARDRAG_MODEL_DIR": str(ROOT / "build" / "model"),
             # The checkout's own packages first: this interpreter's editable install points at this checkout.
-            "PYTHONPATH": os.pathsep.join(
-                str(self.checkout / p) for p in ("layers/core/python", "local", ".")
-            ),
+            "PYTHONPATH": os.pathsep.join(str(self.checkout / p) for p in ("layers/core/python", "local", ".")),
         }
+        self._log = (self.data / "serve.log").open("wb")
         command = [sys.executable, "-m", "shardrag_local.cli", "serve", "--no-sample"]
         command += ["--port", str(self.api_port), "--aws-port", str(self.aws_port)]
         self.process = subprocess.Popen(
@@ -127,7 +127,7 @@ class Server:
             cwd=self.checkout,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.data / "serve.log", "wb"),  # noqa: SIM115 - closed with the process
+            stderr=self._log,
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
@@ -161,6 +161,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self._log is not None:
+            self._log.close()
         if self.data is not None:
             shutil.rmtree(self.data, ignore_errors=True)
 
@@ -251,7 +253,7 @@ def _load() -> dict[str, float]:
 
 def measure(server: Server, questions: list[str], clients: int, seconds: float, **kw: Any) -> dict[str, Any]:
     before = _load()
-    samples, t0, wall = run_clients(server.api_port, questions, clients, seconds, **kw)
+    samples, _, wall = run_clients(server.api_port, questions, clients, seconds, **kw)
     return {"clients": clients, "seconds": seconds, **summarise(samples, wall), "before": before, "after": _load()}
 
 
@@ -284,7 +286,7 @@ def shard_stop(server: Server, questions: list[str], clients: int, seconds: floa
         marks["started"] = time.monotonic()
 
     before = _load()
-    samples, t0, wall = run_clients(server.api_port, questions, clients, seconds, during=fault)
+    samples, _, wall = run_clients(server.api_port, questions, clients, seconds, during=fault)
     # Phases by when a request was sent and answered: every shard up (before the stop was asked for, or sent
     # after the restart completed), or the shard down (sent after it was stopped and answered before the restart).
     up_before = [s for s in samples if s.done < marks["stop_sent"]]

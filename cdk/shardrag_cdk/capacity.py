@@ -6,11 +6,11 @@ shard, all at the same time. Past a function's reserved concurrency Lambda refus
 (429), never as a degraded answer (``statemachines/query.asl.json``). For it to come to neither, the stage, which
 answers 429 *before* an execution starts, must be the tighter limit:
 
-    parallel_f × (burst + rate × p99_f) ≤ reserved_f        for every query function f with reserved concurrency
+    parallel_f x (burst + rate x p99_f) <= reserved_f        for every query function f with reserved concurrency
 
 - ``parallel_f``: invocations of f one execution runs at once (ShardSearch: the shard count; the others: 1);
 - ``burst``: requests the stage admits at once (its token bucket), which can reach the same stage together;
-- ``rate × p99_f``: Little's law, the steady flow of admitted executions that is inside f at any moment, with
+- ``rate x p99_f``: Little's law, the steady flow of admitted executions that is inside f at any moment, with
   ``p99_f`` (``deployment.functions.<f>.p99_ms``) the function's p99 duration: measure it (CloudWatch
   ``Duration`` p99) and keep it in ``cdk.json`` beside the reserved concurrency it sizes.
 
@@ -60,7 +60,12 @@ def concurrency_needed(*, rate: float, burst: int, p99_s: float, parallel: int) 
 
 
 def demands(
-    *, rate: float, burst: int, shard_count: int, p99_ms: dict[FunctionName, int], reserved: dict[FunctionName, int | None]
+    *,
+    rate: float,
+    burst: int,
+    shard_count: int,
+    p99_ms: dict[FunctionName, int],
+    reserved: dict[FunctionName, int | None],
 ) -> list[Demand]:
     out = []
     for function in QUERY_FUNCTIONS:

@@ -135,9 +135,9 @@ def _task_invoke(parameters: dict[str, Any], region: str, state_credentials: Any
     if name not in _registry.names():
         # What Lambda's Invoke API answers; the engine names it Lambda.ResourceNotFoundException.
         raise ClientError(
-            {
+            {  # the fields the engine reads, not a whole HTTP response
                 "Error": {"Code": "ResourceNotFoundException", "Message": f"Function not found: {name}"},
-                "ResponseMetadata": {"HTTPStatusCode": 404, "RequestId": str(uuid.uuid4())},
+                "ResponseMetadata": {"HTTPStatusCode": 404, "RequestId": str(uuid.uuid4())},  # type: ignore[typeddict-item]
             },
             "Invoke",
         )

@@ -127,10 +127,10 @@ def _speed_up_engine() -> None:
         module = importlib.import_module(name)
         if getattr(module, "copy", None) is copy:
             module.copy = _JsonCopyModule  # type: ignore[attr-defined]
-    if not getattr(json_path.parse, "_shardrag_cached", False):
-        parse_path = functools.lru_cache(maxsize=1024)(json_path.parse)
+    if not getattr(json_path.parse, "_shardrag_cached", False):  # type: ignore[attr-defined]
+        parse_path = functools.lru_cache(maxsize=1024)(json_path.parse)  # type: ignore[attr-defined]
         parse_path._shardrag_cached = True  # type: ignore[attr-defined]
-        json_path.parse = parse_path
+        json_path.parse = parse_path  # type: ignore[attr-defined]
 
     if not getattr(AmazonStateLanguageParser.parse, "_shardrag_cached", False):
         parse = functools.lru_cache(maxsize=32)(AmazonStateLanguageParser.parse)

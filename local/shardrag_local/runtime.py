@@ -121,9 +121,7 @@ class LocalRuntime:
         """Point the handlers at the shard servers, the way a deployed function learns its Milvus endpoints: in
         its settings (``SHARDRAG_SETTINGS``), read at cold start."""
         served = self.settings.model_copy(
-            update={
-                "store": self.settings.store.model_copy(update={"shards": self.shard_servers.served_endpoints()})
-            }
+            update={"store": self.settings.store.model_copy(update={"shards": self.shard_servers.served_endpoints()})}
         )
         self._previous_settings_env = os.environ.get(env.SETTINGS_JSON)
         os.environ[env.SETTINGS_JSON] = served.model_dump_json()
