@@ -159,7 +159,11 @@ class QueryWorkers:
 
     def execute(self, execution_input: dict[str, Any], timeout_s: float = 60.0) -> tuple[int, dict[str, Any]]:
         with self._lock:
-            worker = min(self._workers, key=lambda w: len(w.pending))
+            # A worker that died (its reader saw the pipe close) gets nothing more; the others carry on.
+            alive = [w for w in self._workers if w.reader is not None and w.reader.is_alive()]
+            if not alive:
+                raise RuntimeError("no query worker is running")
+            worker = min(alive, key=lambda w: len(w.pending))
             request_id = next(self._ids)
             future: Future[tuple[int, dict[str, Any]]] = Future()
             worker.pending[request_id] = future
