@@ -229,17 +229,24 @@ class MilvusVectorStore:
 
     def _search(self, query: Any, field: str, metric: str, params: dict[str, Any], request: SearchRequest) -> list[Hit]:
         self.ensure_ready()
-        results = self._connect().search(
-            self._collection,
-            data=[query],
-            anns_field=field,
-            limit=request.top_k,
-            filter=request.filter_expr,
-            output_fields=list(OUTPUT_FIELDS),
-            search_params={"metric_type": metric, "params": params},
-            # Also bounds pymilvus's reconnect retries, so that a stopped shard fails within it too.
-            timeout=request.timeout_s,
-        )
+        try:
+            results = self._connect().search(
+                self._collection,
+                data=[query],
+                anns_field=field,
+                limit=request.top_k,
+                filter=request.filter_expr,
+                output_fields=list(OUTPUT_FIELDS),
+                search_params={"metric_type": metric, "params": params},
+                # Also bounds pymilvus's reconnect retries, so that a stopped shard fails within it too.
+                timeout=request.timeout_s,
+            )
+        except Exception as exc:
+            if _needs_reconnect(exc):
+                # A restarted Milvus comes back with the collection released, and a client whose recovery failed
+                # while it was down may never retry: start afresh next time (connect, load the collection).
+                self.reset()
+            raise
         hits: list[Hit] = []
         for row in results[0] if results else []:
             entity = row.get("entity", row)
@@ -269,6 +276,18 @@ class MilvusVectorStore:
 
     def close(self) -> None:
         self.reset()
+
+
+#: pymilvus error codes after which this client cannot search until it reconnects: the server could not be
+#: reached (CONNECT_FAILED), or it answers but the collection is not loaded (a restarted server).
+_RECONNECT_CODES = frozenset({2, 101})
+
+
+def _needs_reconnect(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None)
+    if callable(code):  # a raw grpc.RpcError
+        return getattr(code(), "name", None) == "UNAVAILABLE"
+    return code in _RECONNECT_CODES
 
 
 def _sparse_from_milvus(value: Any) -> SparseVector:
