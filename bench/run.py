@@ -25,6 +25,8 @@ RUNS: dict[str, list[str]] = {
     "ingest": ["-m", "bench.ingest"],
     "shards": ["-m", "bench.shards", "--shards", "1,2,4,8", "--docs", "500", "--queries", "100"],
     "ingest-model": ["-m", "bench.ingest_model", "--examples", "500", "--steps", "40"],
+    # e09a5fc: the runtime before shard processes, query workers and shedding (issue 12), measured in the same run.
+    "load": ["-m", "bench.load", "--baseline", "e09a5fc"],
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from shardrag.api_contract import GENERIC_MESSAGE
 from shardrag.config import TenancySettings
-from shardrag.errors import ERROR_STATUS
+from shardrag.errors import ERROR_STATUS, RETRY_AFTER_S, Overloaded
 from shardrag.request import query_request_schema
 
 TIMEOUT_MESSAGE: Final = "the query workflow timed out"
@@ -75,12 +75,15 @@ def request_template(state_machine_arn: str, tenant: str | None = None) -> str:
 
 
 def _error_branch(keyword: str, name: str, status: int, code: str) -> list[str]:
-    return [
+    lines = [
         f'#{keyword}($error == "{name}")',
         f"#set($context.responseOverride.status = {status})",
         f'#set($code = "{code}")',
         "#set($message = $detail)",
     ]
+    if status == Overloaded.status:  # shed, not failed: tell the caller when to come back, as the stage's 429 does
+        lines.append(f'#set($context.responseOverride.header.Retry-After = "{RETRY_AFTER_S}")')
+    return lines
 
 
 def response_template(error_status: Mapping[str, tuple[int, str]] = ERROR_STATUS) -> str:

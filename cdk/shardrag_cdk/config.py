@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shardrag.config import Settings
 
 from shardrag_cdk.api_mapping import CLAIM_PATTERN
+from shardrag_cdk.capacity import DEFAULT_P99_MS, QUERY_FUNCTIONS, demands
 from shardrag_cdk.layout import FUNCTION_NAMES, FunctionName
 from shardrag_cdk.store_config import (
     DistributedStoreConfig,
@@ -55,6 +56,9 @@ class FunctionConfig(_Model):
     reserved_concurrency: int | None = Field(default=None, ge=1)
     #: Pre-initialised environments behind the ``live`` alias (0: none, cold starts possible).
     provisioned_concurrency: int = Field(default=0, ge=0)
+    #: p99 duration (ms) that sizes reserved concurrency against the API throttle (``shardrag_cdk.capacity``);
+    #: None: the function's default there.
+    p99_ms: int | None = Field(default=None, ge=1, le=900_000)
 
     @model_validator(mode="after")
     def _provisioned_within_reserved(self) -> FunctionConfig:
@@ -238,7 +242,34 @@ class EnvironmentConfig(_Model):
             raise ValueError("settings.generator.kind 'openai' needs settings.generator.endpoint_url")
         self._tenancy_deployable()
         self._rerank_fits()
+        self._throttle_within_reserved_concurrency()
         return self
+
+    def _throttle_within_reserved_concurrency(self) -> None:
+        """The stage must shed (429, before an execution starts) before any query function throttles."""
+        api, functions = self.deployment.api, self.deployment.functions
+        short = [
+            d
+            for d in demands(
+                rate=api.throttle_rate_limit,
+                burst=api.throttle_burst_limit,
+                shard_count=self.settings.store.shard_count,
+                p99_ms={f: functions.of(f).p99_ms or DEFAULT_P99_MS[f] for f in QUERY_FUNCTIONS},
+                reserved={f: functions.of(f).reserved_concurrency for f in QUERY_FUNCTIONS},
+            )
+            if not d.fits
+        ]
+        if short:
+            detail = "; ".join(
+                f"{d.function}: {d.parallel} x ({api.throttle_burst_limit} + {api.throttle_rate_limit:g}/s x "
+                f"{functions.of(d.function).p99_ms or DEFAULT_P99_MS[d.function]} ms) = {d.needed} > "
+                f"reserved_concurrency {d.reserved}"
+                for d in short
+            )
+            raise ValueError(
+                "deployment.api throttle admits more than the query functions' reserved concurrency can run "
+                f"(parallel x (burst + rate x p99) must not exceed it; see shardrag_cdk.capacity): {detail}"
+            )
 
     def _rerank_fits(self) -> None:
         """A failed rerank falls back to the fused order, but only if it fails while FuseAndGenerate still runs."""

@@ -1,18 +1,27 @@
 """The local HTTP API: the same contract as the deployed API Gateway (request validation, the query state
-machine via StartSyncExecution, the same status mapping), plus local-only shard operations under /admin."""
+machine via StartSyncExecution, the same status mapping, throttling with 429), plus local-only shard operations
+under /admin.
+
+Throttling: at most ``max_concurrency`` queries run at once; one more is answered ``429`` with ``Retry-After``
+at once, before any execution starts, as API Gateway's stage throttling answers before StartSyncExecution. A
+queue would only move the wait into the workflow, where a shard branch's deadline would then expire on a healthy
+shard: shedding keeps every admitted query within its deadlines.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from shardrag.api_contract import error_body
-from shardrag.errors import BadRequest, ConfigurationError
+from shardrag.errors import RETRY_AFTER_S, BadRequest, ConfigurationError, Overloaded
 from shardrag.openapi import openapi_document
 from shardrag.request import MAX_BODY_BYTES, parse_query_body
 
@@ -22,6 +31,36 @@ log = logging.getLogger("shardrag.local.api")
 _ADMIN_SHARD = re.compile(r"^/admin/shards/(\d+)/(stop|start)$")
 #: Multi-tenant mode, locally: the caller's tenant (deployed, it comes from the caller's Cognito identity).
 TENANT_HEADER = "X-ShardRAG-Tenant"
+#: Overrides the default of :func:`default_max_concurrency` (``shardrag serve --max-concurrency`` beats it).
+MAX_CONCURRENCY_ENV = "SHARDRAG_MAX_CONCURRENCY"
+
+
+def default_max_concurrency() -> int:
+    """Queries in flight before the API sheds: enough to keep every core busy while one query waits on another
+    process (a shard, the model), few enough that each admitted query keeps its latency and its deadlines."""
+    if raw := os.environ.get(MAX_CONCURRENCY_ENV):
+        return int(raw)
+    return 4 * (os.cpu_count() or 1)
+
+
+class Admission:
+    """A non-blocking bound on queries in flight."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max concurrency must be at least 1")
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self.shed = 0
+
+    def try_enter(self) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        self.shed += 1
+        return False
+
+    def leave(self) -> None:
+        self._slots.release()
 
 
 class ApiHandler(BaseHTTPRequestHandler):
@@ -32,6 +71,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
     def _send(self, status: int, body: dict[str, Any] | list[Any], headers: dict[str, str] | None = None) -> None:
+        if status == Overloaded.status:  # shed here or inside the workflow: either way, say when to come back
+            headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S)}
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -73,10 +114,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             if self.path == "/query":
-                request = parse_query_body(body)
-                # Locally the header stands in for the caller identity API Gateway maps (Cognito claim).
-                tenant = self.headers.get(TENANT_HEADER, "")
-                status, response = self.server.runtime.execute(request.model_dump(exclude_none=True), tenant=tenant)
+                status, response = self._query(body)
             elif self.path == "/admin/term-stats/rebuild":
                 status, response = 200, self.server.runtime.rebuild_term_stats()
             elif self.path == "/admin/rebalance":
@@ -95,6 +133,20 @@ class ApiHandler(BaseHTTPRequestHandler):
             status, response = 500, error_body("internal_error", "internal error; see the server log")
         elapsed = (time.perf_counter() - started) * 1000
         self._send(status, response, {"Server-Timing": f"total;dur={elapsed:.1f}"})
+
+    def _query(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        admission = self.server.admission
+        if not admission.try_enter():
+            return Overloaded.status, error_body(
+                Overloaded.code, f"at capacity ({admission.limit} queries in flight); retry after {RETRY_AFTER_S} s"
+            )
+        try:
+            request = parse_query_body(body)
+            # Locally the header stands in for the caller identity API Gateway maps (Cognito claim).
+            tenant = self.headers.get(TENANT_HEADER, "")
+            return self.server.runtime.execute(request.model_dump(exclude_none=True), tenant=tenant)
+        finally:
+            admission.leave()
 
     def _admin(self, shard: int, action: str) -> tuple[int, dict[str, Any]]:
         runtime = self.server.runtime
@@ -121,7 +173,13 @@ class ApiHandler(BaseHTTPRequestHandler):
 
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
+    #: Connections waiting to be accepted. The default (5) overflows under a burst of clients, and the kernel
+    #: then resets connections: a client must get a 429 from us, never a reset.
+    request_queue_size = 1024
 
-    def __init__(self, runtime: LocalRuntime, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self, runtime: LocalRuntime, host: str = "127.0.0.1", port: int = 8080, *, max_concurrency: int | None = None
+    ) -> None:
         self.runtime = runtime
+        self.admission = Admission(max_concurrency or default_max_concurrency())
         super().__init__((host, port), ApiHandler)

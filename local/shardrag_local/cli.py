@@ -13,6 +13,8 @@ import urllib.request
 from typing import Any
 
 DEFAULT_API = os.environ.get("SHARDRAG_API", "http://127.0.0.1:8080")
+#: Overrides the default number of query worker processes (one per core).
+QUERY_WORKERS_ENV = "SHARDRAG_QUERY_WORKERS"
 
 
 def _call(
@@ -34,13 +36,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shardrag_local.emulator import Endpoint
     from shardrag_local.runtime import LocalRuntime
 
-    runtime = LocalRuntime(aws_endpoint=Endpoint(port=args.aws_port))
+    workers = args.query_workers if args.query_workers is not None else int(os.environ.get(QUERY_WORKERS_ENV, 0) or 0)
+    runtime = LocalRuntime(aws_endpoint=Endpoint(port=args.aws_port), query_workers=workers or (os.cpu_count() or 1))
     runtime.start()
     if not args.no_sample:
         chunks = runtime.ensure_sample_corpus()
         if chunks:
             print(f"indexed the sample corpus: {chunks} chunks", flush=True)
-    server = ApiServer(runtime, host=args.host, port=args.port)
+    server = ApiServer(runtime, host=args.host, port=args.port, max_concurrency=args.max_concurrency)
     stop = threading.Event()
 
     def _shutdown(signum: int, frame: Any) -> None:
@@ -52,7 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     thread.start()
     print(
         f"ShardRAG local runtime: API http://{args.host}:{args.port} (POST /query, GET /openapi.json), "
-        f"AWS endpoint http://127.0.0.1:{args.aws_port}, data in {runtime.data_dir}. Ctrl-C stops.",
+        f"AWS endpoint http://127.0.0.1:{args.aws_port}, data in {runtime.data_dir}, "
+        f"at most {server.admission.limit} queries in flight. Ctrl-C stops.",
         flush=True,
     )
     stop.wait()
@@ -240,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--aws-port", type=int, default=4566)
     serve.add_argument("--no-sample", action="store_true", help="do not index the sample corpus")
+    serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="queries in flight before POST /query answers 429 + Retry-After "
+        "(default: $SHARDRAG_MAX_CONCURRENCY, else 4 per core)",
+    )
+    serve.add_argument(
+        "--query-workers",
+        type=int,
+        default=None,
+        help="processes that run query executions (default: $SHARDRAG_QUERY_WORKERS, else one per core)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     ask = sub.add_parser("ask", help="ask a question")

@@ -4,6 +4,13 @@ real handler from ``functions/`` with the real event.
 moto funnels every invocation — Step Functions tasks, S3 notifications, event source mappings — through the
 private ``LambdaFunction._invoke_lambda(event) -> (payload, errored, logs)``. Replacing that one method is the
 whole integration; ``tests/integration/test_moto_dispatch_smoke.py`` fails loudly if a moto upgrade moves it.
+
+The state machine engine's Lambda tasks take a shorter road to the same handlers: the engine would serialise
+each event, sign it, send it through moto's Lambda API (which checksums, parses and re-serialises it) and parse
+the answer back, for every one of the 3 + N tasks of a query — CPU spent in the runtime's one Python process
+that no deployed invocation spends there. ``_invoke_lambda_function`` (the engine's call of Lambda's Invoke) is
+replaced by a direct call with the same results: the handler's payload, ``FunctionError`` when it raised (so
+Retry and Catch see the handler's error name), ``Lambda.ResourceNotFoundException`` for an unknown function.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from botocore.exceptions import ClientError
 from moto.awslambda.models import LambdaFunction
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 logger = logging.getLogger("shardrag.local.dispatch")
 
@@ -109,14 +118,47 @@ class HandlerRegistry:
 
 _registry: HandlerRegistry | None = None
 _original_invoke: Any = None
+_original_task_invoke: Any = None
+
+
+def _function_name(function: str) -> str:
+    """``FunctionName`` as a task passes it: a name, or an ARN, optionally with a qualifier."""
+    if function.startswith("arn:"):
+        return function.split(":")[6]
+    return function.split(":")[0]
+
+
+def _task_invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
+    """The engine's Lambda Invoke, answered by the registry without the emulated Lambda API in between."""
+    assert _registry is not None
+    name = _function_name(str(parameters["FunctionName"]))
+    if name not in _registry.names():
+        # What Lambda's Invoke API answers; the engine names it Lambda.ResourceNotFoundException.
+        raise ClientError(
+            {  # the fields the engine reads, not a whole HTTP response
+                "Error": {"Code": "ResourceNotFoundException", "Message": f"Function not found: {name}"},
+                "ResponseMetadata": {"HTTPStatusCode": 404, "RequestId": str(uuid.uuid4())},  # type: ignore[typeddict-item]
+            },
+            "Invoke",
+        )
+    raw = parameters.get("Payload")
+    event = json.loads(raw) if raw else {}
+    result, errored = _registry.invoke(name, event)
+    response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": result}
+    if errored:
+        response["FunctionError"] = "Unhandled"
+    return response
 
 
 def install(registry: HandlerRegistry) -> None:
     """Route moto's Lambda invocations to ``registry``."""
-    global _registry, _original_invoke
+    global _registry, _original_invoke, _original_task_invoke
     _registry = registry
     if _original_invoke is None:
         _original_invoke = LambdaFunction._invoke_lambda
+    if _original_task_invoke is None:
+        _original_task_invoke = lambda_eval_utils._invoke_lambda_function
+    lambda_eval_utils._invoke_lambda_function = _task_invoke
 
     def _invoke_lambda(self: LambdaFunction, event: str | None = None) -> tuple[str, bool, str]:
         assert _registry is not None
@@ -131,4 +173,6 @@ def uninstall() -> None:
     global _registry
     if _original_invoke is not None:
         LambdaFunction._invoke_lambda = _original_invoke  # type: ignore[method-assign]
+    if _original_task_invoke is not None:
+        lambda_eval_utils._invoke_lambda_function = _original_task_invoke
     _registry = None

@@ -162,6 +162,7 @@ class EventSourcePoller:
     def _loop(self) -> None:
         sqs = self._aws.client("sqs")
         lam = self._aws.client("lambda")
+        idle = self._idle_sleep_s
         while not self._stop.is_set():
             if self._paused.is_set():
                 self._stop.wait(self._idle_sleep_s)
@@ -174,8 +175,11 @@ class EventSourcePoller:
                 handled = False
             finally:
                 self._busy.clear()
+            # An idle queue is polled less and less often (up to 5 x the base interval), as a Lambda event source
+            # mapping long-polls: each empty poll costs the runtime's process CPU that queries could use.
+            idle = self._idle_sleep_s if handled else min(idle * 2, 5 * self._idle_sleep_s)
             if not handled:
-                self._stop.wait(self._idle_sleep_s)
+                self._stop.wait(idle)
 
     def _poll_once(self, sqs: Any, lam: Any) -> bool:
         messages = sqs.receive_message(

@@ -1,4 +1,5 @@
-"""The local runtime: one process hosting the AWS emulation, the Milvus Lite shards and the HTTP API."""
+"""The local runtime: one process hosting the AWS emulation, the handlers and the HTTP API, with each Milvus Lite
+shard served by a process of its own (``shardrag_local.shard_servers``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from shardrag import services
+from shardrag import env, services
 from shardrag.api_contract import map_execution
 from shardrag.config import Settings, cached_settings
 
 from shardrag_local.emulator import Endpoint, LocalAws
 from shardrag_local.ingestion import LocalIngestion
+from shardrag_local.query_workers import QueryWorkers
+from shardrag_local.shard_servers import ShardServers
 
 log = logging.getLogger("shardrag.local")
 
@@ -48,8 +51,15 @@ class LocalRuntime:
     """Everything ``make dev`` serves, also used in process by the integration tests."""
 
     def __init__(
-        self, settings: Settings | None = None, *, aws_endpoint: Endpoint | None = None, serve_aws: bool = True
+        self,
+        settings: Settings | None = None,
+        *,
+        aws_endpoint: Endpoint | None = None,
+        serve_aws: bool = True,
+        query_workers: int = 0,
     ) -> None:
+        """``query_workers``: processes that run query executions (``shardrag_local.query_workers``); 0 runs them
+        in this process, where tests can reach the handlers' objects."""
         configure_process_environment()
         self.settings = settings or cached_settings()
         self.data_dir = Path(self.settings.data_dir)
@@ -58,10 +68,17 @@ class LocalRuntime:
         self.ingestion = LocalIngestion(self.aws, bucket=DOCUMENTS_BUCKET)
         self._stopped = threading.Event()
         self.aws_state_dir = self.data_dir / "aws"
+        self.shard_servers = ShardServers(self.settings.shard_endpoints(), self.data_dir / "logs")
+        self.workers = QueryWorkers(query_workers, PROJECT_ROOT) if query_workers else None
+        self._previous_settings_env: str | None = None
 
     def start(self) -> None:
         started = time.perf_counter()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_servers.start()
+        self._serve_settings()
+        if self.workers is not None:
+            self.workers.spawn()  # they read the served settings from the environment they inherit
         self.aws.start()
         self.query_arn = self.aws.deploy_query_workflow(self.settings.store.shard_count)
         s3 = self.aws.client("s3")
@@ -81,17 +98,41 @@ class LocalRuntime:
         # would otherwise print a full traceback per query. The handler still reports the failure by name.
         for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        if self.workers is not None:
+            self.workers.wait_ready()
         log.info("local runtime up in %.1f s", time.perf_counter() - started)
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.workers is not None:
+            self.workers.stop()
         self.ingestion.stop()
         self.aws.save_state(self.aws_state_dir)
         self.aws.stop()
         for store in services.shard_stores().all():
             store.close()
+        # Last: ingestion has drained and every client is closed, so no write is cut off.
+        self.shard_servers.stop()
+        self._restore_settings_env()
+
+    def _serve_settings(self) -> None:
+        """Point the handlers at the shard servers, the way a deployed function learns its Milvus endpoints: in
+        its settings (``SHARDRAG_SETTINGS``), read at cold start."""
+        served = self.settings.model_copy(
+            update={"store": self.settings.store.model_copy(update={"shards": self.shard_servers.served_endpoints()})}
+        )
+        self._previous_settings_env = os.environ.get(env.SETTINGS_JSON)
+        os.environ[env.SETTINGS_JSON] = served.model_dump_json()
+        services.reset_caches()
+
+    def _restore_settings_env(self) -> None:
+        if self._previous_settings_env is None:
+            os.environ.pop(env.SETTINGS_JSON, None)
+        else:
+            os.environ[env.SETTINGS_JSON] = self._previous_settings_env
+        services.reset_caches()
 
     # -- the query path ------------------------------------------------------------------------------
     def execute(self, body: dict[str, Any], *, tenant: str = "") -> tuple[int, dict[str, Any]]:
@@ -101,25 +142,33 @@ class LocalRuntime:
         (API Gateway takes it from the caller's identity; locally the API server passes what stands in for it).
         """
         execution_input = {"request": body, "caller": {"tenant": tenant}}
+        if self.workers is not None:
+            return self.workers.execute(execution_input)
         result = self.aws.start_sync_execution(self.query_arn, json.dumps(execution_input), name=uuid.uuid4().hex)
         return map_execution(result)
 
     # -- shards (local operations) -------------------------------------------------------------------
-    def shard_uri(self, shard: int) -> str:
-        return self.settings.shard_endpoints()[shard].uri
-
     def stop_shard(self, shard: int) -> None:
-        """Stop one embedded shard's Milvus Lite server: searches of that shard fail until it is started."""
-        from milvus_lite.server_manager import server_manager_instance
+        """Stop one embedded shard's server process: searches of that shard fail until it is started."""
+        self.shard_servers.stop_shard(shard)
 
-        server_manager_instance.release_server(self.shard_uri(shard))
-
-    def start_shard(self, shard: int) -> None:
+    def start_shard(self, shard: int, timeout_s: float = 30.0) -> None:
+        self.shard_servers.start_shard(shard)
         store = services.shard_stores()(shard)
         reset = getattr(getattr(store, "inner", store), "reset", None)
-        if reset is not None:
-            reset()
-        store.ensure_ready()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if reset is not None:
+                reset()
+            try:
+                store.ensure_ready()
+                return
+            except Exception:
+                # gRPC refuses the first connection to a restarted address until its reconnect backoff (at most
+                # a second, see the store) has passed: listening is not yet reachable for this process.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def shard_status(self) -> list[dict[str, Any]]:
         statuses = []
@@ -142,9 +191,9 @@ class LocalRuntime:
 
     # -- centroid routing ----------------------------------------------------------------------------
     def rebalance(self) -> dict[str, Any]:
-        """Retrain the routing centroids and move the chunks (``shardrag.rebalance``). Every router and writer of
-        the local runtime lives in this process and re-reads the artefact right after the swap, so there is no
-        grace period to wait."""
+        """Retrain the routing centroids and move the chunks (``shardrag.rebalance``). Without query workers every
+        router and writer lives in this process and re-reads the artefact right after the swap, so there is no
+        grace period to wait; with them, routers in other processes pick it up within ``refresh_s``, as deployed."""
         from shardrag.errors import BadRequest
         from shardrag.rebalance import Rebalancer
 
@@ -158,7 +207,7 @@ class LocalRuntime:
             settings=self.settings.routing.centroid,
             registry=self.ingestion.registry,
             on_swap=lambda _: cache.invalidate(),
-        ).run(grace_s=0)
+        ).run(grace_s=0 if self.workers is None else self.settings.routing.centroid.refresh_s)
         return report.model_dump()
 
     # -- sample corpus -------------------------------------------------------------------------------

@@ -30,9 +30,11 @@ def test_one_branch_per_shard_from_the_single_template(shards: int) -> None:
         assert search["Parameters"]["Payload"]["shard"] == i  # an integer, not the string "${ShardIndex}"
         assert search["ResultSelector"]["shard"] == i
         assert states[f"Shard{i}Selected"]["Choices"][0]["Variable"] == f"$.route.selected.shard_{i}"
-        # every branch catches its own failure, except a bad request, which fails the query rather than the shard
+        # every branch catches its own failure, except a bad request, which fails the query rather than the shard;
+        # overload is caught next (shed rather than degraded), and anything else last
         assert search["Catch"][0]["ErrorEquals"] == ["BadRequest", "WiringError"]
         assert states[search["Catch"][0]["Next"]]["Type"] == "Fail"
+        assert search["Catch"][1]["ErrorEquals"] == ["Lambda.TooManyRequestsException", "ShardBusy"]
         assert search["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
         assert states[search["Catch"][-1]["Next"]] is states[f"ShardFailed{i}"]
         assert states[f"ShardFailed{i}"]["Parameters"]["shard"] == i

@@ -200,7 +200,8 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
         if options.sharding_check and "dense" in runs:
             _progress("sharding check (dense): reading every chunk back from the shards")
             dense_observations = runs["dense"].observations
-            chunks = read_back_chunks(settings.shard_endpoints())
+            # Through the shard servers: each holds its data directory's lock while the runtime runs.
+            chunks = read_back_chunks(system.runtime.shard_servers.served_endpoints())
             # One query at a time, exactly as the Embed handler embeds it.
             vectors = {o.query_id: embedder.embed([dataset.queries[o.query_id]])[0] for o in dense_observations}
             check = compare_with_brute_force({o.query_id: o.chunk_ids for o in dense_observations}, vectors, chunks)

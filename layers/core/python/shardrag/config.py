@@ -68,6 +68,10 @@ class StoreSettings(_Model):
     index: IndexSettings = IndexSettings()
     #: Bound on a chunk's text in the store (Milvus VARCHAR max_length, in bytes).
     max_text_bytes: int = Field(default=8192, ge=256, le=65535)
+    #: Seconds one shard search (dense and BM25 together) may take before the shard counts as busy. Below the
+    #: ShardSearch task's TimeoutSeconds (10 s in ``statemachines/query.asl.json``) so that the handler, which can
+    #: tell a saturated shard from an unreachable one, decides, not Step Functions' timeout, which cannot.
+    search_timeout_s: float = Field(default=8.0, gt=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _shards_match_count(self) -> StoreSettings:

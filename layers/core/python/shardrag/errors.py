@@ -49,6 +49,23 @@ class ShardSearchFailed(ShardRagError):
     code = "shard_search_failed"
 
 
+class Overloaded(ShardRagError):
+    """The service is at capacity and shed the request before answering it (HTTP 429: retry after a pause).
+
+    Throttling and saturation end here, never in a ``degraded`` answer: nothing is down, so an incomplete answer
+    would be wrong for no reason. Raised by the query workflow's shard branches (``statemachines/``) when a shard
+    search was throttled or saturated, and by the local API when it is at its configured concurrency.
+    """
+
+    status = 429
+    code = "too_many_requests"
+
+
+class ShardBusy(Overloaded):
+    """A shard is reachable but did not answer within its deadline: it is saturated, not down (a shard that
+    cannot be reached raises :class:`ShardSearchFailed`). Its Parallel branch turns this into ``Overloaded``."""
+
+
 class GenerationFailed(ShardRagError):
     """The generator (Bedrock, an HTTP endpoint) failed or returned an unusable answer (HTTP 502)."""
 
@@ -74,6 +91,18 @@ class WiringError(ShardRagError):
 #: Any other name (ConfigurationError, WiringError, a crash) maps to a 500 with a generic message.
 ERROR_STATUS: dict[str, tuple[int, str]] = {
     cls.__name__: (cls.status, cls.code)
-    for cls in (BadRequest, Forbidden, ShardsUnavailable, ShardSearchFailed, GenerationFailed)
+    for cls in (
+        BadRequest,
+        Forbidden,
+        ShardsUnavailable,
+        ShardSearchFailed,
+        Overloaded,
+        ShardBusy,
+        GenerationFailed,
+    )
 }
 ERROR_STATUS["States.Timeout"] = (504, "timeout")
+# Lambda's throttle (reserved concurrency exhausted), once a task's retries give up: capacity, not a fault.
+ERROR_STATUS["Lambda.TooManyRequestsException"] = (Overloaded.status, Overloaded.code)
+#: Seconds a shed caller is asked to wait (``Retry-After``) before trying again.
+RETRY_AFTER_S = 1

@@ -108,6 +108,13 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": _error_response("Malformed request"),
                         "403": _error_response("Multi-tenant mode: the caller's identity carries no valid tenant"),
+                        "429": {
+                            **_error_response(
+                                "At capacity: shed before an answer (throttled, or a shard saturated); retry after "
+                                "Retry-After seconds"
+                            ),
+                            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                        },
                         "502": _error_response("The generator failed"),
                         "503": _error_response("No shard answered"),
                         "504": _error_response("The workflow timed out"),

@@ -98,6 +98,8 @@ class SearchRequest(Record):
     filter_expr: str = ""
     #: BM25 query side (term id -> IDF); ``None`` when the query does not search lexically.
     sparse: SparseVector | None = None
+    #: Client-side deadline of one store call in seconds (``None``: none). A store that misses it is busy.
+    timeout_s: float | None = None
 
 
 class ShardResult(Record):

@@ -247,7 +247,7 @@ def build_query_workflow(
         embed=embed,
         lexical_query=lexical,
         router=build_router(settings, centroids),
-        searcher=ShardSearcher(stores or shard_stores(), shard_count),
+        searcher=ShardSearcher(stores or shard_stores(), shard_count, timeout_s=settings.store.search_timeout_s),
         fusers=build_fusers(settings),
         default_mode=settings.retrieval.mode,
         fusion_depth=settings.retrieval.fusion.depth,

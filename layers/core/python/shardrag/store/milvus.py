@@ -25,6 +25,13 @@ from shardrag.store.schema import (
 
 #: Milvus caps a query's result window; chunk-id listings page through it.
 _QUERY_PAGE = 10_000
+#: gRPC backs off reconnecting for up to 120 s by default, so a shard that was down for a minute could stay
+#: unreachable long after it is back. A shard is a handful of endpoints, not a fleet: retry within a second.
+_RECONNECT_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
 
 
 class MilvusVectorStore:
@@ -66,7 +73,7 @@ class MilvusVectorStore:
                 if self._client is None:
                     if self._endpoint.is_lite:
                         Path(self._endpoint.uri).parent.mkdir(parents=True, exist_ok=True)
-                    kwargs: dict[str, Any] = {"uri": self._endpoint.uri}
+                    kwargs: dict[str, Any] = {"uri": self._endpoint.uri, "grpc_options": dict(_RECONNECT_OPTIONS)}
                     if self._token:
                         kwargs["token"] = self._token
                     if self._endpoint.db_name:
@@ -241,15 +248,24 @@ class MilvusVectorStore:
 
     def _search(self, query: Any, field: str, metric: str, params: dict[str, Any], request: SearchRequest) -> list[Hit]:
         self.ensure_ready()
-        results = self._connect().search(
-            self._collection,
-            data=[query],
-            anns_field=field,
-            limit=request.top_k,
-            filter=request.filter_expr,
-            output_fields=list(OUTPUT_FIELDS),
-            search_params={"metric_type": metric, "params": params},
-        )
+        try:
+            results = self._connect().search(
+                self._collection,
+                data=[query],
+                anns_field=field,
+                limit=request.top_k,
+                filter=request.filter_expr,
+                output_fields=list(OUTPUT_FIELDS),
+                search_params={"metric_type": metric, "params": params},
+                # Also bounds pymilvus's reconnect retries, so that a stopped shard fails within it too.
+                timeout=request.timeout_s,
+            )
+        except Exception as exc:
+            if _needs_reconnect(exc):
+                # A restarted Milvus comes back with the collection released, and a client whose recovery failed
+                # while it was down may never retry: start afresh next time (connect, load the collection).
+                self.reset()
+            raise
         hits: list[Hit] = []
         for row in results[0] if results else []:
             entity = row.get("entity", row)
@@ -280,6 +296,18 @@ class MilvusVectorStore:
 
     def close(self) -> None:
         self.reset()
+
+
+#: pymilvus error codes after which this client cannot search until it reconnects: the server could not be
+#: reached (CONNECT_FAILED), or it answers but the collection is not loaded (a restarted server).
+_RECONNECT_CODES = frozenset({2, 101})
+
+
+def _needs_reconnect(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None)
+    if callable(code):  # a raw grpc.RpcError
+        return getattr(code(), "name", None) == "UNAVAILABLE"
+    return code in _RECONNECT_CODES
 
 
 def _sparse_from_milvus(value: Any) -> SparseVector:
