@@ -164,7 +164,7 @@ def _untracked_models() -> None:
         return object.__new__(cls)
 
     untracked_new._shardrag_untracked = True  # type: ignore[attr-defined]
-    BaseModel.__new__ = untracked_new  # type: ignore[method-assign,assignment]
+    BaseModel.__new__ = untracked_new  # type: ignore[method-assign]
 
 
 class _TableKeepingCopy:
@@ -198,7 +198,7 @@ def _transactions_back_up_items() -> None:
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         saved: list[tuple[Any, Any, Any, Any]] = []
         for entry in transact_items:
-            operation = next(iter(entry.values()), {})
+            operation: Any = next(iter(entry.values()), {})
             table = self.tables.get(operation.get("TableName")) if isinstance(operation, dict) else None
             key = operation.get("Item", operation.get("Key")) if table is not None else None
             if table is None or not isinstance(key, dict) or table.hash_key_attr not in key:
@@ -218,7 +218,7 @@ def _transactions_back_up_items() -> None:
             raise
 
     transact_write_items._shardrag_light = True  # type: ignore[attr-defined]
-    dynamodb_models.copy = _TableKeepingCopy  # type: ignore[attr-defined]
+    dynamodb_models.copy = _TableKeepingCopy  # type: ignore[assignment]
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
