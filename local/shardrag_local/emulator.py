@@ -218,7 +218,7 @@ def _transactions_back_up_items() -> None:
             raise
 
     transact_write_items._shardrag_light = True  # type: ignore[attr-defined]
-    dynamodb_models.copy = _TableKeepingCopy  # type: ignore[assignment]
+    dynamodb_models.copy = _TableKeepingCopy  # type: ignore[attr-defined,assignment]
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
