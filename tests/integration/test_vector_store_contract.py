@@ -116,3 +116,44 @@ def test_an_existing_collection_with_another_layout_is_refused(tmp_path: Path) -
     )
     with pytest.raises(ConfigurationError, match="reindex"):
         store.ensure_ready()
+
+
+def test_an_existing_collection_with_a_cosine_dense_index_is_refused(tmp_path: Path) -> None:
+    """The same fields but the earlier release's COSINE index: searching it with IP would fail on every query."""
+    from pymilvus import MilvusClient
+    from shardrag.errors import ConfigurationError
+    from shardrag.store.schema import DENSE_FIELD, SPARSE_FIELD, build_schema
+
+    uri = str(tmp_path / "cosine.db")
+    client = MilvusClient(uri)
+    index = client.prepare_index_params()
+    index.add_index(field_name=DENSE_FIELD, index_type="FLAT", metric_type="COSINE")
+    index.add_index(field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+    store = MilvusVectorStore(
+        ShardEndpoint(uri=uri, collection="cosine"), shard=0, dimension=DIM, index=IndexSettings()
+    )
+    client.create_collection("cosine", schema=build_schema(DIM, 8192), index_params=index)
+    with pytest.raises(ConfigurationError, match="COSINE dense index"):
+        store.ensure_ready()
+
+
+def test_dense_scores_are_the_cosine_similarity_of_unit_vectors(store: VectorStore) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(5, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.upsert(
+        [
+            EmbeddedChunk(
+                chunk=Chunk(chunk_id=f"u{i}", doc_id="unit", text=f"t{i}", source="s", position=i),
+                vector=[float(x) for x in v],
+            )
+            for i, v in enumerate(vectors)
+        ]
+    )
+    query = vectors[0] * 0.6 + vectors[1] * 0.8
+    query /= np.linalg.norm(query)
+    hits = store.search(SearchRequest(vector=[float(x) for x in query], top_k=5))
+    expected = {f"u{i}": float(vectors[i] @ query) for i in range(5)}
+    assert [h.chunk_id for h in hits] == sorted(expected, key=lambda c: -expected[c])
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.chunk_id], abs=1e-5)

@@ -46,7 +46,8 @@ def read_back_chunks(endpoints: Sequence[ShardEndpoint], *, batch_size: int = 10
                 vectors.append(list(row["dense"]))
         iterator.close()
     matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
-    # Milvus' COSINE normalises both sides; do the same so that the scores are comparable.
+    # The dense index scores by inner product of unit vectors; normalise anyway so that a stray non-unit vector
+    # cannot make the exact reference disagree with the cosine it stands for.
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return ChunkMatrix(ids, (matrix / np.where(norms == 0, 1, norms)).astype(np.float32))
 

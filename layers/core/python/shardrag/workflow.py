@@ -36,6 +36,7 @@ from shardrag.request import Mode, parse_query_request
 from shardrag.rerank import Reranker, RerankFailed
 from shardrag.routing import Router
 from shardrag.search import ShardSearcher
+from shardrag.vector_codec import PackedVector, pack_vector
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,13 @@ class EmbedInput(Record):
 
 class RouteInput(Record):
     request: ResolvedQuery
-    vector: list[float]
+    vector: PackedVector
 
 
 class SearchInput(Record):
     shard: int
     request: ResolvedQuery
-    vector: list[float]
+    vector: PackedVector
     sparse: SparseVector | None = None
     #: Every shard this query searches (the Route stage's choice): hybrid sizes each shard's share by it.
     searched: list[int] | None = None
@@ -232,7 +233,7 @@ class QueryWorkflow:
             )
         return {
             "request": query.model_dump(),
-            "vector": vector,
+            "vector": pack_vector(vector),
             "sparse": sparse.model_dump() if sparse else None,
             "started_at": step.started_at or datetime.now(UTC).isoformat(),
             "timings_ms": {"embed": _ms(started)},

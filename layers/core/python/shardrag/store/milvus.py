@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,24 @@ from shardrag.store.schema import (
     build_schema,
     truncate_utf8,
 )
+
+#: The dense index's metric. The embedders return unit vectors (``Embedder``), for which inner product *is* cosine
+#: similarity, and IP skips the per-search normalisation of every stored vector that COSINE does (on Milvus Lite
+#: about a sixth of a shard's search CPU, measured with py-spy under load); the scores are the same.
+DENSE_METRIC = "IP"
+#: How far from 1 a vector's norm may be before it is normalised here (float32 unit vectors are within ~1e-6).
+_UNIT_TOLERANCE = 1e-4
+
+
+def unit(vector: Sequence[float]) -> Sequence[float]:
+    """The vector scaled to unit length, so that inner product ranks as cosine; a vector that already is one
+    (what every embedder returns) is passed through untouched, so a stored vector read back and written again
+    stays bit for bit the same. A zero vector stays zero (it matches nothing, as under COSINE)."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    if norm == 0.0 or abs(norm - 1.0) <= _UNIT_TOLERANCE:
+        return vector
+    return [x / norm for x in vector]
+
 
 #: Milvus caps a query's result window; chunk-id listings page through it.
 _QUERY_PAGE = 10_000
@@ -112,7 +131,7 @@ class MilvusVectorStore:
                 index_params.add_index(
                     field_name=DENSE_FIELD,
                     index_type=self._index.type,
-                    metric_type="COSINE",
+                    metric_type=DENSE_METRIC,
                     params=dict(self._index.params),
                 )
                 index_params.add_index(
@@ -136,6 +155,12 @@ class MilvusVectorStore:
             raise ConfigurationError(
                 f"collection {self._collection!r} at {self._endpoint.uri} has fields {sorted(found)}, this release "
                 f"expects {sorted(expected)}: index into a new collection (store.collection) and reindex"
+            )
+        metric = client.describe_index(self._collection, index_name=DENSE_FIELD).get("metric_type")
+        if metric != DENSE_METRIC:
+            raise ConfigurationError(
+                f"collection {self._collection!r} at {self._endpoint.uri} has a {metric} dense index, this release "
+                f"searches with {DENSE_METRIC}: index into a new collection (store.collection) and reindex"
             )
 
     def reset(self) -> None:
@@ -163,7 +188,7 @@ class MilvusVectorStore:
             "version": chunk.version,
             "metadata": chunk.metadata,
             "external_id": chunk.external_id,
-            DENSE_FIELD: item.vector,
+            DENSE_FIELD: unit(item.vector),
             SPARSE_FIELD: (item.sparse or EMPTY_MARKER).as_dict(),
         }
 
@@ -239,7 +264,7 @@ class MilvusVectorStore:
             iterator.close()
 
     def search(self, request: SearchRequest) -> list[Hit]:
-        return self._search(request.vector, DENSE_FIELD, "COSINE", dict(self._index.search_params), request)
+        return self._search(unit(request.vector), DENSE_FIELD, DENSE_METRIC, dict(self._index.search_params), request)
 
     def search_lexical(self, request: SearchRequest) -> list[Hit]:
         if request.sparse is None or not request.sparse.indices:
