@@ -62,7 +62,7 @@ def test_the_shard_count_multiplies_shard_search_demand() -> None:
     environments: dict[str, Any] = copy.deepcopy(CDK_CONTEXT["environments"])
     prod = environments["prod"]
     rate, burst = prod["deployment"]["api"]["throttle_rate_limit"], prod["deployment"]["api"]["throttle_burst_limit"]
-    shards = len(prod["settings"]["store"]["shards"])
+    shards = prod["settings"]["store"]["shard_count"]
     needed = concurrency_needed(rate=rate, burst=burst, p99_s=DEFAULT_P99_MS["shard_search"] / 1000, parallel=shards)
     prod["deployment"]["functions"]["shard_search"]["reserved_concurrency"] = needed - 1
     prod["deployment"]["functions"]["shard_search"].pop("provisioned_concurrency", None)
