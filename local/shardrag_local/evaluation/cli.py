@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='extra runtime settings as JSON, e.g. \'{"ingestion": {"chunk_size": 128}}\'',
     )
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        default=None,
+        help="JSON file of this dataset's targets (default: shardrag-targets.json beside the dataset, else the "
+        "project's bench/targets/<dataset>.<split>.json; none: only BM25 against bm25s)",
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip exact dense and BM25")
     parser.add_argument(
         "--no-sharding-check", action="store_true", help="skip the brute-force comparison of the dense ranking"
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         sharding_check=not args.no_sharding_check,
         data_dir=args.data_dir,
         settings=args.settings,
+        targets=args.targets,
     )
     command = "python -m shardrag_local.evaluation " + shlex.join(argv)
     report = stamp(run_evaluation(options), command.strip())
