@@ -407,7 +407,7 @@ def study(names: Sequence[str]) -> dict[str, Any]:
             for how in ("minmax", "zscore")
             for alpha in ALPHAS
         ]
-        configs += [({"kind": "rrf", "rrf_k": k, "depth": depth}, RrfFuser(k)) for k in RRF_KS]
+        configs += [({"kind": "rrf", "rrf_k": k, "depth": depth}, RrfFuser(k, depth=depth)) for k in RRF_KS]
         for config, fuser in configs:
             values = {n: s.fused(results[n], fuser) for n, s in scorers.items()}
             fusion_grid.append(
@@ -423,7 +423,7 @@ def study(names: Sequence[str]) -> dict[str, Any]:
             best_fusion["alpha"], depth=best_fusion["depth"], normalisation=best_fusion["normalisation"]
         )
     else:
-        fuser = RrfFuser(best_fusion["rrf_k"])
+        fuser = RrfFuser(best_fusion["rrf_k"], depth=best_fusion["depth"])
     for other_k1, other_b in ((0.9, b), (1.5, b), (k1, 0.3), (k1, 0.75), (1.5, 0.75)):
         values = {
             n: s.fused(s.shard_results(s.bm25_scores(other_k1, other_b, s.lexical.avgdl), best_fusion["depth"]), fuser)

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-baselines", action="store_true", help="skip exact dense and BM25")
     parser.add_argument(
+        "--no-dense-baseline", action="store_true", help="skip exact dense only (bm25s, which is cheap, still runs)"
+    )
+    parser.add_argument(
         "--no-sharding-check", action="store_true", help="skip the brute-force comparison of the dense ranking"
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: bench/results/eval-<name>.json)")
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         limit_queries=args.limit_queries,
         docs_per_file=args.docs_per_file,
         baselines=not args.no_baselines,
+        dense_baseline=not args.no_dense_baseline,
         sharding_check=not args.no_sharding_check,
         data_dir=args.data_dir,
         settings=args.settings,

@@ -151,16 +151,23 @@ def _with_score(hit: Hit, score: float) -> Hit:
 
 
 class RrfFuser:
-    """Hybrid by reciprocal rank: ``Σ 1 / (k + rank)`` over the two merged lists (scale-free, order only)."""
+    """Hybrid by reciprocal rank: ``Σ 1 / (k + rank)`` over the two merged lists (scale-free, order only), each cut
+    at its top ``depth`` like :class:`ConvexFuser` (None: whatever the shards returned)."""
 
-    def __init__(self, k: int = 60) -> None:
+    def __init__(self, k: int = 60, *, depth: int | None = None) -> None:
         if k < 1:
             raise ValueError("k must be at least 1")
+        if depth is not None and depth < 1:
+            raise ValueError("depth must be at least 1")
         self._k = k
+        self._depth = depth
 
     def run(self, results: Sequence[ShardResult], top_k: int) -> FusedHits:
         scores: dict[str, float] = {}
-        ranked_lists = [merge_modality(results, "lexical"), merge_modality(results, "dense")]
+        ranked_lists = [
+            merge_modality(results, "lexical")[: self._depth],
+            merge_modality(results, "dense")[: self._depth],
+        ]
         for ranking in ranked_lists:
             for rank, hit in enumerate(ranking, start=1):
                 scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (self._k + rank)

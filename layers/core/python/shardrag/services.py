@@ -200,7 +200,7 @@ def build_fusers(settings: Settings) -> dict[Mode, Fuser]:
     hybrid: Fuser = (
         ConvexFuser(fusion.alpha, depth=fusion.depth, normalisation=fusion.normalisation)
         if fusion.kind == "convex"
-        else RrfFuser(fusion.rrf_k)
+        else RrfFuser(fusion.rrf_k, depth=fusion.depth)
     )
     return {"dense": ScoreMergeFuser("dense"), "bm25": ScoreMergeFuser("lexical"), "hybrid": hybrid}
 
