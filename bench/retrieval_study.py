@@ -69,6 +69,8 @@ ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEPTHS = (50, 100, 200)
 RRF_KS = (10, 20, 60)
 JOINT_K1 = (1.2, 1.5, 2.0)
+#: nDCG@10 differences below this are ties in the final choice (one query of ~300 moves a mean by ~0.003).
+NOISE = 0.001
 JOINT_B = (0.4, 0.5, 0.6, 0.75)
 JOINT_DEPTHS = (100, 200)
 JOINT_FUSIONS = (("zscore", 0.5), ("zscore", 0.6), ("minmax", 0.5), ("minmax", 0.6))
@@ -433,7 +435,12 @@ def study(names: Sequence[str]) -> dict[str, Any]:
                         }
                     )
         _progress(f"joint k1 {jk1}: done")
-    final = max(joint, key=lambda r: (round(r["worst_vs_reference"], 4), round(r["bm25_worst_vs_bm25s"], 4)))
+    # Hybrid worst cases closer than NOISE are a tie (a few queries); among them BM25 mode's worst case decides.
+    top = max(r["worst_vs_reference"] for r in joint)
+    final = max(
+        (r for r in joint if r["worst_vs_reference"] >= top - NOISE),
+        key=lambda r: (r["bm25_worst_vs_bm25s"], r["worst_vs_reference"]),
+    )
     k1, b = final["k1"], final["b"]
     bm25_only = {
         n: s.ndcg(s.chunk_ranking(s.bm25_scores(k1, b, s.lexical.avgdl), positive_only=True))
@@ -460,8 +467,8 @@ def study(names: Sequence[str]) -> dict[str, Any]:
             "bm25": "max over (k1, b) of min over corpora of (chunk BM25 nDCG@10 - bm25s nDCG@10), measured avgdl",
             "fusion": "max over (method, weight, depth) of min over corpora of (hybrid nDCG@10 - reference fusion), "
             "at the BM25 chosen alone",
-            "final": "max over (k1, b) x the best fusions of min over corpora of (hybrid - reference fusion); "
-            "ties by BM25 mode's worst margin over bm25s",
+            "final": "over (k1, b) x the best fusions: within 0.001 of the best min over corpora of (hybrid - "
+            "reference fusion), the best min over corpora of (BM25 mode - bm25s)",
         },
         "chosen": {
             "bm25": {"k1": k1, "b": b, "avgdl": "measured", "ndcg@10": _rounded(bm25_only)},
@@ -580,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result, command, commit)
     args.out.with_suffix(".md").write_text(text)
     print(text)
+    # Last line: the whole result, which ``make bench`` (bench/run.py) records with its machine and commit.
+    print(json.dumps(result))
     return 0
 
 
