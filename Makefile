@@ -12,7 +12,7 @@ export CDK_DISABLE_VERSION_CHECK := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install model tools dev test test-unit test-integration test-infra lint format synth bench eval clean openapi lambda-assets deploy smoke
+.PHONY: retrieval-study install model tools dev test test-unit test-integration test-infra lint format synth bench eval clean openapi lambda-assets deploy smoke
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -99,6 +99,12 @@ bench: install model
 EVAL_DATASET ?= ../shared/datasets/scifact
 eval: install model
 	$(PY) -m shardrag_local.evaluation --dataset $(EVAL_DATASET) --update-benchmarks $(EVAL_ARGS)
+
+## The retrieval defaults study (issue 14): BM25 k1/b/avgdl and fusion chosen by the worst case over SciFact test,
+## NFCorpus dev and mtrag-mini, offline over embeddings cached in build/retrieval-study (first run: embeds each corpus
+## once). Also part of `make bench`. Results: bench/results/retrieval_study.{json,md}.
+retrieval-study: install model
+	$(PY) -m bench.run retrieval_study
 
 clean:
 	rm -rf build cdk.out .shardrag

@@ -27,6 +27,8 @@ RUNS: dict[str, list[str]] = {
     "ingest-model": ["-m", "bench.ingest_model", "--examples", "500", "--steps", "40"],
     # e09a5fc: the runtime before shard processes, query workers and shedding (issue 12), measured in the same run.
     "load": ["-m", "bench.load", "--baseline", "e09a5fc"],
+    # Retrieval defaults across the development corpora (offline, over cached embeddings; issue 14).
+    "retrieval_study": ["-m", "bench.retrieval_study"],
 }
 
 

@@ -6,18 +6,22 @@ import math
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import bm25s
 import boto3
 import pytest
 import Stemmer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from moto import mock_aws
 from shardrag.artifacts import FileArtifactStore, S3ArtifactStore
-from shardrag.bm25 import EMPTY_MARKER, Bm25Encoder, CorpusStats, Tokenizer, idf, term_id
+from shardrag.bm25 import EMPTY_MARKER, LENGTH_ID, Bm25Encoder, CorpusStats, Tokenizer, idf, stored_length, term_id
 from shardrag.records import Chunk, EmbeddedChunk, SparseVector
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.memory import InMemoryVectorStore
 from shardrag.term_stats import (
+    _FORMAT,
     CorpusStatsCache,
     TermStatsStore,
     TermStatsTracker,
@@ -170,7 +174,8 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert stats_store.load(0).documents == 20
-    assert stats_store.load(0).df[vector.indices[0]] == 20
+    assert stats_store.load(0).df[vector.indices[1]] == 20  # indices[0] is the chunk's length, not a term
+    assert stats_store.load(0).tokens == 20 * len(Tokenizer().terms(CORPUS[0]))
 
 
 def _chunk(doc: str, version: str, i: int, text: str) -> EmbeddedChunk:
@@ -303,3 +308,133 @@ def test_a_failed_artefact_write_keeps_the_delta_for_the_next_flush(tmp_path: Pa
     Flaky.fail = False
     tracker.flush(0)
     assert stats_store.load(0).documents == 1
+
+
+def test_a_chunk_carries_its_length_and_the_table_the_total_beside_the_count() -> None:
+    vectors = Bm25Encoder().documents(CORPUS)
+    lengths = [len(Tokenizer().terms(d)) for d in CORPUS]
+    assert [stored_length(v) for v in vectors] == lengths
+    assert stored_length(EMPTY_MARKER) == 0 and stored_length(SparseVector(indices=[5], values=[1.0])) is None
+    stats = CorpusStats()
+    stats.count([*vectors, EMPTY_MARKER], +1)
+    assert (stats.documents, stats.tokens, stats.measured) == (5, sum(lengths), 5)
+    assert stats.avgdl == sum(lengths) / 5
+    assert LENGTH_ID not in stats.df  # never a term: no query can carry it, so it never scores
+
+
+def test_one_batch_holding_the_corpus_is_textbook_bm25_with_the_true_mean_length() -> None:
+    encoder = Bm25Encoder(k1=1.2, b=0.4)
+    vectors = encoder.documents(CORPUS)
+    stats = CorpusStats()
+    stats.count(vectors, +1)
+    mean = sum(len(Tokenizer().terms(d)) for d in CORPUS) / len(CORPUS)
+    assert stats.avgdl == pytest.approx(mean)
+    question = "What causes the tides of the ocean? Moon moon"
+    got = [_dot(encoder.query(question, stats), v) for v in vectors]
+    assert got == pytest.approx(_reference_bm25(question, CORPUS, 1.2, 0.4, mean), rel=1e-9)
+
+
+def test_a_batch_is_weighed_by_the_mean_of_the_corpus_it_joins() -> None:
+    encoder = Bm25Encoder(k1=1.2, b=0.4)
+    stored = CorpusStats()
+    stored.count(encoder.documents(CORPUS[:3]), +1)
+    joined = encoder.documents(CORPUS[3:], stored)
+    lengths = [len(Tokenizer().terms(d)) for d in CORPUS]
+    alone = Bm25Encoder(k1=1.2, b=0.4, avgdl=sum(lengths) / len(lengths)).document(CORPUS[3])
+    assert joined[0] == alone
+    # A pinned mean ignores the corpus.
+    pinned = Bm25Encoder(k1=1.2, b=0.4, avgdl=64.0)
+    assert pinned.documents(CORPUS[3:], stored) == [pinned.document(CORPUS[3])]
+
+
+def test_a_table_written_before_lengths_reads_as_one_without_a_measured_mean() -> None:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, format=np.int64(1), documents=np.int64(3), ids=np.array([7], np.uint32), counts=np.array([2])
+    )
+    old = decode_stats(buffer.getvalue())
+    assert (old.documents, old.df, old.tokens, old.measured, old.avgdl) == (3, {7: 2}, 0, 0, None)
+    # Chunks written since then give the mean on their own; the old ones (no length stored) never skew it.
+    old.count(Bm25Encoder().documents(CORPUS[:2]), +1)
+    assert old.avgdl == sum(len(Tokenizer().terms(d)) for d in CORPUS[:2]) / 2
+    old.count([SparseVector(indices=[7], values=[0.5])], -1)  # an old chunk deleted
+    assert old.measured == 2 and old.documents == 4
+    assert decode_stats(encode_stats(old)) == old and _FORMAT == 2
+
+
+_TEXTS = st.sampled_from([*CORPUS, "the of and", "moon " * 40, "Tides tides tides."])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["put", "delete"]), st.integers(0, 3), st.lists(_TEXTS, min_size=1, max_size=4)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_total_length_stays_exact_through_any_sequence_of_writes(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, list[str]]]
+) -> None:
+    """Overwrites, redeliveries and deletes in any order: the table always equals a recount of what is stored,
+    and its mean is the mean length of the stored chunks."""
+    stats_store = TermStatsStore(FileArtifactStore(tmp_path_factory.mktemp("stats")), [stats_name("c", 0)])
+    inner = InMemoryVectorStore(dimension=4)
+    store = TermAccountingStore(inner, shard=0, tracker=TermStatsTracker(lambda: stats_store))
+    encoder = Bm25Encoder(k1=1.2, b=0.4)
+    for step, (op, doc, texts) in enumerate(ops):
+        if op == "delete":
+            store.delete_document(f"d{doc}")
+            continue
+        version = f"v{step % 2}"  # the same version twice over: a redelivered write
+        vectors = encoder.documents(texts, stats_store.merged())
+        chunks = [
+            EmbeddedChunk(
+                chunk=Chunk(chunk_id=f"d{doc}::{version}::{i}", doc_id=f"d{doc}", text=t, version=version),
+                vector=[1.0, 0.0, 0.0, 0.0],
+                sparse=v,
+            )
+            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+        ]
+        store.upsert(chunks)
+        store.delete_document(f"d{doc}", keep_version=version)
+    stored = [item for batch in inner.scan() for item in batch]
+    recount = CorpusStats()
+    recount.count([item.sparse or EMPTY_MARKER for item in stored], +1)
+    assert stats_store.load(0) == recount
+    lengths = [len(Tokenizer().terms(item.chunk.text)) for item in stored]
+    assert recount.tokens == sum(lengths) and recount.measured == len(stored)
+
+
+def test_the_indexer_weighs_each_tenants_batch_by_that_tenants_mean(hashing_embedder: Any) -> None:
+    from shardrag.chunking import Chunker, Document
+    from shardrag.indexing import DocumentIndexer
+
+    encoder = Bm25Encoder(k1=1.2, b=0.4)
+    tables = {"a": CorpusStats(), "b": CorpusStats()}
+    tables["a"].count(encoder.documents(["moon " * 50]), +1)  # tenant a's corpus holds one long chunk
+    asked: list[str] = []
+
+    def corpus(tenant: str) -> CorpusStats:
+        asked.append(tenant)
+        return tables[tenant]
+
+    store = InMemoryVectorStore(dimension=hashing_embedder.dimension)
+    indexer = DocumentIndexer(
+        chunker=Chunker(size=64, overlap=8, title_prefix=False),
+        embedder=hashing_embedder,
+        store_for=lambda shard: store,
+        shard_count=1,
+        bm25=encoder,
+        corpus_stats=corpus,
+    )
+    indexer.run([Document(doc_id=t, text=CORPUS[0], tenant=t, version="1") for t in ("a", "b")])
+    stored = {item.chunk.tenant: item.sparse for batch in store.scan() for item in batch}
+    assert sorted(asked) == ["a", "b"]  # one read per tenant per batch
+    assert stored["a"] == encoder.documents([CORPUS[0]], tables["a"])[0]
+    assert stored["b"] == encoder.document(CORPUS[0])
+    assert stored["a"] != stored["b"]  # a's mean is longer: the same chunk weighs more there

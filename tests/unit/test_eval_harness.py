@@ -29,6 +29,7 @@ from shardrag_local.evaluation.runner import (
     targets,
 )
 from shardrag_local.evaluation.system import QueryObservation
+from shardrag_local.evaluation.targets import BESIDE_DATASET, DatasetTargets, find_targets, packaged_path
 
 
 def _beir(root: Path) -> Path:
@@ -213,13 +214,51 @@ def test_targets_hold_bm25_to_the_baseline_of_the_same_run() -> None:
         system_name("hybrid"): _summary(0.730),
         BM25: _summary(0.686),
     }
-    out = targets(systems)
+    out = targets(systems, DatasetTargets(ndcg_at_10={"dense": 0.68, "hybrid": 0.735}))
     dense = out["shardrag_api_dense ndcg@10 >= 0.68"]
     bm25 = out["shardrag_api_bm25 ndcg@10 >= bm25s ndcg@10 - 0.005"]
     hybrid = out["shardrag_api_hybrid ndcg@10 >= 0.735"]
     assert dense["met"] and bm25["threshold"] == 0.681 and not bm25["met"] and not hybrid["met"]
     # Without the baseline there is nothing to hold bm25 to.
     assert not any("bm25" in label for label in targets({system_name("bm25"): _summary(0.7)}))
+    # A dataset without targets is held to no absolute figure (never another corpus's).
+    assert list(targets(systems)) == ["shardrag_api_bm25 ndcg@10 >= bm25s ndcg@10 - 0.005"]
+
+
+def test_targets_come_from_the_flag_then_beside_the_dataset_then_the_project(tmp_path: Path) -> None:
+    root = _beir(tmp_path / "mini")
+    assert find_targets(root, "mini", "test") == (DatasetTargets(), "")
+    beside = root / BESIDE_DATASET
+    beside.write_text(json.dumps({"ndcg@10": {"hybrid": 0.5}, "source": "beside"}))
+    flag = tmp_path / "flag.json"
+    flag.write_text(json.dumps({"ndcg@10": {"dense": 0.4}, "bm25_margin": 0.01}))
+    assert find_targets(root, "mini", "test")[0].ndcg_at_10 == {"hybrid": 0.5}
+    table, origin = find_targets(root, "mini", "test", flag)
+    assert table.ndcg_at_10 == {"dense": 0.4} and table.bm25_margin == 0.01 and origin == str(flag)
+    flag.write_text(json.dumps({"ndcg@10": {"sparse": 0.4}}))
+    with pytest.raises(SystemExit, match=r"flag\.json"):
+        find_targets(root, "mini", "test", flag)
+
+
+def test_each_development_corpus_has_its_own_targets() -> None:
+    scifact = find_targets(Path("/nonexistent"), "scifact", "test")[0]
+    nfcorpus = find_targets(Path("/nonexistent"), "nfcorpus-dev", "dev")[0]
+    assert scifact.ndcg_at_10["hybrid"] == 0.737 and nfcorpus.ndcg_at_10["hybrid"] == 0.341
+    # NFCorpus test queries are held out: no targets were derived for them.
+    assert not packaged_path("nfcorpus", "test").exists() and not packaged_path("nfcorpus-dev", "test").exists()
+
+
+def test_a_conversational_folder_is_read_with_each_turns_question(tmp_path: Path) -> None:
+    root = _beir(tmp_path / "chat")
+    (root / "queries.jsonl").unlink()
+    turns = [
+        {"_id": "q1", "history": [{"role": "user", "text": "bees?"}], "question": "why do they dance", "rewrite": None},
+        {"_id": "q2", "history": [], "question": "and tides", "rewrite": "what makes tides"},
+    ]
+    (root / "conversations.jsonl").write_text("\n".join(json.dumps(t) for t in turns) + "\n")
+    dataset = BeirDataset.load(root)
+    assert dataset.queries == {"q1": "why do they dance", "q2": "and tides"}
+    assert "conversations.jsonl" in dataset.checksums
 
 
 def test_ratios_pair_every_api_mode_with_every_baseline() -> None:

@@ -64,6 +64,14 @@ def test_fusion_depth_bounds_the_candidates_of_each_modality() -> None:
     assert {h.chunk_id for h in fused.hits} == {"a", "b"}
 
 
+def test_rrf_depth_bounds_the_candidates_of_each_modality() -> None:
+    # Cut at 2: dense a, d; BM25 b, e. d and b each appear once, a and e too: ties broken by chunk id.
+    fused = RrfFuser(k=60, depth=2).run(RESULTS, 10)
+    assert {h.chunk_id for h in fused.hits} == {"a", "b", "d", "e"}
+    with pytest.raises(ValueError):
+        RrfFuser(depth=0)
+
+
 def test_rrf_uses_ranks_only() -> None:
     fused = RrfFuser(k=60).run(RESULTS, 2)
     # b: dense rank 3 + bm25 rank 1; d: dense rank 2 + bm25 rank 4; e: 4 + 2; a: 1 only.

@@ -87,10 +87,14 @@ class Bm25Retriever:
         self._ids = [doc.doc_id for doc in corpus]
         self._model.index(self._tokenize([doc.whole_text for doc in corpus]), show_progress=False)
 
-    def search(self, queries: Mapping[str, str], k: int) -> dict[str, list[str]]:
+    @property
+    def ids(self) -> list[str]:
+        """Document ids in index order (the columns of :meth:`score_rows`)."""
+        return list(self._ids)
+
+    def score_rows(self, queries: Mapping[str, str]) -> dict[str, np.ndarray[Any, np.dtype[np.float32]]]:
+        """Each query's BM25 score of every document, in :attr:`ids` order."""
         query_ids = list(queries)
-        k = min(k, len(self._ids))
-        # Each query is scored as a full row so that ties are broken the same way as for the dense baseline.
         tokens = self._bm25s.tokenize(
             [queries[q] for q in query_ids],
             stopwords="en",
@@ -98,8 +102,11 @@ class Bm25Retriever:
             return_ids=False,
             show_progress=False,
         )
-        out: dict[str, list[str]] = {}
-        for q, query_tokens in zip(query_ids, tokens, strict=True):
-            scores = np.asarray(self._model.get_scores(query_tokens), dtype=np.float32)
-            out[q] = _top_k(scores, self._ids, k)
-        return out
+        return {
+            q: np.asarray(self._model.get_scores(query_tokens), dtype=np.float32)
+            for q, query_tokens in zip(query_ids, tokens, strict=True)
+        }
+
+    def search(self, queries: Mapping[str, str], k: int) -> dict[str, list[str]]:
+        # Each query is scored as a full row so that ties are broken the same way as for the dense baseline.
+        return {q: _top_k(scores, self._ids, k) for q, scores in self.score_rows(queries).items()}

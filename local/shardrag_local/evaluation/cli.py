@@ -51,7 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='extra runtime settings as JSON, e.g. \'{"ingestion": {"chunk_size": 128}}\'',
     )
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        default=None,
+        help="JSON file of this dataset's targets (default: shardrag-targets.json beside the dataset, else the "
+        "project's bench/targets/<dataset>.<split>.json; none: only BM25 against bm25s)",
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip exact dense and BM25")
+    parser.add_argument(
+        "--no-dense-baseline", action="store_true", help="skip exact dense only (bm25s, which is cheap, still runs)"
+    )
     parser.add_argument(
         "--no-sharding-check", action="store_true", help="skip the brute-force comparison of the dense ranking"
     )
@@ -95,9 +105,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         limit_queries=args.limit_queries,
         docs_per_file=args.docs_per_file,
         baselines=not args.no_baselines,
+        dense_baseline=not args.no_dense_baseline,
         sharding_check=not args.no_sharding_check,
         data_dir=args.data_dir,
         settings=args.settings,
+        targets=args.targets,
     )
     command = "python -m shardrag_local.evaluation " + shlex.join(argv)
     report = stamp(run_evaluation(options), command.strip())

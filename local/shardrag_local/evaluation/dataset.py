@@ -1,4 +1,9 @@
-"""A BEIR-layout test collection: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``."""
+"""A BEIR-layout test collection: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+A conversational collection (``conversations.jsonl`` instead of ``queries.jsonl``, as ``mtrag-mini``) is read with
+each turn's own ``question`` (the last user turn alone) as its query: the retrieval maths is measured here, not a
+rewrite of the conversation.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +51,10 @@ class BeirDataset:
     def load(cls, root: Path | str, *, split: str = "test", limit_queries: int | None = None) -> BeirDataset:
         """Read a BEIR folder. ``limit_queries`` keeps the first N judged queries (in ``queries.jsonl`` order)."""
         root = Path(root)
+        conversational = not (root / "queries.jsonl").is_file() and (root / "conversations.jsonl").is_file()
         files = {
             "corpus": root / "corpus.jsonl",
-            "queries": root / "queries.jsonl",
+            "queries": root / ("conversations.jsonl" if conversational else "queries.jsonl"),
             "qrels": root / "qrels" / f"{split}.tsv",
         }
         missing = [str(p) for p in files.values() if not p.is_file()]
@@ -64,7 +70,8 @@ class BeirDataset:
             for row in _jsonl(files["corpus"])
         ]
         qrels = _read_qrels(files["qrels"])
-        queries = {str(row["_id"]): str(row["text"]) for row in _jsonl(files["queries"]) if str(row["_id"]) in qrels}
+        field = "question" if conversational else "text"
+        queries = {str(row["_id"]): str(row[field]) for row in _jsonl(files["queries"]) if str(row["_id"]) in qrels}
         if limit_queries is not None:
             queries = dict(list(queries.items())[:limit_queries])
         # Judgments of queries we do not run would otherwise count as misses.

@@ -95,6 +95,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r.get('mrr@10'))} |"
             )
     lines += ["", *[f"- {note}" for note in report.get("notes", [])]]
+    origin = report.get("targets_source")
+    if origin:
+        lines.append(f"- targets of {ds['name']} {ds['split']} from `{origin['file']}`: {origin['source']}")
+    elif "targets_source" in report:
+        lines.append(f"- no targets file for {ds['name']} {ds['split']}: only BM25 against bm25s is checked")
     for target, outcome in report.get("targets", {}).items():
         threshold = f" (threshold {outcome['threshold']})" if "threshold" in outcome else ""
         lines.append(f"- target {target}: {outcome['value']}{threshold} — **{'met' if outcome['met'] else 'NOT met'}**")

@@ -9,7 +9,15 @@ can evaluate it exactly:
 * the query side carries the IDF of each query term, from corpus-wide document frequencies (summed over shards,
   kept current by ingestion, see :mod:`shardrag.term_stats`);
 
-so ``query · document`` is the BM25 score, identical on every shard. Token ids are a stable hash of the stemmed
+so ``query · document`` is the BM25 score, identical on every shard.
+
+``avgdl`` is measured, not assumed: the term statistics keep the total length of the chunks beside their count
+(exact under the same deltas as the document frequencies), and a write encodes its chunks with the mean length of
+the corpus as it will be once the write lands (what is stored plus the batch itself). A chunk's stored weights
+therefore use the mean of its time; on a corpus loaded in batches the mean settles after the first batch, and
+the study (``bench/retrieval_study.py``) measures what that costs against the final mean. A stored chunk also
+carries its own length, on the reserved id 0 that no query carries (so it never scores), so that removing it
+uncounts exactly what adding it counted. Token ids are a stable hash of the stemmed
 token: no shared vocabulary to keep in sync, and Milvus's sparse index takes 32-bit ids.
 
 Tokenisation follows bm25s (the baseline we measure against): lowercase, ``\\w\\w+`` tokens, its English stop
@@ -22,9 +30,9 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 import Stemmer
 from shardrag.records import SparseVector
@@ -70,9 +78,11 @@ STOPWORDS_EN: Final = frozenset(
 _TOKEN: Final = re.compile(r"(?u)\b\w\w+\b")
 #: Ids 1..2^32-2: Milvus sparse indices are uint32 below 2^32-1, and 0 is kept for :data:`EMPTY_MARKER`.
 _ID_SPACE: Final = 2**32 - 2
+#: Reserved id of a chunk's length (its number of BM25 terms): no term hashes to it and no query carries it.
+LENGTH_ID: Final = 0
 #: Milvus refuses an all-zero sparse row; a chunk with no terms (digits only, stop words only) stores this
-#: marker on id 0, which no query ever carries, so it never scores.
-EMPTY_MARKER: Final = SparseVector(indices=[0], values=[1e-6])
+#: marker on id 0, which no query ever carries, so it never scores (its length reads as 0).
+EMPTY_MARKER: Final = SparseVector(indices=[LENGTH_ID], values=[1e-6])
 
 
 class Tokenizer:
@@ -98,11 +108,30 @@ def term_ids(terms: Iterable[str]) -> Counter[int]:
     return Counter(term_id(t) for t in terms)
 
 
-class Bm25Encoder:
-    """Builds the document and query sides of BM25 (``k1``, ``b`` as in Lucene/bm25s)."""
+def saturation(tf: Any, length: Any, *, k1: float, b: float, avgdl: float) -> Any:
+    """The document side of BM25, ``tf·(k1+1) / (tf + k1·(1 - b + b·length/avgdl))``. Plain arithmetic, so
+    that it takes numbers or numpy arrays alike: the offline study (``bench/retrieval_study.py``) scores with
+    this very function."""
+    return tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl))
 
-    def __init__(self, *, k1: float = 1.5, b: float = 0.75, avgdl: float = 64.0, tokenizer: Tokenizer | None = None):
-        if k1 < 0 or not 0 <= b <= 1 or avgdl <= 0:
+
+def stored_length(vector: SparseVector) -> int | None:
+    """The length a stored chunk was counted with, or None for a row written before lengths were stored."""
+    if vector.indices and vector.indices[0] == LENGTH_ID:
+        return round(vector.values[0])
+    return None
+
+
+class Bm25Encoder:
+    """Builds the document and query sides of BM25 (``k1``, ``b`` as in Lucene/bm25s).
+
+    ``avgdl`` None (the default): each write uses the measured mean chunk length (:meth:`documents`); a number
+    pins it (every chunk weighted against the same constant, whatever the corpus)."""
+
+    def __init__(
+        self, *, k1: float = 1.5, b: float = 0.75, avgdl: float | None = None, tokenizer: Tokenizer | None = None
+    ):
+        if k1 < 0 or not 0 <= b <= 1 or (avgdl is not None and avgdl <= 0):
             raise ValueError("BM25 needs k1 >= 0, 0 <= b <= 1 and avgdl > 0")
         self.k1 = k1
         self.b = b
@@ -110,14 +139,24 @@ class Bm25Encoder:
         self.tokenizer = tokenizer or Tokenizer()
 
     def document(self, text: str) -> SparseVector:
-        """The stored side of a chunk: the saturated term frequency of each of its terms."""
-        counts = term_ids(self.tokenizer.terms(text))
+        """The stored side of one chunk (with a measured ``avgdl``: as if it were the whole corpus)."""
+        return self.documents([text])[0]
+
+    def documents(self, texts: Sequence[str], corpus: CorpusStats | None = None) -> list[SparseVector]:
+        """The stored side of a batch of chunks: the saturated term frequency of each term, and the chunk's length
+        on :data:`LENGTH_ID`. ``corpus``: the statistics the batch is added to (their measured lengths and the
+        batch's own give ``avgdl`` unless it is pinned)."""
+        counted = [term_ids(self.tokenizer.terms(text)) for text in texts]
+        lengths = [sum(counts.values()) for counts in counted]
+        avgdl = self.avgdl or measured_avgdl(corpus, lengths)
+        return [self._encode(counts, length, avgdl) for counts, length in zip(counted, lengths, strict=True)]
+
+    def _encode(self, counts: Counter[int], length: int, avgdl: float) -> SparseVector:
         if not counts:
             return EMPTY_MARKER
-        length = sum(counts.values())
-        norm = self.k1 * (1 - self.b + self.b * length / self.avgdl)
         ids = sorted(counts)
-        return SparseVector(indices=ids, values=[counts[i] * (self.k1 + 1) / (counts[i] + norm) for i in ids])
+        weights = [saturation(counts[i], length, k1=self.k1, b=self.b, avgdl=avgdl) for i in ids]
+        return SparseVector(indices=[LENGTH_ID, *ids], values=[float(length), *weights])
 
     def query(self, text: str, stats: CorpusStats) -> SparseVector:
         """The query side: each distinct query term weighted by its IDF; empty when no term is known."""
@@ -130,34 +169,60 @@ class Bm25Encoder:
         return SparseVector(indices=ids, values=[weights[i] for i in ids])
 
 
+def measured_avgdl(corpus: CorpusStats | None, lengths: Sequence[int]) -> float:
+    """Mean chunk length of ``corpus`` with ``lengths`` added (1.0 when nothing has a length: then every chunk
+    is empty and the value is never used)."""
+    tokens = sum(lengths) + (corpus.tokens if corpus is not None else 0)
+    measured = len(lengths) + (corpus.measured if corpus is not None else 0)
+    return tokens / measured if tokens > 0 and measured > 0 else 1.0
+
+
 def idf(documents: int, df: int) -> float:
     """Lucene's BM25 IDF: never negative, so a very common term only adds little."""
     return math.log(1 + (documents - df + 0.5) / (df + 0.5))
 
 
 class CorpusStats:
-    """Document frequencies over chunks (BM25's "documents") and how many chunks there are.
+    """Document frequencies over chunks (BM25's "documents"), how many chunks there are, and their total length.
 
-    Kept per shard and summed over shards for the IDF. The same type holds a change to apply (a delta, whose
-    counts may be negative); applied counts never go below zero, so a replayed delete cannot corrupt the table.
+    Kept per shard and summed over shards for the IDF and ``avgdl``. The same type holds a change to apply (a
+    delta, whose counts may be negative); applied counts never go below zero, so a replayed delete cannot corrupt
+    the table. ``measured`` counts the chunks whose length is known (every chunk but rows stored before lengths
+    were), so that ``tokens / measured`` is the exact mean even beside such rows.
     """
 
-    def __init__(self, documents: int = 0, df: Mapping[int, int] | None = None) -> None:
+    def __init__(
+        self, documents: int = 0, df: Mapping[int, int] | None = None, *, tokens: int = 0, measured: int = 0
+    ) -> None:
         self.documents = documents
         self.df: dict[int, int] = dict(df or {})
+        self.tokens = tokens
+        self.measured = measured
+
+    @property
+    def avgdl(self) -> float | None:
+        """The mean length of the chunks (None when no chunk with a known length is counted)."""
+        return self.tokens / self.measured if self.measured > 0 and self.tokens > 0 else None
 
     def count(self, vectors: Iterable[SparseVector], sign: int) -> None:
         """Count each vector as one chunk holding its terms (``sign`` -1 uncounts it)."""
         for vector in vectors:
             self.documents += sign
+            length = stored_length(vector)
+            if length is not None:
+                self.tokens += sign * length
+                self.measured += sign
             if vector.is_empty_marker:
                 continue
             for tid in vector.indices:
-                self.df[tid] = self.df.get(tid, 0) + sign
+                if tid != LENGTH_ID:
+                    self.df[tid] = self.df.get(tid, 0) + sign
 
     def add(self, other: CorpusStats, *, clamp: bool = True) -> None:
         """Add ``other`` (another shard's stats or a delta); with ``clamp``, counts stop at zero."""
         self.documents += other.documents
+        self.tokens += other.tokens
+        self.measured += other.measured
         for tid, count in other.df.items():
             total = self.df.get(tid, 0) + count
             if total > 0 or (not clamp and total != 0):
@@ -166,19 +231,36 @@ class CorpusStats:
                 self.df.pop(tid, None)
         if clamp:
             self.documents = max(0, self.documents)
+            self.tokens = max(0, self.tokens)
+            self.measured = max(0, self.measured)
 
     def readable(self) -> CorpusStats:
         """What the IDF may use: terms with a positive count, and at least as many documents as any term has.
         A stored table may hold a negative count for a moment (deltas land in any order); the IDF of such a term
-        is undefined, and a document count below a term's count would make it negative."""
+        is undefined, and a document count below a term's count would make it negative. Likewise a negative
+        length total reads as none measured."""
         df = {tid: count for tid, count in self.df.items() if count > 0}
-        return CorpusStats(max(self.documents, max(df.values(), default=0), 0), df)
+        lengths_ok = self.tokens >= 0 and self.measured > 0
+        return CorpusStats(
+            max(self.documents, max(df.values(), default=0), 0),
+            df,
+            tokens=self.tokens if lengths_ok else 0,
+            measured=self.measured if lengths_ok else 0,
+        )
 
     def __bool__(self) -> bool:
-        return bool(self.documents or self.df)
+        return bool(self.documents or self.df or self.tokens or self.measured)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CorpusStats) and (self.documents, self.df) == (other.documents, other.df)
+        return isinstance(other, CorpusStats) and (self.documents, self.df, self.tokens, self.measured) == (
+            other.documents,
+            other.df,
+            other.tokens,
+            other.measured,
+        )
 
     def __repr__(self) -> str:
-        return f"CorpusStats(documents={self.documents}, terms={len(self.df)})"
+        return (
+            f"CorpusStats(documents={self.documents}, terms={len(self.df)}, tokens={self.tokens}, "
+            f"measured={self.measured})"
+        )

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from shardrag.bm25 import Bm25Encoder
+from shardrag.bm25 import Bm25Encoder, CorpusStats
 from shardrag.chunking import Chunker, Document
 from shardrag.embedding.base import Embedder
 from shardrag.placement import HashPlacement, Placement
-from shardrag.records import EmbeddedChunk, Record
+from shardrag.records import EmbeddedChunk, Record, SparseVector
 from shardrag.store.base import VectorStore
 
 
@@ -37,8 +37,12 @@ class DocumentIndexer:
         shard_count: int,
         bm25: Bm25Encoder | None = None,
         placement: Placement | None = None,
+        corpus_stats: Callable[[str], CorpusStats] | None = None,
     ) -> None:
+        """``corpus_stats``: a tenant's current BM25 statistics (the table its chunks are counted in), read once
+        per batch for the measured mean chunk length; None weighs each batch as if it were the whole corpus."""
         self._chunker = chunker
+        self._corpus_stats = corpus_stats
         self._placement: Placement = placement or HashPlacement(shard_count)
         self._bm25 = bm25 or Bm25Encoder()
         self._embedder = embedder
@@ -68,6 +72,9 @@ class DocumentIndexer:
         vectors = self._embedder.embed(texts) if texts else np.empty((0, self._embedder.dimension), np.float32)
         owners = [doc.doc_id for doc, chunks in planned for _ in chunks]
         placed = self._placement.place(owners, np.asarray(vectors, dtype=np.float32))
+        # BM25 indexes what the model embeds (title prefixed): 0.685 vs 0.650 nDCG@10 (bench/hybrid_study.py).
+        tenants = [doc.tenant for doc, chunks in planned for _ in chunks]
+        sparse = self._sparse(texts, tenants)
         by_shard: dict[int, list[EmbeddedChunk]] = {}
         held: list[list[int]] = []
         offset = 0
@@ -75,9 +82,7 @@ class DocumentIndexer:
             holders: dict[int, None] = {}
             for chunk in chunks:
                 vector = [float(x) for x in vectors[offset]]
-                # BM25 indexes what the model embeds (title prefixed): 0.685 vs 0.650 nDCG@10 (bench/hybrid_study.py).
-                sparse = self._bm25.document(texts[offset])
-                item = EmbeddedChunk(chunk=chunk, vector=vector, sparse=sparse)
+                item = EmbeddedChunk(chunk=chunk, vector=vector, sparse=sparse[offset])
                 for shard in placed[offset]:
                     by_shard.setdefault(shard, []).append(item)
                     holders[shard] = None
@@ -112,3 +117,13 @@ class DocumentIndexer:
             for shard in sorted(touched):
                 self._store_for(shard).flush()
         return results
+
+    def _sparse(self, texts: Sequence[str], tenants: Sequence[str]) -> list[SparseVector]:
+        """The BM25 side of each text, each tenant's batch weighted by the mean length of that tenant's table."""
+        out: dict[int, SparseVector] = {}
+        for tenant in dict.fromkeys(tenants):
+            rows = [i for i, owner in enumerate(tenants) if owner == tenant]
+            measured = self._corpus_stats is not None and self._bm25.avgdl is None
+            corpus = self._corpus_stats(tenant) if measured and self._corpus_stats is not None else None
+            out.update(zip(rows, self._bm25.documents([texts[i] for i in rows], corpus), strict=True))
+        return [out[i] for i in range(len(texts))]

@@ -200,7 +200,7 @@ def build_fusers(settings: Settings) -> dict[Mode, Fuser]:
     hybrid: Fuser = (
         ConvexFuser(fusion.alpha, depth=fusion.depth, normalisation=fusion.normalisation)
         if fusion.kind == "convex"
-        else RrfFuser(fusion.rrf_k)
+        else RrfFuser(fusion.rrf_k, depth=fusion.depth)
     )
     return {"dense": ScoreMergeFuser("dense"), "bm25": ScoreMergeFuser("lexical"), "hybrid": hybrid}
 
@@ -294,6 +294,7 @@ def build_indexer(
     from shardrag.indexing import DocumentIndexer
 
     model = embedder()
+    per_tenant = settings.tenancy.mode == "multi"
     chunker = Chunker(
         size=settings.ingestion.chunk_size, overlap=settings.ingestion.chunk_overlap, token_spans=model.token_spans
     )
@@ -304,6 +305,7 @@ def build_indexer(
         shard_count=settings.store.shard_count,
         bm25=bm25_encoder(settings),
         placement=build_placement(settings, centroids),
+        corpus_stats=lambda tenant: term_stats_store().merged(tenant if per_tenant else ""),
     )
 
 

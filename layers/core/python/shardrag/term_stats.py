@@ -1,4 +1,5 @@
-"""Corpus-wide BM25 statistics: per-shard document frequencies persisted as artefacts, summed for the IDF.
+"""Corpus-wide BM25 statistics: per-shard document frequencies and chunk lengths persisted as artefacts, summed
+for the IDF and the mean chunk length (``avgdl``).
 
 Ingestion records what each write adds and removes (:class:`TermStatsTracker`, one delta per shard) and applies
 it when the shard is flushed, with a compare-and-swap so that concurrent ingest workers never lose an update.
@@ -27,7 +28,10 @@ from shardrag.bm25 import EMPTY_MARKER, CorpusStats
 from shardrag.records import SparseVector
 from shardrag.store.base import VectorStore
 
-_FORMAT = 1
+#: 2 adds the chunks' total length (and how many chunks it counts) for a measured ``avgdl``; a format-1 table
+#: reads as one without lengths, whose chunks then count for nothing in the mean until a rebuild recounts them.
+_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 #: Compare-and-swap attempts before a flush gives up (the delta stays pending for the next flush), and the
 #: longest pause between two of them: at most ~4 s of waiting in all, small beside a Lambda timeout.
 _ATTEMPTS = 12
@@ -38,17 +42,27 @@ def encode_stats(stats: CorpusStats) -> bytes:
     ids = np.fromiter(sorted(stats.df), dtype=np.uint32, count=len(stats.df))
     counts = np.fromiter((stats.df[int(i)] for i in ids), dtype=np.int64, count=len(ids))
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, format=np.int64(_FORMAT), documents=np.int64(stats.documents), ids=ids, counts=counts)
+    np.savez_compressed(
+        buffer,
+        format=np.int64(_FORMAT),
+        documents=np.int64(stats.documents),
+        tokens=np.int64(stats.tokens),
+        measured=np.int64(stats.measured),
+        ids=ids,
+        counts=counts,
+    )
     return buffer.getvalue()
 
 
 def decode_stats(data: bytes) -> CorpusStats:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-        if int(archive["format"]) != _FORMAT:
-            raise ValueError(f"term statistics format {int(archive['format'])} is not {_FORMAT}")
+        version = int(archive["format"])
+        if version not in _READABLE_FORMATS:
+            raise ValueError(f"term statistics format {version} is not one of {_READABLE_FORMATS}")
         ids = archive["ids"].tolist()
         counts = archive["counts"].tolist()
-        return CorpusStats(int(archive["documents"]), dict(zip(ids, counts, strict=True)))
+        lengths = {"tokens": int(archive["tokens"]), "measured": int(archive["measured"])} if version >= 2 else {}
+        return CorpusStats(int(archive["documents"]), dict(zip(ids, counts, strict=True)), **lengths)
 
 
 def stats_name(collection: str, shard: int) -> str:
