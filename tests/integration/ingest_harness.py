@@ -416,6 +416,7 @@ def build_service(
         embedder=embedder,
         store_for=fresh,
         shard_count=len(stores),
+        model_id=embedder.model_id,
     )
     return IngestService(
         settings,

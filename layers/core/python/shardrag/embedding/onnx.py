@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"
 _OUTPUT = "sentence_embedding"
 
 __all__ = ["OnnxEmbedder"]
@@ -65,6 +66,7 @@ class OnnxEmbedder:
         self._counter: Tokenizer | None = None
         self._pad_id = 0
         self._dimension = 0
+        self._model_id = ""
 
     @classmethod
     def from_settings(cls, settings: EmbeddingSettings) -> OnnxEmbedder:
@@ -81,6 +83,13 @@ class OnnxEmbedder:
         """Width of the vectors (384 for all-MiniLM-L6-v2); loads the model if needed."""
         self.warm_up()
         return self._dimension
+
+    @property
+    def model_id(self) -> str:
+        """What determines this embedder's vectors: the model's and tokenizer's content hashes and the truncation
+        length (stored vectors are reused only under the same id); loads the model if needed."""
+        self.warm_up()
+        return self._model_id
 
     def warm_up(self) -> None:
         """Load the ONNX session and the tokenizer once; :class:`ConfigurationError` if they are missing."""
@@ -187,6 +196,7 @@ class OnnxEmbedder:
             )
         width = outputs[_OUTPUT].shape[-1]
         self._input_names = frozenset(i.name for i in session.get_inputs())
+        self._model_id = _model_id(self.model_dir, self.max_seq_length)
         self._tokenizer, self._counter = tokenizer, counter
         self._pad_id = pad_id if pad_id is not None else 0
         if isinstance(width, int):
@@ -195,3 +205,23 @@ class OnnxEmbedder:
             self._dimension = int(self._run([tokenizer.encode("")], session).shape[1])
         # Published last: warm_up's unlocked fast path treats a non-None session as "fully loaded".
         self._session = session
+
+
+def _model_id(model_dir: Path, max_seq_length: int) -> str:
+    """The export manifest's hashes (``make model`` writes them), or hashes of the files themselves."""
+    import hashlib
+    import json
+
+    try:
+        manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+        model_sha, tokenizer_sha = str(manifest["model_sha256"]), str(manifest["tokenizer_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        digests = []
+        for name in (MODEL_FILE, TOKENIZER_FILE):
+            digest = hashlib.sha256()
+            with (model_dir / name).open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            digests.append(digest.hexdigest())
+        model_sha, tokenizer_sha = digests
+    return f"onnx:{model_sha[:16]}:{tokenizer_sha[:16]}:{max_seq_length}"

@@ -132,6 +132,9 @@ class DocumentState(Record):
     parts_done: int = 0
     #: ... under this reading plan (parser, part size, chunking); a different plan restarts instead.
     plan: str = ""
+    #: The embedding model that computed this version's vectors (``DocumentIndexer.model_id``): a later version
+    #: reuses them for unchanged chunks only if its model is the same. Empty (records before it existed): never.
+    model: str = ""
 
     @property
     def live(self) -> bool:
