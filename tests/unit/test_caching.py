@@ -147,7 +147,9 @@ def test_the_key_covers_the_request_the_configuration_and_the_index_version() ->
     assert key == caching.key({**REQUEST, "question": " What causes   tides? "})
     for change in ({"mode": "dense"}, {"top_k": 6}, {"filter_expr": 'source like "a%"'}, {"tenant": "t2"}):
         assert caching.key({**REQUEST, **change}) != key, change
-    assert AnswerCaching(MemoryAnswerCache(max_entries=8, ttl_s=60), version, fingerprint="config-2").key(REQUEST) != key
+    assert (
+        AnswerCaching(MemoryAnswerCache(max_entries=8, ttl_s=60), version, fingerprint="config-2").key(REQUEST) != key
+    )
     version.advance()
     assert caching.key(REQUEST) != key
 

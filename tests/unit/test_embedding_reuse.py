@@ -51,8 +51,7 @@ class CountingEmbedder:
 def _paragraphs(seed: int, count: int, mean_words: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [
-        " ".join(rng.choice(WORDS, size=int(rng.integers(max(1, mean_words // 2), mean_words * 3 // 2 + 2))))
-        + f" p{i}"
+        " ".join(rng.choice(WORDS, size=int(rng.integers(max(1, mean_words // 2), mean_words * 3 // 2 + 2)))) + f" p{i}"
         for i in range(count)
     ]
 
@@ -107,9 +106,7 @@ def test_windows_before_the_edit_and_after_the_next_anchor_are_unchanged(
     document = Document(doc_id="d", text=text)
     spans = word_spans(text)
     units = chunker._units(document, spans)
-    resets = [
-        i for i, (s, e) in enumerate(units) if i > k and (e - s > 24 or chunker._is_anchor(text, spans, s, e))
-    ]
+    resets = [i for i, (s, e) in enumerate(units) if i > k and (e - s > 24 or chunker._is_anchor(text, spans, s, e))]
     if resets:
         assert [w for w in before if w[0] >= resets[0]] == [w for w in after if w[0] >= resets[0]]
 

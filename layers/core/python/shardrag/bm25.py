@@ -119,6 +119,10 @@ class Bm25Encoder:
         ids = sorted(counts)
         return SparseVector(indices=ids, values=[counts[i] * (self.k1 + 1) / (counts[i] + norm) for i in ids])
 
+    def query_terms(self, text: str) -> list[int]:
+        """The distinct term ids of a query."""
+        return sorted(term_ids(self.tokenizer.terms(text)))
+
     def query(self, text: str, stats: CorpusStats) -> SparseVector:
         """The query side: each distinct query term weighted by its IDF; empty when no term is known."""
         weights: dict[int, float] = {}

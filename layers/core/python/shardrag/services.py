@@ -164,7 +164,9 @@ def _query_encoder() -> Bm25Encoder:
 def lexical_query(text: str, tenant: str = "") -> SparseVector:
     """The BM25 query side of ``text`` with the current corpus-wide IDF (the tenant's own corpus in
     multi-tenant mode: another tenant's documents must not move its scores)."""
-    return _query_encoder().query(text, corpus_stats(tenant if stats_per_tenant() else "").get())
+    encoder = _query_encoder()
+    stats = corpus_stats(tenant if stats_per_tenant() else "").get(encoder.query_terms(text))
+    return encoder.query(text, stats)
 
 
 @lru_cache(maxsize=1)
