@@ -237,7 +237,7 @@ def _ask(workflow: QueryWorkflow, body: dict[str, Any], fail_shard: int | None =
 
 
 def test_a_repeated_question_is_answered_from_the_cache_until_the_index_changes(cached_workflow: Any) -> None:
-    workflow, stores, version = cached_workflow
+    workflow, _stores, version = cached_workflow
     body = {"question": "What causes the tides?", "mode": "dense", "top_k": 2}
     first = _ask(workflow, body)
     assert first["cache"] == "miss" and "Moon" in first["answer"]

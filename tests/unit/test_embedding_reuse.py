@@ -25,7 +25,22 @@ from shardrag.ingestion import DynamoDbRegistry, IngestService, ObjectEvent, S3O
 from shardrag.ingestion.events import normalise_sequencer
 from shardrag.store.memory import InMemoryVectorStore
 
-WORDS = "granite harbor meadow lantern copper violet thunder orchard pepper falcon willow ember river stone".split()
+WORDS = [
+    "granite",
+    "harbor",
+    "meadow",
+    "lantern",
+    "copper",
+    "violet",
+    "thunder",
+    "orchard",
+    "pepper",
+    "falcon",
+    "willow",
+    "ember",
+    "river",
+    "stone",
+]
 
 
 class CountingEmbedder:

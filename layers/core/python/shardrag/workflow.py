@@ -239,8 +239,9 @@ class QueryWorkflow:
             if cached is not None:
                 lookup_ms = _ms(started)
                 timings = {"cache": lookup_ms, "total": _elapsed_since(started_at) if step.started_at else lookup_ms}
+                # The state machine ends with ``cached`` next (CachedAnswer): nothing else need travel.
                 return {
-                    "request": query.model_dump(),
+                    "request": {},
                     "vector": [],
                     "sparse": None,
                     "started_at": started_at,
