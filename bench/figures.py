@@ -100,7 +100,7 @@ def centroid_figure(out: Path) -> Path | None:
     axis.set_title(f"Centroid routing on SciFact ({record['chunks']:,} chunks, {record['queries']} queries)")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7)
-    figure.text(0.01, 0.01, "bench/results/centroid_study.json: python bench/centroid_study.py", fontsize=6)
+    figure.text(0.01, 0.01, "bench/results/centroid_study.json: python -m bench.centroid_study", fontsize=6)
     figure.tight_layout(rect=(0, 0.03, 1, 1))
     path = out / "centroid_routing.png"
     figure.savefig(path, dpi=120)
