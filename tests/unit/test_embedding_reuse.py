@@ -141,7 +141,8 @@ def test_anchors_depend_on_the_unit_alone() -> None:
 def test_the_pool_keys_on_model_dimension_and_exact_text() -> None:
     pool = VectorPool("model-a", 3)
     pool.add("Title\nsome text", [1.0, 0.0, 0.0])
-    assert pool.get("Title\nsome text") == [1.0, 0.0, 0.0]
+    found = pool.get("Title\nsome text")
+    assert found is not None and found.dtype == np.float32 and found.tolist() == [1.0, 0.0, 0.0]
     assert pool.get("Title\nsome text ") is None and pool.get("title\nsome text") is None
     assert text_key("model-a", 3, "x") != text_key("model-b", 3, "x") != text_key("model-a", 4, "x")
     pool.add("wrong width", [1.0, 0.0])

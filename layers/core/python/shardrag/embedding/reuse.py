@@ -30,16 +30,18 @@ class VectorPool:
             raise ValueError("a vector pool needs the model's id: vectors of unknown provenance are never reused")
         self.model_id = model_id
         self.dimension = dimension
-        self._vectors: dict[bytes, Sequence[float]] = {}
+        # float32 arrays, not lists of Python floats: a part of a large object can pool thousands of vectors.
+        # Exact either way: the vectors were float32 when they were stored.
+        self._vectors: dict[bytes, Matrix] = {}
 
     def __len__(self) -> int:
         return len(self._vectors)
 
     def add(self, text: str, vector: Sequence[float]) -> None:
         if len(vector) == self.dimension:
-            self._vectors[text_key(self.model_id, self.dimension, text)] = vector
+            self._vectors[text_key(self.model_id, self.dimension, text)] = np.asarray(vector, dtype=np.float32)
 
-    def get(self, text: str) -> Sequence[float] | None:
+    def get(self, text: str) -> Matrix | None:
         return self._vectors.get(text_key(self.model_id, self.dimension, text))
 
 
