@@ -135,6 +135,9 @@ class DocumentState(Record):
     #: The embedding model that computed this version's vectors (``DocumentIndexer.model_id``): a later version
     #: reuses them for unchanged chunks only if its model is the same. Empty (records before it existed): never.
     model: str = ""
+    #: ``writing``: earlier versions of this document, embedded by the same ``model``, whose chunks stay stored until
+    #: this version's sweep: an interrupted write's retry still reuses their vectors (newest first, at most three).
+    reusable_versions: list[str] = []
 
     @property
     def live(self) -> bool:

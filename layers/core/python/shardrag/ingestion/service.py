@@ -396,6 +396,7 @@ class IngestService:
             chunk_count=current.chunk_count if resume and current is not None else 0,
             parts_done=current.parts_done if resume and current is not None else 0,
             model=self._indexer.model_id,
+            reusable_versions=self._reusable_versions(current, resume=resume),
         )
         # Write-ahead: from here on the registry says where this document's chunks may be.
         self.registry.put_documents([state], lease=lease.fence)
@@ -432,19 +433,29 @@ class IngestService:
                 "shard": (landed or state.shards)[0],
                 "parts_done": 0,  # progress means something only while writing
                 "plan": "",
+                "reusable_versions": [],  # swept
             }
         )
         self.registry.put_documents([final], lease=lease.fence)
         return final
 
     def _reusable(self, before: DocumentState | None) -> dict[str, Reusable] | None:
-        """The earlier chunks of a document whose vectors its new version may reuse: those of the version the
-        registry records, when the same model embedded them. (A ``writing`` record names the version being
-        written: an interrupted overwrite's retry reuses what it already wrote, not the version before.)"""
+        """The earlier chunks of a document whose vectors its new version may reuse: those of the versions the
+        registry records, when the same model embedded them (a ``writing`` record names the version being written
+        and the earlier ones still stored, so an interrupted overwrite's retry reuses both)."""
         model = self._indexer.model_id
         if not model or before is None or before.model != model or before.status not in ("indexed", "writing"):
             return None
-        return {before.doc_id: Reusable(shards=before.held_shards(), versions=[before.version])}
+        versions = [before.version, *before.reusable_versions]
+        return {before.doc_id: Reusable(shards=before.held_shards(), versions=versions)}
+
+    def _reusable_versions(self, before: DocumentState | None, *, resume: bool) -> list[str]:
+        """What the write-ahead record of a new version lists as reusable (see ``DocumentState``)."""
+        if before is None or before.model != self._indexer.model_id or before.status not in ("indexed", "writing"):
+            return []
+        if resume:
+            return list(before.reusable_versions)
+        return [before.version, *before.reusable_versions][:3]
 
     def _sweep(self, doc_id: str, version: str, chunks: int, shards: Iterable[int], *, fresh: bool) -> None:
         """Remove every chunk of ``doc_id`` that is not one of this version's ``chunks``: earlier versions, and
