@@ -34,10 +34,10 @@ def _paragraphs(edit: str = "") -> bytes:
     paragraphs = [
         f"Paragraph {i}: the basalt column number {i} cooled slowly into hexagonal joints near the sea, "
         f"{'and the lava front stalled' if i % 3 else 'while the tide rose'} over {i % 11} days."
-        for i in range(240)
+        for i in range(150)
     ]
     if edit:
-        paragraphs[120] = edit
+        paragraphs[75] = edit
     return "\n\n".join(paragraphs).encode()
 
 
@@ -84,7 +84,7 @@ def test_an_overwrite_with_one_edited_paragraph_reembeds_only_it_and_equals_a_fr
     shard_sets: tuple[MilvusShards, MilvusShards], tmp_path: Path, fault: str
 ) -> None:
     overwritten, fresh = shard_sets
-    edited = _paragraphs(edit="Paragraph 120 was rewritten: the columns here are pentagonal, a rare case.")
+    edited = _paragraphs(edit="Paragraph 75 was rewritten: the columns here are pentagonal, a rare case.")
     with mock_aws():
         expected = _fresh_ingest(fresh, tmp_path / "fresh", edited)
         overwritten.clear()
@@ -99,7 +99,7 @@ def _overwrite(
         system.put(KEY, _paragraphs())
         system.drain()
         first = len(seen)
-        assert first == len(_index(overwritten)) > 60  # several parts of 4 KiB, every chunk embedded once
+        assert first == len(_index(overwritten)) > 60  # five parts of 4 KiB, every chunk embedded once
         seen.clear()
         system.put(KEY, edited)
         if fault != "none":
