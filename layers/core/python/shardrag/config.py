@@ -138,6 +138,9 @@ class EmbeddingSettings(_Model):
     batch_size: int = Field(default=32, ge=1, le=1024)
     #: onnxruntime intra-op threads; 0 lets onnxruntime decide (all cores).
     threads: int = Field(default=0, ge=0, le=64)
+    #: Ingestion embeds each chunk on its own, so that its vector does not depend on the batch it falls in: a
+    #: vector reused on re-ingest is then exactly what a fresh ingest computes. Off: batched, ~10 % faster.
+    reproducible: bool = True
 
 
 class Bm25Settings(_Model):

@@ -389,7 +389,9 @@ def build_indexer(
     )
     return DocumentIndexer(
         chunker=chunker,
-        embedder=model,
+        # A chunk's vector must not depend on its batch, or a reused vector would differ (in the last bits) from
+        # the one a fresh ingest computes (``embedding.reproducible``).
+        embedder=model.reproducible() if settings.embedding.reproducible else model,
         store_for=stores or shard_stores(),
         shard_count=settings.store.shard_count,
         bm25=bm25_encoder(settings),
