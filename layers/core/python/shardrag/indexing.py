@@ -37,9 +37,9 @@ class Reusable(Record):
     versions: list[str]
 
 
-#: Earlier chunks read for reuse lie within this many positions of the new chunks' range, beyond its own length
-#: (an edit that adds or removes paragraphs moves the chunks after it by as many positions).
-REUSE_POSITION_MARGIN = 64
+#: Earlier chunks read for reuse lie within this many positions of the new chunks' range (an edit that adds or
+#: removes paragraphs moves the chunks after it by about as many positions; a larger move only costs embeddings).
+REUSE_POSITION_MARGIN = 256
 
 
 class DocumentIndexer:
@@ -158,13 +158,13 @@ class DocumentIndexer:
 
     def _pool(self, planned: Sequence[tuple[Document, list[Chunk]]], reuse: Mapping[str, Reusable]) -> VectorPool:
         """The earlier vectors of the documents in ``reuse``, read from the store around the new chunks'
-        positions (bounded: a part of a large object reads about three parts' worth, never the whole document)."""
+        positions (bounded: a part of a large object reads its own range and a margin, never the whole document)."""
         pool = VectorPool(self.model_id, self._embedder.dimension)
         for document, chunks in planned:
             source = reuse.get(document.doc_id)
             if source is None or not chunks:
                 continue
-            margin = len(chunks) + REUSE_POSITION_MARGIN
+            margin = REUSE_POSITION_MARGIN
             window = (max(0, chunks[0].position - margin), chunks[-1].position + margin)
             versions = set(source.versions)
             for shard in source.shards:
