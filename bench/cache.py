@@ -9,7 +9,7 @@ JSON line.
 
 Usage::
 
-    python -m bench.cache [--docs 1000] [--queries 100] [--shards 4]
+    python -m bench.cache [--docs 500] [--queries 100] [--shards 4]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--shards", type=int, default=4)
     args = parser.parse_args()
