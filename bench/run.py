@@ -1,5 +1,7 @@
 """``make bench``: run every benchmark, one after another (never in parallel: they would measure each other),
-and keep each one's JSON under ``bench/results/`` with the machine and commit it ran on."""
+keep each one's JSON under ``bench/results/`` with the machine and commit it ran on, then draw the figures
+(``bench.figures``) from the results files. ``python -m bench.run reuse cache`` runs only those;
+``python -m bench.run figures`` only draws."""
 
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ RUNS: dict[str, list[str]] = {
     "load": ["-m", "bench.load", "--baseline", "e09a5fc"],
     # Retrieval defaults across the development corpora (offline, over cached embeddings; issue 14).
     "retrieval_study": ["-m", "bench.retrieval_study"],
+    # Issue 15: re-upload with one paragraph edited against the first ingest (the acceptance check's document at
+    # 2,900 paragraphs, the issue's at 1,000), and the answer cache's hit against its miss.
+    "reuse": ["-m", "bench.reuse", "--paragraphs", "1000,2900"],
+    "cache": ["-m", "bench.cache", "--docs", "500", "--queries", "100"],
 }
 
 
@@ -52,9 +58,14 @@ def _machine() -> dict[str, str]:
 
 def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    selected = sys.argv[1:] or list(RUNS)
+    selected = sys.argv[1:] or [*RUNS, "figures"]
     machine = _machine()
     for name in selected:
+        if name == "figures":
+            from bench.figures import draw
+
+            print(json.dumps({"figures": draw(RESULTS)}), flush=True)
+            continue
         command = [sys.executable, *RUNS[name]]
         print(f"== {name}: {' '.join(RUNS[name])}", flush=True)
         out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)

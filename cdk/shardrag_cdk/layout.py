@@ -38,10 +38,11 @@ FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = (*QUERY_FUNCTION_NAMES, "inges
 #: every ``boto3.client(...)`` in the code). The VPC endpoints and the botocore service models the base layer
 #: keeps are both derived from it, so a new client without an entry here fails a test, not a deployment.
 FUNCTION_AWS_SERVICES: Final[dict[FunctionName, tuple[str, ...]]] = {
-    "embed": ("s3",),
+    # DynamoDB: the answer cache's table where ``cache.answers`` is on (Embed looks up, FuseAndGenerate stores).
+    "embed": ("s3", "dynamodb"),
     "route": ("s3",),
     "shard_search": ("secretsmanager",),
-    "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager"),
+    "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager", "dynamodb"),
     # SQS: the rest of a large object is handed to a fresh invocation through the ingest queue.
     "ingest": ("s3", "dynamodb", "secretsmanager", "sqs"),
 }

@@ -8,6 +8,7 @@ from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
 from shardrag_cdk.access import GeneratorAccess, MilvusSecretsAccess, RerankerAccess
+from shardrag_cdk.answer_cache import AnswerCacheTable
 from shardrag_cdk.api import QueryApi
 from shardrag_cdk.artifacts import IndexArtifacts
 from shardrag_cdk.buckets import access_log_bucket
@@ -68,6 +69,11 @@ class ShardRagStack(Stack):
         for reader in ("embed", "route"):
             artifacts.grant_read(query.by_name[reader])
         fuse_generate = query.by_name["fuse_generate"]
+        answers = AnswerCacheTable(self, "AnswerCache") if settings.cache.answers else None
+        if answers is not None:
+            answers.grant_lookup(query.by_name["embed"])
+            answers.grant_store(fuse_generate)
+            answers.grant_advance(ingestion.ingest)
         GeneratorAccess(self, "Generator", generator=settings.generator, caller=fuse_generate.role)
         RerankerAccess(self, "Reranker", rerank=settings.rerank, caller=fuse_generate.role)
         workflow = QueryWorkflow(
@@ -102,6 +108,8 @@ class ShardRagStack(Stack):
         CfnOutput(self, "DocumentsBucket", value=ingestion.documents.bucket.bucket_name)
         CfnOutput(self, "IndexArtifactsBucket", value=artifacts.bucket.bucket_name)
         CfnOutput(self, "RegistryTable", value=ingestion.registry.table.table_name)
+        if answers is not None:
+            CfnOutput(self, "AnswerCacheTable", value=answers.table.table_name)
         CfnOutput(self, "QueryStateMachine", value=workflow.state_machine.state_machine_arn)
         CfnOutput(self, "DeadLetterQueue", value=ingestion.queue.dead_letters.queue_url)
         CfnOutput(self, "StoreKind", value=deployment.store.kind)

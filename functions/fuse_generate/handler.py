@@ -17,7 +17,10 @@ services.query_workflow()
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response = services.query_workflow().fuse_generate(event)
+    workflow = services.query_workflow()
+    response = workflow.fuse_generate(event)
+    if workflow.caches_answers:
+        metrics.add_metric(name="AnswerCacheMisses", unit=MetricUnit.Count, value=1)
     if response["degraded"]:
         metrics.add_metric(name="DegradedAnswers", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="ShardFailures", unit=MetricUnit.Count, value=len(response["shards"]["failed"]))

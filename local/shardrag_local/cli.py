@@ -125,7 +125,9 @@ def _rebalance_direct() -> int:
     """Rebalance a deployed index from this machine (a bastion or a build job inside the VPC): the shards, the
     registry table and the artefacts bucket come from the environment's settings, as the functions see them
     (``SHARDRAG_SETTINGS``, ``SHARDRAG_REGISTRY_TABLE``, ``SHARDRAG_ARTIFACTS_BUCKET``). Routers pick up the new
-    centroids within ``routing.centroid.refresh_s``; the rebalancer waits that long before deleting old copies."""
+    centroids within ``routing.centroid.refresh_s``; the rebalancer waits that long before deleting old copies.
+    With the answer cache on, ``SHARDRAG_ANSWER_CACHE_TABLE`` names its table: the rebalance advances the index
+    version there."""
     import boto3
     from shardrag import env, services
     from shardrag.config import cached_settings
@@ -143,6 +145,7 @@ def _rebalance_direct() -> int:
         centroids=services.centroid_cache().store,
         settings=settings.routing.centroid,
         registry=DynamoDbRegistry(boto3.client("dynamodb"), table),
+        on_change=services.index_changed,
     ).run()
     print(json.dumps(report.model_dump(), indent=2))
     return 0

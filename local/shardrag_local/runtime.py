@@ -207,6 +207,7 @@ class LocalRuntime:
             settings=self.settings.routing.centroid,
             registry=self.ingestion.registry,
             on_swap=lambda _: cache.invalidate(),
+            on_change=services.index_changed,
         ).run(grace_s=0 if self.workers is None else self.settings.routing.centroid.refresh_s)
         return report.model_dump()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from cdk_synthesis import Synthesis
 from shardrag.config import Settings
-from shardrag.env import ARTIFACTS_BUCKET
+from shardrag.env import ANSWER_CACHE_TABLE, ARTIFACTS_BUCKET
 from shardrag.errors import ERROR_STATUS
 from shardrag.ingestion.registry import table_definition
 from shardrag.statemachine import PLACEHOLDER, QUERY_FUNCTIONS
@@ -230,15 +230,23 @@ def test_ingest_queue_outlasts_the_function_and_redrives_to_a_dlq(synth: Synthes
     assert synth.template["Resources"][dlq_id]["Properties"]["SqsManagedSseEnabled"] is True
 
 
+def _tables(synth: Synthesis) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The registry table (the one with the by-source index) and the other tables by logical id."""
+    tables = synth.resources("AWS::DynamoDB::Table")
+    registry = [t["Properties"] for t in tables.values() if t["Properties"].get("GlobalSecondaryIndexes")]
+    assert len(registry) == 1
+    return registry[0], {k: v for k, v in tables.items() if not v["Properties"].get("GlobalSecondaryIndexes")}
+
+
 def test_registry_table_has_pitr_encryption_and_on_demand_billing(synth: Synthesis) -> None:
-    (table,) = synth.properties("AWS::DynamoDB::Table")
+    table, _ = _tables(synth)
     assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert table["SSESpecification"]["SSEEnabled"] is True
     assert table["BillingMode"] == "PAY_PER_REQUEST"
 
 
 def test_registry_table_matches_the_schema_the_code_uses(synth: Synthesis) -> None:
-    (table,) = synth.properties("AWS::DynamoDB::Table")
+    table, _ = _tables(synth)
     wanted = table_definition("any")
     assert table["KeySchema"] == wanted["KeySchema"]
     assert sorted(table["AttributeDefinitions"], key=str) == sorted(wanted["AttributeDefinitions"], key=str)
@@ -446,6 +454,54 @@ def test_artifacts_bucket_is_read_by_embed_and_route_and_written_by_ingest_only(
         "route": {"s3:GetObject"},
         "ingest": {"s3:GetObject", "s3:PutObject"},
     }
+
+
+def test_the_answer_cache_table_exists_where_answers_are_cached_and_each_function_gets_one_action(
+    synth: Synthesis,
+) -> None:
+    _, others = _tables(synth)
+    with_variable = {
+        f["Properties"]["Description"].removeprefix("ShardRAG ")
+        for f in _project_functions(synth).values()
+        if ANSWER_CACHE_TABLE in f["Properties"]["Environment"]["Variables"]
+    }
+    dynamodb_actions = {
+        name: {a for s in statements for a in _actions(s) if a.startswith("dynamodb:")}
+        for name, statements in _role_statements(synth).items()
+    }
+    if not synth.config.settings.cache.answers:
+        # Off (the default): no table, no variable, nothing granted beyond the registry's ingest rights.
+        assert others == {} and with_variable == set()
+        assert {name for name, actions in dynamodb_actions.items() if actions} == {"ingest"}
+        return
+    [(table_id, table)] = others.items()
+    props = table["Properties"]
+    assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"  # nothing runs or bills while idle
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert with_variable == {"embed", "fuse_generate", "ingest"}
+    on_table: dict[str, set[str]] = {}
+    for name, statements in _role_statements(synth).items():
+        for statement in statements:
+            if table_id in _refs(statement["Resource"]):
+                assert statement["Resource"] == {"Fn::GetAtt": [table_id, "Arn"]}, statement  # the table only
+                on_table.setdefault(name, set()).update(_actions(statement))
+    assert on_table == {
+        "embed": {"dynamodb:GetItem"},
+        "fuse_generate": {"dynamodb:PutItem"},
+        "ingest": {"dynamodb:UpdateItem"},
+    }
+
+
+def test_the_workflow_ends_with_a_cached_answer_when_embed_found_one(synth: Synthesis) -> None:
+    states = _definition(synth)["States"]
+    assert states["Embed"]["ResultSelector"]["cached.$"] == "$.Payload.cached"
+    assert states["Embed"]["Next"] == "AnswerCached"
+    choice = states["AnswerCached"]
+    assert choice["Choices"] == [{"Variable": "$.cached", "IsNull": False, "Next": "CachedAnswer"}]
+    assert choice["Default"] == "Route"
+    assert states["CachedAnswer"] == {"Type": "Pass", "OutputPath": "$.cached", "End": True}
 
 
 def test_no_reranker_no_rerank_permission(synth: Synthesis) -> None:

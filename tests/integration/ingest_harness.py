@@ -137,6 +137,10 @@ class FaultyStore(StoreWrapper):
         self._step("stored_terms")
         return self._inner.stored_terms(chunk_ids)
 
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+        self._step("stored_chunks")
+        return self._inner.stored_chunks(doc_id, positions=positions)
+
     def flush(self) -> None:
         self._step("flush")
         self._inner.flush()
@@ -416,6 +420,7 @@ def build_service(
         embedder=embedder,
         store_for=fresh,
         shard_count=len(stores),
+        model_id=embedder.model_id,
     )
     return IngestService(
         settings,

@@ -244,6 +244,29 @@ def test_query_side_cache_rereads_after_its_ttl() -> None:
     assert CorpusStatsCache(load, ttl_s=0).get().documents == 3
 
 
+def test_query_side_cache_rereads_early_for_a_term_it_does_not_know_at_most_every_so_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shardrag.term_stats as module
+
+    now = {"t": 1000.0}
+    monkeypatch.setattr(module.time, "monotonic", lambda: now["t"])
+    loads: list[int] = []
+
+    def load() -> CorpusStats:
+        loads.append(1)
+        return CorpusStats(documents=len(loads), df={7: 1} if len(loads) > 1 else {})
+
+    cache = CorpusStatsCache(load, ttl_s=3600, unknown_refresh_s=1.0)
+    assert cache.get([7]).documents == 1
+    assert cache.get([7]).documents == 1  # unknown, but read less than a second ago
+    now["t"] += 1.5
+    assert cache.get([]).documents == 1  # nothing unknown asked: the TTL rules
+    assert cache.get([7]).df == {7: 1} and len(loads) == 2  # a just-uploaded term is searchable
+    now["t"] += 5
+    assert cache.get([7]).documents == 2  # known now: no re-read
+
+
 def test_rebuild_recounts_a_table_that_lost_a_delta(tmp_path: Path) -> None:
     stats_store = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0), stats_name("c", 1)])
     inner = [InMemoryVectorStore(shard=i, dimension=4) for i in range(2)]

@@ -43,7 +43,7 @@ def _size(state: dict[str, Any]) -> int:
 
 
 @pytest.fixture(scope="module")
-def workflow() -> QueryWorkflow:
+def parts() -> tuple[list[Unfiltered], Bm25Encoder, CorpusStats]:
     stores = [Unfiltered(shard=i, dimension=EMBEDDER.dimension) for i in range(SHARDS)]
     encoder = Bm25Encoder()
     stats = CorpusStats()
@@ -64,6 +64,11 @@ def workflow() -> QueryWorkflow:
         }
         vector = [float(x) for x in EMBEDDER.embed([text])[0]]
         stores[i % SHARDS].upsert([EmbeddedChunk.model_validate({"chunk": chunk, "vector": vector, "sparse": sparse})])
+    return stores, encoder, stats
+
+
+def _build(parts: tuple[list[Unfiltered], Bm25Encoder, CorpusStats], answers: Any = None) -> QueryWorkflow:
+    stores, encoder, stats = parts
     return build_query_workflow(
         Settings(
             store={"shard_count": SHARDS, "dimension": EMBEDDER.dimension},
@@ -73,7 +78,13 @@ def workflow() -> QueryWorkflow:
         lexical=lambda text: encoder.query(text, stats),
         stores=stores.__getitem__,
         make_generator=ExtractiveGenerator,
+        answers=answers,
     )
+
+
+@pytest.fixture(scope="module")
+def workflow(parts: tuple[list[Unfiltered], Bm25Encoder, CorpusStats]) -> QueryWorkflow:
+    return _build(parts)
 
 
 def _largest_filters() -> dict[str, Any]:
@@ -91,7 +102,7 @@ def _largest_filters() -> dict[str, Any]:
 def _fuse_state(workflow: QueryWorkflow, body: dict[str, Any]) -> dict[str, Any]:
     """The state FuseAndGenerate receives: Embed's selected output, ``route`` and every branch's result."""
     embedded = workflow.embed({"request": body, "caller": {"tenant": ""}, "started_at": "2026-11-30T00:00:00Z"})
-    state = {k: embedded[k] for k in ("request", "vector", "sparse", "started_at", "timings_ms")}
+    state = {k: embedded[k] for k in ("request", "vector", "sparse", "started_at", "timings_ms", "cached")}
     routed = workflow.route({"request": state["request"], "vector": state["vector"]})
     state["route"] = {k: routed[k] for k in ("selected", "shards", "took_ms")}
     state["shards"] = []
@@ -131,6 +142,25 @@ def test_the_largest_valid_request_keeps_every_state_under_the_limit(workflow: Q
     # The output FuseAndGenerate returns becomes the execution's output: the same limit.
     payload = {k: state[k] for k in ("request", "shards", "route", "started_at", "timings_ms")}
     assert _size(workflow.fuse_generate(payload)) <= STATE_LIMIT_BYTES
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense"])
+def test_a_cached_answer_to_the_largest_valid_request_fits_the_state_it_travels_in(
+    parts: tuple[list[Unfiltered], Bm25Encoder, CorpusStats], mode: str
+) -> None:
+    from shardrag.caching import AnswerCaching, MemoryAnswerCache, MemoryIndexVersion
+
+    workflow = _build(
+        parts, AnswerCaching(MemoryAnswerCache(max_entries=4, ttl_s=60), MemoryIndexVersion(), fingerprint="t")
+    )
+    request = {"question": QUESTION, "filters": _largest_filters(), "mode": mode, "top_k": MAX_TOP_K}
+    state = _fuse_state(workflow, request)
+    payload = {k: state[k] for k in ("request", "shards", "route", "started_at", "timings_ms")}
+    assert workflow.fuse_generate(payload)["cache"] == "miss"
+    hit = workflow.embed({"request": request, "caller": {"tenant": ""}, "started_at": "2026-11-30T00:00:00Z"})
+    assert hit["cached"]["cache"] == "hit"
+    # Embed's output is the state after it (ResultPath $), and CachedAnswer's output the execution's.
+    assert _size(hit) <= STATE_LIMIT_BYTES, f"{_size(hit)} bytes"
 
 
 def test_filters_that_compile_past_the_bound_are_a_400(workflow: QueryWorkflow) -> None:

@@ -158,6 +158,10 @@ class Bm25Encoder:
         weights = [saturation(counts[i], length, k1=self.k1, b=self.b, avgdl=avgdl) for i in ids]
         return SparseVector(indices=[LENGTH_ID, *ids], values=[float(length), *weights])
 
+    def query_terms(self, text: str) -> list[int]:
+        """The distinct term ids of a query."""
+        return sorted(term_ids(self.tokenizer.terms(text)))
+
     def query(self, text: str, stats: CorpusStats) -> SparseVector:
         """The query side: each distinct query term weighted by its IDF; empty when no term is known."""
         weights: dict[int, float] = {}

@@ -52,7 +52,7 @@ _CITATION = {
 
 _RESPONSE = {
     "type": "object",
-    "required": ["answer", "citations", "hits", "degraded", "shards", "timings_ms"],
+    "required": ["answer", "citations", "hits", "degraded", "shards", "timings_ms", "cache"],
     "properties": {
         "answer": {"type": ["string", "null"], "description": "null when generate is false"},
         "citations": {"type": "array", "items": {"$ref": "#/components/schemas/Citation"}},
@@ -68,6 +68,12 @@ _RESPONSE = {
         },
         "timings_ms": {"type": "object", "additionalProperties": True},
         "model": {"type": ["string", "null"]},
+        "cache": {
+            "type": "string",
+            "enum": ["hit", "miss"],
+            "description": "hit: answered from the answer cache (same request, index unchanged since); miss: computed "
+            "now (always, while the answer cache is off)",
+        },
         "rerank": {
             "type": ["object", "null"],
             "description": "null when no reranker is configured; status 'failed' keeps the fused order",

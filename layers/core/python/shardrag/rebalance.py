@@ -68,9 +68,12 @@ class Rebalancer:
         batch_size: int = 1000,
         sleep: Callable[[float], None] = time.sleep,
         on_swap: Callable[[CentroidSet], None] | None = None,
+        on_change: Callable[[], object] | None = None,
     ) -> None:
         """``on_swap``: called with the new set right after the artefact swap (the local runtime drops its
-        cached set there instead of waiting for the refresh)."""
+        cached set there instead of waiting for the refresh). ``on_change``: called before the first chunk moves
+        and after the last (the index version that cached answers are keyed by; ``shardrag.caching``)."""
+        self._on_change = on_change
         self._stores = stores
         self._shard_count = shard_count
         self._centroids = centroids
@@ -88,6 +91,7 @@ class Rebalancer:
         if not holders:
             raise ConfigurationError("the index is empty: nothing to rebalance (ingestion trains the centroids)")
         fresh = train_for_shards(sample, self._shard_count, self._settings)
+        self._changed()
         placed, copied = self._copy(fresh, holders)
         self._record(docs, placed, holders, union=True)
         if not self._centroids.put(fresh, expected_etag=etag):
@@ -103,6 +107,7 @@ class Rebalancer:
             self._sleep(wait)
         removed = self._remove(holders, placed)
         documents = self._record(docs, placed, holders, union=False)
+        self._changed()
         return RebalanceReport(
             chunks=len(holders),
             stored_before=sum(len(h) for h in holders.values()),
@@ -114,6 +119,10 @@ class Rebalancer:
             version=fresh.version,
             took_s=round(time.perf_counter() - started, 3),
         )
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def _read_back(self) -> tuple[dict[str, set[int]], dict[str, str], np.ndarray]:
         """Holders and document of every chunk, and a reservoir sample of distinct chunk vectors."""

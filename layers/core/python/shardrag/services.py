@@ -16,6 +16,16 @@ from typing import TYPE_CHECKING
 from shardrag import env
 from shardrag.artifacts import ArtifactStore, FileArtifactStore, S3ArtifactStore
 from shardrag.bm25 import Bm25Encoder
+from shardrag.caching import (
+    AnswerCaching,
+    DynamoDbAnswerCache,
+    DynamoDbIndexVersion,
+    FileIndexVersion,
+    IndexVersion,
+    MemoryAnswerCache,
+    QueryEmbeddingCache,
+)
+from shardrag.caching.answers import config_fingerprint
 from shardrag.config import Settings, cached_settings
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import ConvexFuser, Fuser, RrfFuser, ScoreMergeFuser
@@ -154,7 +164,9 @@ def _query_encoder() -> Bm25Encoder:
 def lexical_query(text: str, tenant: str = "") -> SparseVector:
     """The BM25 query side of ``text`` with the current corpus-wide IDF (the tenant's own corpus in
     multi-tenant mode: another tenant's documents must not move its scores)."""
-    return _query_encoder().query(text, corpus_stats(tenant if stats_per_tenant() else "").get())
+    encoder = _query_encoder()
+    stats = corpus_stats(tenant if stats_per_tenant() else "").get(encoder.query_terms(text))
+    return encoder.query(text, stats)
 
 
 @lru_cache(maxsize=1)
@@ -215,8 +227,83 @@ def embedder():  # type: ignore[no-untyped-def]
     return model
 
 
+@lru_cache(maxsize=1)
+def query_embeddings() -> QueryEmbeddingCache:
+    """This container's query vectors (a bounded LRU; ``cache.query_embeddings``)."""
+    model = embedder()
+    return QueryEmbeddingCache(
+        lambda text: [float(x) for x in model.embed([text])[0]],
+        model_id=model.model_id,
+        max_entries=cached_settings().cache.query_embeddings,
+    )
+
+
 def embed_one(text: str) -> list[float]:
-    return [float(x) for x in embedder().embed([text])[0]]
+    return query_embeddings()(text)
+
+
+@lru_cache(maxsize=1)
+def index_version() -> IndexVersion:
+    """The index version (``shardrag.caching.index_version``): an item of the answer-cache table when deployed,
+    a file beside the shards locally (shared by the local runtime's processes)."""
+    return build_index_version(cached_settings())
+
+
+def build_index_version(settings: Settings) -> IndexVersion:
+    table = os.environ.get(env.ANSWER_CACHE_TABLE)
+    if table:
+        import boto3
+
+        return DynamoDbIndexVersion(boto3.client("dynamodb"), table)
+    return FileIndexVersion(Path(settings.data_dir) / "index" / "index-version")
+
+
+def index_changed() -> None:
+    """Advance the index version where answers are cached (ingestion and rebalancing call this)."""
+    if cached_settings().cache.answers:
+        index_version().advance()
+
+
+def build_answer_caching(settings: Settings, version: IndexVersion | None = None) -> AnswerCaching | None:
+    """The answer cache ``settings.cache`` asks for (``None``: off): DynamoDB where the stack created its table
+    (``SHARDRAG_ANSWER_CACHE_TABLE``), else this process's memory."""
+    cache = settings.cache
+    if not cache.answers:
+        return None
+    from shardrag.generation.prompt import prompt_version
+
+    table = os.environ.get(env.ANSWER_CACHE_TABLE)
+    if table:
+        import boto3
+
+        store: DynamoDbAnswerCache | MemoryAnswerCache = DynamoDbAnswerCache(
+            boto3.client("dynamodb"), table, ttl_s=cache.answer_ttl_s
+        )
+    else:
+        store = MemoryAnswerCache(max_entries=cache.answer_max_entries, ttl_s=cache.answer_ttl_s)
+    # Everything besides the request that shapes an answer: a change to any of it must not serve old answers.
+    fingerprint = config_fingerprint(
+        {
+            "release": _release(),
+            "prompt": prompt_version(),
+            "generator": settings.generator.model_dump(),
+            "rerank": settings.rerank.model_dump(),
+            "retrieval": settings.retrieval.model_dump(),
+            "routing": settings.routing.model_dump(),
+            "embedding": settings.embedding.model_dump(),
+            "shards": settings.store.shard_count,
+        }
+    )
+    return AnswerCaching(store, version or build_index_version(settings), fingerprint=fingerprint)
+
+
+def _release() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shardrag")
+    except PackageNotFoundError:  # the Lambda layer carries the package without its metadata
+        return "unpackaged"
 
 
 @lru_cache(maxsize=1)
@@ -240,8 +327,10 @@ def build_query_workflow(
     make_generator: Callable[[], Generator] = generator,
     make_reranker: Callable[[], Reranker] = reranker,
     centroids: CentroidCache | None = None,
+    answers: AnswerCaching | None = None,
 ) -> QueryWorkflow:
-    """``centroids``: the centroid artefact cache for ``routing.mode: centroid`` (default: this process's)."""
+    """``centroids``: the centroid artefact cache for ``routing.mode: centroid`` (default: this process's).
+    ``answers``: the answer cache (default: as ``settings.cache`` says)."""
     shard_count = settings.store.shard_count
     return QueryWorkflow(
         embed=embed,
@@ -260,6 +349,7 @@ def build_query_workflow(
         min_candidates=settings.retrieval.min_candidates_per_shard,
         shard_count=shard_count,
         multi_tenant=settings.tenancy.mode == "multi",
+        answers=answers if answers is not None else build_answer_caching(settings),
     )
 
 
@@ -300,12 +390,15 @@ def build_indexer(
     )
     return DocumentIndexer(
         chunker=chunker,
-        embedder=model,
+        # A chunk's vector must not depend on its batch, or a reused vector would differ (in the last bits) from
+        # the one a fresh ingest computes (``embedding.reproducible``).
+        embedder=model.reproducible() if settings.embedding.reproducible else model,
         store_for=stores or shard_stores(),
         shard_count=settings.store.shard_count,
         bm25=bm25_encoder(settings),
         placement=build_placement(settings, centroids),
         corpus_stats=lambda tenant: term_stats_store().merged(tenant if per_tenant else ""),
+        model_id=model.model_id,
     )
 
 
@@ -328,6 +421,7 @@ def ingest_service() -> IngestService:
         dynamodb_client=boto3.client("dynamodb"),
         table_name=os.environ.get(env.REGISTRY_TABLE, DEFAULT_REGISTRY_TABLE),
         requeue=sqs_requeue(boto3.client("sqs"), queue_url) if queue_url else None,
+        on_change=index_changed if settings.cache.answers else None,
     )
 
 
@@ -343,6 +437,8 @@ def reset_caches() -> None:
         corpus_stats,
         _query_encoder,
         embedder,
+        query_embeddings,
+        index_version,
         generator,
         reranker,
         ingest_service,

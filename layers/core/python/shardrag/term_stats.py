@@ -20,7 +20,7 @@ import io
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from shardrag.artifacts import ArtifactStore
@@ -175,23 +175,39 @@ class TermStatsTracker:
 
 
 class CorpusStatsCache:
-    """The summed statistics for query-time IDF, re-read at most every ``ttl_s`` seconds."""
+    """The summed statistics for query-time IDF, re-read at most every ``ttl_s`` seconds, and sooner (at most
+    every ``unknown_refresh_s``) when a query names a term they do not know.
 
-    def __init__(self, load: Callable[[], CorpusStats], *, ttl_s: float = 30.0) -> None:
+    Within the TTL, a term that a document just added would otherwise stay unsearchable lexically for up to
+    ``ttl_s`` (the query side drops terms with no document frequency): a new name is exactly what someone asks
+    about right after uploading it. Known terms only shift in weight, which the TTL bounds well enough.
+    """
+
+    def __init__(self, load: Callable[[], CorpusStats], *, ttl_s: float = 30.0, unknown_refresh_s: float = 1.0) -> None:
         self._load = load
         self._ttl_s = ttl_s
+        self._unknown_refresh_s = unknown_refresh_s
         self._stats: CorpusStats | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
 
-    def get(self) -> CorpusStats:
+    def get(self, terms: Iterable[int] = ()) -> CorpusStats:
+        """The statistics; ``terms``: the query's term ids (one the statistics lack may trigger a re-read)."""
         now = time.monotonic()
-        if self._stats is None or now - self._loaded_at > self._ttl_s:
+        if self._stale(now, terms):
             with self._lock:
-                if self._stats is None or now - self._loaded_at > self._ttl_s:
+                if self._stale(now, terms):
                     self._stats = self._load()
                     self._loaded_at = now
+        assert self._stats is not None
         return self._stats
+
+    def _stale(self, now: float, terms: Iterable[int]) -> bool:
+        if self._stats is None or now - self._loaded_at > self._ttl_s:
+            return True
+        if now - self._loaded_at <= self._unknown_refresh_s:
+            return False
+        return any(term not in self._stats.df for term in terms)
 
     def invalidate(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
+from shardrag.caching.answers import AnswerCaching
 from shardrag.config import TENANT_PATTERN
 from shardrag.errors import BadRequest, Forbidden, WiringError
 from shardrag.filters import FilterCompiler
@@ -74,6 +75,8 @@ class ResolvedQuery(Record):
     #: The caller's tenant in multi-tenant mode (already part of ``filter_expr``), else empty.
     tenant: str = ""
     filter_expr: str = ""
+    #: The answer-cache key read at Embed (the index version included); empty when answers are not cached.
+    cache_key: str = ""
 
 
 class Caller(Record):
@@ -156,7 +159,10 @@ class QueryWorkflow:
         min_candidates: int,
         shard_count: int,
         multi_tenant: bool = False,
+        answers: AnswerCaching | None = None,
     ) -> None:
+        """``answers``: the answer cache (``None``: off)."""
+        self._answers = answers
         self._embed = embed
         self._lexical_query = lexical_query
         self._router = router
@@ -218,10 +224,32 @@ class QueryWorkflow:
             filter_expr=filter_expr,
         )
 
+    @property
+    def caches_answers(self) -> bool:
+        return self._answers is not None
+
     def embed(self, payload: Any) -> dict[str, Any]:
+        """Resolve and embed the request; with the answer cache on, look the answer up first: a hit comes back
+        as ``cached`` (the state machine then ends with it), a miss carries its key on to FuseAndGenerate."""
         started = time.perf_counter()
         step = _parse(EmbedInput, payload)
         query = self.resolve(step.request, step.caller)
+        started_at = step.started_at or datetime.now(UTC).isoformat()
+        if self._answers is not None and (key := self._answers.key(query.model_dump())) is not None:
+            cached = self._answers.get(key)
+            if cached is not None:
+                lookup_ms = _ms(started)
+                timings = {"cache": lookup_ms, "total": _elapsed_since(started_at) if step.started_at else lookup_ms}
+                # The state machine ends with ``cached`` next (CachedAnswer): nothing else need travel.
+                return {
+                    "request": {},
+                    "vector": [],
+                    "sparse": None,
+                    "started_at": started_at,
+                    "timings_ms": {"cache": lookup_ms},
+                    "cached": {**cached, "cache": "hit", "timings_ms": timings},
+                }
+            query = query.model_copy(update={"cache_key": key})
         vector = self._embed(query.question)
         sparse = None
         if query.mode != "dense":
@@ -235,8 +263,9 @@ class QueryWorkflow:
             "request": query.model_dump(),
             "vector": pack_vector(vector),
             "sparse": sparse.model_dump() if sparse else None,
-            "started_at": step.started_at or datetime.now(UTC).isoformat(),
+            "started_at": started_at,
             "timings_ms": {"embed": _ms(started)},
+            "cached": None,
         }
 
     def route(self, payload: Any) -> dict[str, Any]:
@@ -347,7 +376,7 @@ class QueryWorkflow:
         }
         if step.started_at:
             timings["total"] = _elapsed_since(step.started_at)
-        return {
+        response = {
             "answer": answer.text if answer else None,
             "citations": [c.model_dump() for c in answer.citations] if answer else [],
             "hits": [_public_hit(rank, hit) for rank, hit in enumerate(hits, start=1)],
@@ -356,7 +385,11 @@ class QueryWorkflow:
             "shards": {"searched": fused.searched, "failed": fused.failed, "skipped": fused.skipped},
             "timings_ms": {**timings, "shards": shard_ms},
             "model": answer.model if answer else None,
+            "cache": "miss",
         }
+        if self._answers is not None and query.cache_key:
+            self._answers.put(query.cache_key, response)
+        return response
 
 
 def _compact(hit: Hit) -> dict[str, Any]:

@@ -24,6 +24,10 @@ class HashingEmbedder:
     def dimension(self) -> int:
         return self._dimension
 
+    @property
+    def model_id(self) -> str:
+        return f"hashing:{self._dimension}"
+
     def embed(self, texts: Sequence[str]) -> Matrix:
         out = np.zeros((len(texts), self._dimension), dtype=np.float32)
         for row, text in enumerate(texts):

@@ -132,6 +132,12 @@ class DocumentState(Record):
     parts_done: int = 0
     #: ... under this reading plan (parser, part size, chunking); a different plan restarts instead.
     plan: str = ""
+    #: The embedding model that computed this version's vectors (``DocumentIndexer.model_id``): a later version
+    #: reuses them for unchanged chunks only if its model is the same. Empty (records before it existed): never.
+    model: str = ""
+    #: ``writing``: earlier versions of this document, embedded by the same ``model``, whose chunks stay stored until
+    #: this version's sweep: an interrupted write's retry still reuses their vectors (newest first, at most three).
+    reusable_versions: list[str] = []
 
     @property
     def live(self) -> bool:

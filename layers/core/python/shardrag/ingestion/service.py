@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from shardrag.chunking import Document, chunk_id
+from shardrag.chunking import Chunker, Document, chunk_id
 from shardrag.config import TENANT_PATTERN, IngestionSettings
 from shardrag.identity import object_doc_id
-from shardrag.indexing import DocumentIndexer
+from shardrag.indexing import DocumentIndexer, IndexResult, Reusable
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
 from shardrag.ingestion.events import ObjectEvent, notification, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
@@ -46,6 +46,9 @@ class IngestOutcome(Record):
     chunks: int = 0
     removed_documents: int = 0
     rejected_lines: int = 0
+    #: Chunks this run embedded with the model, and chunks that took an earlier version's vector.
+    embedded: int = 0
+    reused: int = 0
 
 
 class FreshDocuments:
@@ -116,10 +119,14 @@ class _Written:
 
     def __init__(self) -> None:
         self.slices: list[tuple[str, str, int, int, list[int]]] = []
+        self.embedded = 0
+        self.reused = 0
 
-    def add(self, doc_id: str, version: str, first: int, count: int, shards: list[int]) -> None:
-        if count:
-            self.slices.append((doc_id, version, first, count, shards))
+    def add(self, doc_id: str, version: str, first: int, result: IndexResult) -> None:
+        self.embedded += result.embedded
+        self.reused += result.reused
+        if result.chunks:
+            self.slices.append((doc_id, version, first, result.chunks, result.shards))
 
 
 class _Continue(Exception):
@@ -141,11 +148,15 @@ class IngestService:
         parsers: ParserRegistry | None = None,
         fresh: FreshDocuments | None = None,
         requeue: Callable[[ObjectEvent], None] | None = None,
+        on_change: Callable[[], object] | None = None,
     ) -> None:
         """``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a speed-up only).
         ``requeue``: sends an event back to the ingest queue; with it, a large object whose parts would not fit
-        in the invocation's remaining time is continued by a fresh invocation."""
+        in the invocation's remaining time is continued by a fresh invocation. ``on_change``: called before an
+        event may change the index and again once it is done (or gave up): the index version that answer caches
+        key on (``shardrag.caching``)."""
         self._settings = settings
+        self._on_change = on_change
         self._requeue = requeue
         self._fresh = fresh
         self._indexer = indexer
@@ -194,22 +205,43 @@ class IngestService:
         written = _Written()
         try:
             try:
+                # The index version advances before the first write and again before the outcome is recorded
+                # (``_finish``): an answer computed while the index changes is keyed by a version that no query
+                # reads once the change is complete.
+                self._changed()
                 if event.kind == "removed":
                     return self._remove(lease)
                 return self._index(lease, written)
             except Rejected as exc:
                 return self._reject(lease, exc)
         except LeaseLost:
-            return self._superseded(lease, written)
+            outcome = self._superseded(lease, written)
+            self._changed(best_effort=True)
+            return outcome
         except _Continue:
+            self._changed(best_effort=True)
             return self._continue(lease)
         except Retryable:
+            self._changed(best_effort=True)
             self.registry.release(event, owner=owner)
             raise
         except Exception as exc:
             # A shard, the model or a client library failed in a way nobody classified: assume it may pass.
+            self._changed(best_effort=True)
             self.registry.release(event, owner=owner)
             raise Retryable(Reason.DEPENDENCY, f"{type(exc).__name__}: {exc}") from exc
+
+    def _changed(self, *, best_effort: bool = False) -> None:
+        """Advance the index version. On a path that already failed, a failure to advance is logged, not
+        raised: the retry advances it before it writes again."""
+        if self._on_change is None:
+            return
+        try:
+            self._on_change()
+        except Exception:
+            if not best_effort:
+                raise
+            log.warning("could not advance the index version", exc_info=True)
 
     def _superseded(self, lease: _Lease, written: _Written) -> IngestOutcome:
         """The key's lease passed to another worker mid-run. Chunks this run wrote of a version that is not the
@@ -243,6 +275,7 @@ class IngestService:
         return IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action="continued")
 
     def _finish(self, lease: _Lease, **fields: Any) -> None:
+        self._changed()
         if not self.registry.finish(lease.event, owner=lease.owner, **fields):
             raise LeaseLost(f"{lease.event.source_key}: lease lost before finishing")
 
@@ -304,6 +337,8 @@ class IngestService:
             chunks=chunks,
             removed_documents=removed,
             rejected_lines=report.rejected_lines,
+            embedded=written.embedded,
+            reused=written.reused,
         )
 
     def _unchanged(self, lease: _Lease, current: DocumentState) -> IngestOutcome:
@@ -322,7 +357,7 @@ class IngestService:
     def _plan(self, parser: Parser) -> str:
         """What decides how an object is cut into parts and chunks: a resumed run must cut it the same way."""
         s = self._settings
-        return f"{parser.name}:{s.part_bytes}:{s.chunk_size}:{s.chunk_overlap}:{s.max_document_chars}"
+        return f"{parser.name}:{s.part_bytes}:{s.chunk_size}:{s.chunk_overlap}:{s.max_document_chars}:{Chunker.VERSION}"
 
     def _index_object(
         self,
@@ -341,6 +376,7 @@ class IngestService:
         if current is not None and current.status == "indexed" and current.version == version:
             return None
         plan = self._plan(parser)
+        reuse = self._reusable(current)
         resume = current is not None and current.status == "writing" and current.version == version
         resume = resume and current is not None and current.plan == plan
         state = DocumentState(
@@ -359,6 +395,8 @@ class IngestService:
             ),
             chunk_count=current.chunk_count if resume and current is not None else 0,
             parts_done=current.parts_done if resume and current is not None else 0,
+            model=self._indexer.model_id,
+            reusable_versions=self._reusable_versions(current, resume=resume),
         )
         # Write-ahead: from here on the registry says where this document's chunks may be.
         self.registry.put_documents([state], lease=lease.fence)
@@ -373,8 +411,8 @@ class IngestService:
             count = state.chunk_count
             for piece in part:
                 slice_ = piece.model_copy(update={"first_chunk": count})
-                [result] = self._indexer.run([slice_], flush=False, sweep=False)
-                written.add(ctx.doc_id, version, count, result.chunks, result.shards)
+                [result] = self._indexer.run([slice_], flush=False, sweep=False, reuse=reuse)
+                written.add(ctx.doc_id, version, count, result)
                 count += result.chunks
                 landed = _union(landed, result.shards)
             state = state.model_copy(
@@ -395,10 +433,29 @@ class IngestService:
                 "shard": (landed or state.shards)[0],
                 "parts_done": 0,  # progress means something only while writing
                 "plan": "",
+                "reusable_versions": [],  # swept
             }
         )
         self.registry.put_documents([final], lease=lease.fence)
         return final
+
+    def _reusable(self, before: DocumentState | None) -> dict[str, Reusable] | None:
+        """The earlier chunks of a document whose vectors its new version may reuse: those of the versions the
+        registry records, when the same model embedded them (a ``writing`` record names the version being written
+        and the earlier ones still stored, so an interrupted overwrite's retry reuses both)."""
+        model = self._indexer.model_id
+        if not model or before is None or before.model != model or before.status not in ("indexed", "writing"):
+            return None
+        versions = [before.version, *before.reusable_versions]
+        return {before.doc_id: Reusable(shards=before.held_shards(), versions=versions)}
+
+    def _reusable_versions(self, before: DocumentState | None, *, resume: bool) -> list[str]:
+        """What the write-ahead record of a new version lists as reusable (see ``DocumentState``)."""
+        if before is None or before.model != self._indexer.model_id or before.status not in ("indexed", "writing"):
+            return []
+        if resume:
+            return list(before.reusable_versions)
+        return [before.version, *before.reusable_versions][:3]
 
     def _sweep(self, doc_id: str, version: str, chunks: int, shards: Iterable[int], *, fresh: bool) -> None:
         """Remove every chunk of ``doc_id`` that is not one of this version's ``chunks``: earlier versions, and
@@ -464,6 +521,7 @@ class IngestService:
                 version=doc.version,
                 sequencer=event.sequencer,
                 tenant=doc.tenant,
+                model=self._indexer.model_id,
                 **fields,
             )
 
@@ -477,16 +535,22 @@ class IngestService:
             lease=lease.fence,
         )
         fresh = [d.doc_id for d in todo if d.doc_id not in previous]
+        reuse = {
+            doc_id: source
+            for doc_id, before in existing.items()
+            if (found := self._reusable(before)) is not None
+            for source in found.values()
+        }
         if self._fresh is not None:
             self._fresh.mark(fresh)
         try:
-            results = self._indexer.run(todo, flush=False, previous=previous) if todo else []
+            results = self._indexer.run(todo, flush=False, previous=previous, reuse=reuse) if todo else []
         finally:
             if self._fresh is not None:
                 self._fresh.unmark(fresh)
         states = list(unchanged)
         for doc, result in zip(todo, results, strict=True):
-            written.add(doc.doc_id, doc.version, 0, result.chunks, result.shards)
+            written.add(doc.doc_id, doc.version, 0, result)
             states.append(
                 state(doc, status="indexed", shard=result.shard, shards=result.shards, chunk_count=result.chunks)
             )
@@ -616,6 +680,7 @@ def build_ingest_service(
     table_name: str,
     fresh: FreshDocuments | None = None,
     requeue: Callable[[ObjectEvent], None] | None = None,
+    on_change: Callable[[], object] | None = None,
 ) -> IngestService:
     """An :class:`IngestService` on boto3 clients (the handler's cached factory and the tests use this)."""
     from shardrag.ingestion.source import S3ObjectSource
@@ -629,4 +694,5 @@ def build_ingest_service(
         objects=S3ObjectSource(s3_client),
         fresh=fresh,
         requeue=requeue,
+        on_change=on_change,
     )

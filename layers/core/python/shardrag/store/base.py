@@ -36,6 +36,12 @@ class VectorStore(Protocol):
         """The stored BM25 vectors (with tenants) of those of ``chunk_ids`` that exist (term statistics)."""
         ...
 
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+        """The stored chunks of ``doc_id`` (any version) with their dense vectors, those at ``positions`` (an
+        inclusive range) only if given. A chunk whose text or title the store may have cut is left out: its
+        vector was not computed from what is stored (re-embedding reuses only what it can verify)."""
+        ...
+
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         """Every stored chunk with its dense and BM25 vectors, in batches (rebalancing reads the index back)."""
         ...

@@ -70,6 +70,16 @@ class InMemoryVectorStore:
                 if cid in self._sparse
             }
 
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+        self._check()
+        low, high = positions if positions is not None else (0, 2**31)
+        with self._lock:
+            return [
+                EmbeddedChunk(chunk=chunk, vector=[float(x) for x in vector], sparse=self._sparse[cid])
+                for cid, (chunk, vector) in self._rows.items()
+                if chunk.doc_id == doc_id and low <= chunk.position <= high
+            ]
+
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         self._check()
         with self._lock:

@@ -20,6 +20,7 @@ from shardrag.store.schema import (
     DENSE_FIELD,
     OUTPUT_FIELDS,
     SPARSE_FIELD,
+    TITLE_MAX,
     build_schema,
     truncate_utf8,
 )
@@ -182,7 +183,7 @@ class MilvusVectorStore:
             "doc_id": chunk.doc_id,
             "tenant": chunk.tenant,
             "source": truncate_utf8(chunk.source, 2048),
-            "title": truncate_utf8(chunk.title, 1024),
+            "title": truncate_utf8(chunk.title, TITLE_MAX),
             "text": truncate_utf8(chunk.text, self._max_text_bytes),
             "position": chunk.position,
             "version": chunk.version,
@@ -248,20 +249,33 @@ class MilvusVectorStore:
                 return ids
             offset += _QUERY_PAGE
 
-    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+        expr = self._doc_filter(doc_id, None)
+        if positions is not None:
+            expr += f" and position >= {int(positions[0])} and position <= {int(positions[1])}"
+        found: list[EmbeddedChunk] = []
+        for batch in self._iterate(expr, [*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD], 1000):
+            for item in batch:
+                chunk = item.chunk
+                if not (_may_be_cut(chunk.text, self._max_text_bytes) or _may_be_cut(chunk.title, TITLE_MAX)):
+                    found.append(item)
+        return found
+
+    def _iterate(self, expr: str, fields: list[str], batch_size: int) -> Iterator[list[EmbeddedChunk]]:
         self.ensure_ready()
-        # A query iterator pages by primary key, so it neither skips nor repeats rows while it runs.
+        # A query iterator pages by primary key, so it neither skips nor repeats rows while it runs (and has no
+        # offset window to outgrow).
         iterator = self._connect().query_iterator(
-            self._collection,
-            batch_size=batch_size,
-            filter="",
-            output_fields=[*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD],
+            self._collection, batch_size=batch_size, filter=expr, output_fields=fields
         )
         try:
             while rows := iterator.next():
                 yield [_embedded_from_milvus(row) for row in rows]
         finally:
             iterator.close()
+
+    def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
+        return self._iterate("", [*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD], batch_size)
 
     def search(self, request: SearchRequest) -> list[Hit]:
         return self._search(unit(request.vector), DENSE_FIELD, DENSE_METRIC, dict(self._index.search_params), request)
@@ -333,6 +347,12 @@ def _needs_reconnect(exc: BaseException) -> bool:
     if callable(code):  # a raw grpc.RpcError
         return getattr(code(), "name", None) == "UNAVAILABLE"
     return code in _RECONNECT_CODES
+
+
+def _may_be_cut(value: str, limit: int) -> bool:
+    """Whether ``value`` read back may have been cut to ``limit`` bytes (a cut never splits a character, so a cut
+    value can end up to three bytes short of the limit)."""
+    return len(value.encode("utf-8")) > limit - 4
 
 
 def _sparse_from_milvus(value: Any) -> SparseVector:

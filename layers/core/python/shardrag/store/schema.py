@@ -32,7 +32,7 @@ _ID_MAX: Final = 512
 #: External ids are object keys (S3: at most 1,024 bytes) or bulk lines' ``_id`` (held to 512 bytes).
 EXTERNAL_ID_MAX: Final = 1024
 _SOURCE_MAX: Final = 2048
-_TITLE_MAX: Final = 1024
+TITLE_MAX: Final = 1024
 
 
 def build_schema(dimension: int, max_text_bytes: int) -> Any:
@@ -41,7 +41,7 @@ def build_schema(dimension: int, max_text_bytes: int) -> Any:
     schema.add_field("doc_id", DataType.VARCHAR, max_length=_ID_MAX)
     schema.add_field("tenant", DataType.VARCHAR, max_length=128, is_partition_key=True)
     schema.add_field("source", DataType.VARCHAR, max_length=_SOURCE_MAX)
-    schema.add_field("title", DataType.VARCHAR, max_length=_TITLE_MAX)
+    schema.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
     schema.add_field("text", DataType.VARCHAR, max_length=max_text_bytes)
     schema.add_field("position", DataType.INT32)
     schema.add_field("version", DataType.VARCHAR, max_length=128)

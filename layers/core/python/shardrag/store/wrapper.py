@@ -36,6 +36,9 @@ class StoreWrapper:
     def stored_terms(self, chunk_ids: Sequence[str]) -> dict[str, StoredTerms]:
         return self._inner.stored_terms(chunk_ids)
 
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+        return self._inner.stored_chunks(doc_id, positions=positions)
+
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         return self._inner.scan(batch_size)
 
