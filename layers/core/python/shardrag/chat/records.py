@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from shardrag.errors import BadRequest
-from shardrag.request import MAX_BODY_BYTES, MAX_FILTER_FIELDS, MAX_QUESTION_CHARS, FilterValue, Mode
+from shardrag.request import MAX_BODY_BYTES, MAX_FILTER_FIELDS, MAX_QUESTION_CHARS, MAX_TOP_K, FilterValue, Mode
 
 #: Turns a client may send as ``history`` (and a stored session may hold before it is closed to new turns).
 MAX_HISTORY_TURNS = 40
@@ -38,7 +38,7 @@ class ChatRequest(_Model):
     history: list[HistoryTurn] | None = None
     mode: Mode | None = None
     filters: Annotated[dict[str, FilterValue], Field(max_length=MAX_FILTER_FIELDS)] | None = None
-    top_k: int | None = Field(default=None, ge=1, le=20, strict=True)
+    top_k: int | None = Field(default=None, ge=1, le=MAX_TOP_K, strict=True)
 
     @field_validator("question")
     @classmethod
