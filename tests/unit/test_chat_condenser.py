@@ -110,3 +110,16 @@ def test_llm_condenser_falls_back_when_the_model_fails_or_rambles() -> None:
     assert failed.method == "fallback" and "tides" in failed.query
     rambling = LlmCondenser(_Model("Sure!\nHere is the query:\nocean tides")).run("How strong are they?", HISTORY)
     assert rambling.method == "fallback"
+
+
+def test_the_configured_generator_chooses_the_condenser() -> None:
+    from shardrag.config import Settings
+    from shardrag.generation import BedrockGenerator
+    from shardrag.services import build_condenser
+
+    extractive = Settings()
+    assert isinstance(build_condenser(extractive), DeterministicCondenser)
+    bedrock = Settings.model_validate({"generator": {"kind": "bedrock", "model_id": "m"}})
+    model = BedrockGenerator("m", client=object())  # type: ignore[arg-type]  # never called here
+    condenser = build_condenser(bedrock, lambda: model)
+    assert isinstance(condenser, LlmCondenser) and condenser.model is model

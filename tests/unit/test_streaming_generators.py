@@ -262,3 +262,29 @@ def test_closing_an_openai_stream_closes_the_connection(sse: tuple[SseEndpoint, 
     stream.close()
     assert state.gone.wait(10), "the endpoint kept writing to a closed stream"
     assert state.written < 2000
+
+
+def test_bedrock_complete_sends_the_callers_prompt_at_temperature_zero() -> None:
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    with Stubber(client) as stub:
+        stub.add_response(
+            "converse",
+            {
+                "output": {"message": {"role": "assistant", "content": [{"text": "ocean tides strength"}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 20, "outputTokens": 3, "totalTokens": 23},
+                "metrics": {"latencyMs": 5},
+            },
+            {
+                "modelId": "m",
+                "system": [{"text": "rewrite"}],
+                "messages": [{"role": "user", "content": [{"text": "<conversation/>"}]}],
+                "inferenceConfig": {"maxTokens": 64, "temperature": 0.0},
+            },
+        )
+        generator = BedrockGenerator("m", client=client, temperature=0.7)
+        assert generator.complete("rewrite", "<conversation/>", max_tokens=64) == "ocean tides strength"
