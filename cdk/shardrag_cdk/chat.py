@@ -13,11 +13,12 @@ from typing import Final
 from aws_cdk import Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 from shardrag import env
-from shardrag.chat.conversations import TTL_ATTRIBUTE, table_definition
+from shardrag.chat.conversations import OWNER_INDEX, TTL_ATTRIBUTE, table_definition
 from shardrag.config import Settings
 
 from shardrag_cdk.access import GeneratorAccess
@@ -82,11 +83,21 @@ class ChatFront(Construct):
         )
         role = self.answer.role
         state_machine.grant_start_sync_execution(role)
-        self.conversations.table.grant_read_write_data(role)
-        registry.grant_read_data(role)  # an upload's status: indexed yet?
-        for pattern in UPLOAD_KEYS:
-            # The presigned PUT is signed with this role's credentials: it may write uploads, nothing else.
-            documents.grant_put(role, pattern)
+        # Exactly the calls the code makes: turns are queried and put (never updated or deleted: TTL removes them),
+        # the caller's conversations listed through the owner index; an upload's status is one registry read.
+        table = self.conversations.table
+        iam.Grant.add_to_principal(
+            grantee=role,
+            actions=["dynamodb:Query", "dynamodb:PutItem"],
+            resource_arns=[table.table_arn, f"{table.table_arn}/index/{OWNER_INDEX}"],
+        )
+        iam.Grant.add_to_principal(grantee=role, actions=["dynamodb:GetItem"], resource_arns=[registry.table_arn])
+        # The presigned PUT is signed with this role's credentials: it may write uploads, nothing else.
+        iam.Grant.add_to_principal(
+            grantee=role,
+            actions=["s3:PutObject"],
+            resource_arns=[documents.arn_for_objects(pattern) for pattern in UPLOAD_KEYS],
+        )
         GeneratorAccess(self, "Generator", generator=settings.generator, caller=role, streaming=True)
         # The page PUTs the file straight to S3 from the API's origin.
         origin = f"https://{api.rest_api_id}.execute-api.{Stack.of(self).region}.{Stack.of(self).url_suffix}"
