@@ -89,7 +89,12 @@ class ExtractiveGenerator:
         """The same answer as :meth:`run`, one cited sentence at a time (there is no model to wait for, so the
         stream's pace is the client's)."""
         answer, parts = self._compose(question, hits)
-        pieces = [part + (" " if i < len(parts) - 1 else "") for i, part in enumerate(parts)]
+        pieces: list[str] = []
+        for i, part in enumerate(parts):
+            # A quoted sentence, then the marker that cites it: the marker arrives once its sentence is complete.
+            sentence, space, marker = part.rpartition(" [")
+            tail = " " if i < len(parts) - 1 else ""
+            pieces += [sentence, f"{space}{marker}{tail}"] if space else [part + tail]
         return fixed_stream(answer, pieces)
 
     def _compose(self, question: str, hits: Sequence[Hit]) -> tuple[Answer, list[str]]:
