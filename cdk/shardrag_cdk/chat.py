@@ -98,6 +98,17 @@ class ChatFront(Construct):
             actions=["s3:PutObject"],
             resource_arns=[documents.arn_for_objects(pattern) for pattern in UPLOAD_KEYS],
         )
+        acknowledge(
+            role,
+            (
+                "AwsSolutions-IAM5[Resource::<IngestionDocumentsCA984E08.Arn>/uploads/*]",
+                "Uploads get keys of the caller's choosing under uploads/: PutObject there and nowhere else.",
+            ),
+            (
+                "AwsSolutions-IAM5[Resource::<IngestionDocumentsCA984E08.Arn>/*/uploads/*]",
+                "Multi-tenant uploads go under <tenant>/uploads/ (the tenant is the key's first segment).",
+            ),
+        )
         GeneratorAccess(self, "Generator", generator=settings.generator, caller=role, streaming=True)
         # The page PUTs the file straight to S3 from the API's origin.
         origin = f"https://{api.rest_api_id}.execute-api.{Stack.of(self).region}.{Stack.of(self).url_suffix}"
