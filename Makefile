@@ -28,12 +28,14 @@ $(MODEL): $(STAMP)
 
 model: $(MODEL)
 
-## System tools the infrastructure tests run (Debian/Ubuntu packages): Apache Velocity 1.7 and a JDK render the API
-## Gateway mapping templates, shellcheck checks the Milvus host's bootstrap script. Installed once, with apt-get.
+## System tools the tests run (Debian/Ubuntu packages): Apache Velocity 1.7 and a JDK render the API Gateway mapping
+## templates, shellcheck checks the Milvus host's bootstrap script, chromium + chromium-driver run the chat page's
+## browser tests (headless, through Selenium). Installed once, with apt-get.
 TOOL_FILES := /usr/share/java/velocity-1.7.jar /usr/share/java/commons-lang-2.6.jar /usr/share/java/commons-collections3.jar
-TOOL_PACKAGES := velocity libcommons-lang-java libcommons-collections3-java default-jdk-headless shellcheck
+TOOL_PACKAGES := velocity libcommons-lang-java libcommons-collections3-java default-jdk-headless shellcheck chromium chromium-driver
 tools:
-	@if [ -x "$$(command -v javac)" ] && [ -x "$$(command -v shellcheck)" ] && ls $(TOOL_FILES) >/dev/null 2>&1; then :; \
+	@if [ -x "$$(command -v javac)" ] && [ -x "$$(command -v shellcheck)" ] && [ -x "$$(command -v chromium)" ] \
+	  && [ -x "$$(command -v chromedriver)" ] && ls $(TOOL_FILES) >/dev/null 2>&1; then :; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES); fi
 
@@ -96,9 +98,14 @@ bench: install model
 ## fresh local runtime in each mode (dense, bm25, hybrid), with exact-dense and BM25 baselines in the same run; JSON
 ## in bench/results, tables in BENCHMARKS.md. EVAL_ARGS adds options, e.g. EVAL_ARGS="--limit-queries 50 --shards 8"
 ## or EVAL_ARGS="--compare-shards 1" (hybrid again on one shard in a second fresh runtime, for the parity target).
+## Then the conversational run (issue 16): mtrag-mini's follow-up turns through S3 ingestion and POST /chat, each
+## as the last turn alone, with its history (condensed) and as MTRAG's human rewrite, in bm25 and hybrid mode, with
+## time to first token and to done (extractive generator). CHAT_EVAL_ARGS adds options, e.g. "--limit-turns 50".
 EVAL_DATASET ?= ../shared/datasets/scifact
+CHAT_EVAL_DATASET ?= ../shared/datasets/mtrag-mini
 eval: install model
 	$(PY) -m shardrag_local.evaluation --dataset $(EVAL_DATASET) --update-benchmarks $(EVAL_ARGS)
+	$(PY) -m shardrag_local.evaluation.conversations --dataset $(CHAT_EVAL_DATASET) --update-benchmarks $(CHAT_EVAL_ARGS)
 
 ## The retrieval defaults study (issue 14): BM25 k1/b/avgdl and fusion chosen by the worst case over SciFact test,
 ## NFCorpus dev and mtrag-mini, offline over embeddings cached in build/retrieval-study (first run: embeds each corpus

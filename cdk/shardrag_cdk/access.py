@@ -66,12 +66,22 @@ def bedrock_model_arns(stack: Stack, model_id: str, region: str | None) -> list[
 class GeneratorAccess(Construct):
     """What the FuseAndGenerate function needs to reach the configured generator, and nothing more."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, generator: GeneratorSettings, caller: iam.Role) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        generator: GeneratorSettings,
+        caller: iam.Role,
+        streaming: bool = False,
+    ) -> None:
         super().__init__(scope, construct_id)
         if generator.kind == "bedrock":
             arns = bedrock_model_arns(Stack.of(self), generator.model_id, generator.region)
-            # Converse is authorised by InvokeModel; streaming is not used.
-            iam.Grant.add_to_principal(grantee=caller, actions=["bedrock:InvokeModel"], resource_arns=arns)
+            # Converse is authorised by InvokeModel, ConverseStream by InvokeModelWithResponseStream (Bedrock user
+            # guide, "Prerequisites for running model inference"); only the chat front streams.
+            actions = ["bedrock:InvokeModel"] + (["bedrock:InvokeModelWithResponseStream"] if streaming else [])
+            iam.Grant.add_to_principal(grantee=caller, actions=actions, resource_arns=arns)
             if generator.model_id.startswith(_INFERENCE_PROFILE_PREFIXES):
                 base_model = generator.model_id.split(".", 1)[1]
                 acknowledge(

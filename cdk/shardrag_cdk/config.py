@@ -78,6 +78,8 @@ class FunctionsConfig(_Model):
     shard_search: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=10)
     fuse_generate: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=25)
     ingest: FunctionConfig = FunctionConfig(memory_mb=3008, timeout_s=300)
+    #: The chat front streams for as long as the answer takes: within API Gateway's 15 minutes per stream.
+    answer: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=300)
 
     def of(self, name: FunctionName) -> FunctionConfig:
         config: FunctionConfig = getattr(self, name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
@@ -20,12 +19,7 @@ from shardrag_cdk.lambdas import ShardRagFunction, removal_policy
 from shardrag_cdk.nag import acknowledge
 from shardrag_cdk.network import FunctionNetwork
 from shardrag_cdk.packaging import LambdaPackaging
-
-_ATTRIBUTE_TYPES = {
-    "S": dynamodb.AttributeType.STRING,
-    "N": dynamodb.AttributeType.NUMBER,
-    "B": dynamodb.AttributeType.BINARY,
-}
+from shardrag_cdk.tables import definition_table
 
 
 class DocumentBucket(Construct):
@@ -83,36 +77,7 @@ class DocumentRegistry(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig) -> None:
         super().__init__(scope, construct_id)
-        definition = table_definition("unused")
-        types = {a["AttributeName"]: a["AttributeType"] for a in definition["AttributeDefinitions"]}
-
-        def key(schema: list[dict[str, str]], kind: str) -> dynamodb.Attribute | None:
-            names = [k["AttributeName"] for k in schema if k["KeyType"] == kind]
-            return dynamodb.Attribute(name=names[0], type=_ATTRIBUTE_TYPES[types[names[0]]]) if names else None
-
-        partition = key(definition["KeySchema"], "HASH")
-        assert partition is not None
-        self.table = dynamodb.Table(
-            self,
-            "Table",
-            partition_key=partition,
-            sort_key=key(definition["KeySchema"], "RANGE"),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            encryption=dynamodb.TableEncryption.AWS_MANAGED,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            removal_policy=removal_policy(deployment),
-        )
-        for index in definition.get("GlobalSecondaryIndexes", []):
-            index_partition = key(index["KeySchema"], "HASH")
-            assert index_partition is not None
-            self.table.add_global_secondary_index(
-                index_name=index["IndexName"],
-                partition_key=index_partition,
-                sort_key=key(index["KeySchema"], "RANGE"),
-                projection_type=dynamodb.ProjectionType(index["Projection"]["ProjectionType"]),
-            )
+        self.table = definition_table(self, "Table", table_definition("unused"), deployment=deployment)
 
 
 class Ingestion(Construct):

@@ -28,11 +28,11 @@ HEADROOM_BYTES: Final = 20 * 1024 * 1024
 #: Lambda allows at most five layers per function.
 MAX_LAYERS: Final = 5
 
-FunctionName = Literal["embed", "route", "shard_search", "fuse_generate", "ingest"]
+FunctionName = Literal["embed", "route", "shard_search", "fuse_generate", "ingest", "answer"]
 LayerName = Literal["core", "base", "onnx", "milvus", "model"]
 
 QUERY_FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = ("embed", "route", "shard_search", "fuse_generate")
-FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = (*QUERY_FUNCTION_NAMES, "ingest")
+FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = (*QUERY_FUNCTION_NAMES, "ingest", "answer")
 
 #: The AWS APIs each function calls through boto3 (the core library's clients; a test checks this table against
 #: every ``boto3.client(...)`` in the code). The VPC endpoints and the botocore service models the base layer
@@ -45,6 +45,9 @@ FUNCTION_AWS_SERVICES: Final[dict[FunctionName, tuple[str, ...]]] = {
     "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager", "dynamodb"),
     # SQS: the rest of a large object is handed to a fresh invocation through the ingest queue.
     "ingest": ("s3", "dynamodb", "secretsmanager", "sqs"),
+    # The chat front: StartSyncExecution for retrieval, conversations and the registry in DynamoDB, presigned
+    # uploads into S3, the generator (streamed) and its API key secret.
+    "answer": ("stepfunctions", "dynamodb", "s3", "bedrock-runtime", "secretsmanager"),
 }
 #: Services a VPC reaches through a (free) gateway endpoint; every other one needs an interface endpoint or a NAT.
 GATEWAY_ENDPOINT_SERVICES: Final = frozenset({"s3", "dynamodb"})
@@ -68,6 +71,7 @@ FUNCTION_LAYERS: Final[dict[FunctionName, tuple[LayerName, ...]]] = {
     "shard_search": ("core", "base", "milvus"),
     "fuse_generate": ("core", "base"),
     "ingest": ("core", "base", "onnx", "milvus"),
+    "answer": ("core", "base"),
 }
 #: Functions that download the model from S3 at cold start instead of carrying the model layer: onnxruntime,
 #: pymilvus (and the pandas it imports) and the 87 MB model left ingest 3 MB under the limit.

@@ -12,6 +12,7 @@ from shardrag_cdk.answer_cache import AnswerCacheTable
 from shardrag_cdk.api import QueryApi
 from shardrag_cdk.artifacts import IndexArtifacts
 from shardrag_cdk.buckets import access_log_bucket
+from shardrag_cdk.chat import ChatFront
 from shardrag_cdk.config import EnvironmentConfig
 from shardrag_cdk.ingestion import Ingestion
 from shardrag_cdk.lambdas import QueryFunctions, log_retention, removal_policy
@@ -92,6 +93,19 @@ class ShardRagStack(Stack):
             tenancy=settings.tenancy,
             tenant_attribute=config.tenant_attribute(),
         )
+        chat = ChatFront(
+            self,
+            "Chat",
+            api=api.api,
+            method_options=api.auth.method_options,
+            state_machine=workflow.state_machine,
+            documents=ingestion.documents.bucket,
+            registry=ingestion.registry.table,
+            settings=settings,
+            deployment=deployment,
+            packaging=packaging,
+            network=network,
+        )
         Observability(
             self,
             "Observability",
@@ -105,6 +119,8 @@ class ShardRagStack(Stack):
             rerank_logs=fuse_generate.log_group if settings.rerank.kind != "none" else None,
         )
         CfnOutput(self, "ApiUrl", value=api.api.url_for_path("/query"), description="POST questions here")
+        CfnOutput(self, "ChatUrl", value=api.api.url_for_path("/"), description="the chat page")
+        CfnOutput(self, "ConversationsTable", value=chat.conversations.table.table_name)
         CfnOutput(self, "DocumentsBucket", value=ingestion.documents.bucket.bucket_name)
         CfnOutput(self, "IndexArtifactsBucket", value=artifacts.bucket.bucket_name)
         CfnOutput(self, "RegistryTable", value=ingestion.registry.table.table_name)

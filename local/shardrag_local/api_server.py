@@ -18,16 +18,42 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from shardrag.api_contract import error_body
+from shardrag.chat.conversations import SessionNotFound
+from shardrag.chat.records import ChatCaller, parse_chat_body
+from shardrag.chat.sse import DEFAULT_KEEPALIVE_S, pump
 from shardrag.errors import RETRY_AFTER_S, BadRequest, ConfigurationError, Overloaded
 from shardrag.openapi import openapi_document
 from shardrag.request import MAX_BODY_BYTES, parse_query_body
 
 from shardrag_local.runtime import LocalRuntime
 
+if TYPE_CHECKING:
+    from shardrag.chat.service import ChatService
+
 log = logging.getLogger("shardrag.local.api")
+_SESSION = re.compile(r"^/chat/sessions/([0-9a-f]{32})$")
+_UPLOAD_NAME = re.compile(r"[A-Za-z0-9._ -]{1,200}")
+#: The chat page: plain files, no build step, the same the answer function serves deployed.
+WEB_DIR = Path(__file__).resolve().parents[2] / "functions" / "answer" / "web"
+WEB_FILES = {
+    "/": WEB_DIR / "index.html",
+    "/index.html": WEB_DIR / "index.html",
+    "/static/chat.js": WEB_DIR / "chat.js",
+    "/static/chat.css": WEB_DIR / "chat.css",
+}
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+#: Locally: the caller's own identity, which scopes conversations (deployed: the authoriser's principal).
+USER_HEADER = "X-ShardRAG-User"
+LOCAL_USER = "local"
 _ADMIN_SHARD = re.compile(r"^/admin/shards/(\d+)/(stop|start)$")
 #: Multi-tenant mode, locally: the caller's tenant (deployed, it comes from the caller's Cognito identity).
 TENANT_HEADER = "X-ShardRAG-Tenant"
@@ -100,6 +126,29 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         runtime = self.server.runtime
+        path, _, query = self.path.partition("?")
+        if path in WEB_FILES:
+            self._send_file(WEB_FILES[path])
+            return
+        if path == "/chat/sessions":
+            self._chat_get(lambda caller: {"sessions": [s.model_dump() for s in self._chat().store.sessions(caller)]})
+            return
+        if match := _SESSION.match(path):
+            session_id = match.group(1)
+            self._chat_get(
+                lambda caller: {
+                    "session_id": session_id,
+                    "turns": [t.model_dump() for t in self._chat().store.turns(caller, session_id)],
+                }
+            )
+            return
+        if path == "/uploads/status":
+            key = parse_qs(query).get("key", [""])[0]
+            if not key:
+                self._send(400, error_body("bad_request", "key is required"))
+            else:
+                self._send(200, runtime.upload_status(key))
+            return
         if self.path == "/health":
             self._send(200, {"status": "ok", "shards": runtime.settings.store.shard_count})
         elif self.path == "/openapi.json":
@@ -115,6 +164,13 @@ class ApiHandler(BaseHTTPRequestHandler):
             body = self._read_body()
             if self.path == "/query":
                 status, response = self._query(body)
+            elif self.path == "/chat":
+                refused = self._chat_stream(body)
+                if refused is None:
+                    return  # the event stream was written; the connection closes
+                status, response = refused
+            elif self.path == "/uploads":
+                status, response = self._upload(body)
             elif self.path == "/admin/term-stats/rebuild":
                 status, response = 200, self.server.runtime.rebuild_term_stats()
             elif self.path == "/admin/rebalance":
@@ -148,6 +204,75 @@ class ApiHandler(BaseHTTPRequestHandler):
         finally:
             admission.leave()
 
+    # -- chat ----------------------------------------------------------------------------------------
+    def _chat(self) -> ChatService:
+        return self.server.runtime.chat_service()
+
+    def _caller(self) -> ChatCaller:
+        # Locally the headers stand in for the identity API Gateway's authoriser gives the answer function.
+        owner = self.headers.get(USER_HEADER, "") or LOCAL_USER
+        return ChatCaller(tenant=self.headers.get(TENANT_HEADER, ""), owner=owner[:512])
+
+    def _chat_get(self, read: Any) -> None:
+        try:
+            self._send(200, read(self._caller()))
+        except SessionNotFound as exc:
+            self._send(404, error_body(exc.code, exc.message))
+
+    def _chat_stream(self, body: bytes) -> tuple[int, dict[str, Any]] | None:
+        """``POST /chat``: ``None`` once the event stream was written, else the refusal to send as JSON. A chat
+        turn takes an admission slot like a query, for as long as it streams."""
+        admission = self.server.admission
+        if not admission.try_enter():
+            return Overloaded.status, error_body(
+                Overloaded.code, f"at capacity ({admission.limit} queries in flight); retry after {RETRY_AFTER_S} s"
+            )
+        try:
+            try:
+                request = parse_chat_body(body)
+                turn = self._chat().start(request, self._caller())
+            except SessionNotFound as exc:
+                return 404, error_body(exc.code, exc.message)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("X-Accel-Buffering", "no")
+            # No length and no chunked framing: the stream ends when the connection closes.
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+
+            def write(data: bytes) -> None:
+                self.wfile.write(data)
+                self.wfile.flush()
+
+            if not pump(turn.events(), write, keepalive_s=self.server.keepalive_s):
+                log.info("chat client went away; generation stopped")
+            return None
+        finally:
+            admission.leave()
+
+    def _upload(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """A presigned PUT for one file into the documents bucket (``uploads/<name>``), as deployed."""
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            raise BadRequest("request body is not valid JSON") from None
+        name = payload.get("filename") if isinstance(payload, dict) else None
+        if not isinstance(name, str) or not _UPLOAD_NAME.fullmatch(name):
+            raise BadRequest("filename must be 1-200 characters of letters, digits, '.', '_', '-' or spaces")
+        key = f"uploads/{name}"
+        return 200, {"key": key, "url": self.server.runtime.presigned_upload(key), "method": "PUT"}
+
+    def _send_file(self, path: Path) -> None:
+        payload = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", _CONTENT_TYPES[path.suffix])
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(payload)
+
     def _admin(self, shard: int, action: str) -> tuple[int, dict[str, Any]]:
         runtime = self.server.runtime
         if not 0 <= shard < runtime.settings.store.shard_count:
@@ -178,8 +303,16 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(
-        self, runtime: LocalRuntime, host: str = "127.0.0.1", port: int = 8080, *, max_concurrency: int | None = None
+        self,
+        runtime: LocalRuntime,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        max_concurrency: int | None = None,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
         self.runtime = runtime
         self.admission = Admission(max_concurrency or default_max_concurrency())
+        #: Seconds between keep-alive comments on a chat stream that has nothing to send yet.
+        self.keepalive_s = keepalive_s
         super().__init__((host, port), ApiHandler)

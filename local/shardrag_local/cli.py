@@ -54,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     print(
-        f"ShardRAG local runtime: API http://{args.host}:{args.port} (POST /query, GET /openapi.json), "
+        f"ShardRAG local runtime: chat page http://{args.host}:{args.port}/ (POST /chat streams), "
+        f"API POST /query, GET /openapi.json, "
         f"AWS endpoint http://127.0.0.1:{args.aws_port}, data in {runtime.data_dir}, "
         f"at most {server.admission.limit} queries in flight. Ctrl-C stops.",
         flush=True,

@@ -11,7 +11,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardrag import env, services
 from shardrag.api_contract import map_execution
@@ -21,6 +21,9 @@ from shardrag_local.emulator import Endpoint, LocalAws
 from shardrag_local.ingestion import LocalIngestion
 from shardrag_local.query_workers import QueryWorkers
 from shardrag_local.shard_servers import ShardServers
+
+if TYPE_CHECKING:
+    from shardrag.chat.service import ChatService
 
 log = logging.getLogger("shardrag.local")
 
@@ -71,6 +74,7 @@ class LocalRuntime:
         self.shard_servers = ShardServers(self.settings.shard_endpoints(), self.data_dir / "logs")
         self.workers = QueryWorkers(query_workers, PROJECT_ROOT) if query_workers else None
         self._previous_settings_env: str | None = None
+        self._chat: ChatService | None = None
 
     def start(self) -> None:
         started = time.perf_counter()
@@ -88,6 +92,7 @@ class LocalRuntime:
         restored = self.aws.restore_objects(self.aws_state_dir)
         # Uploads fire S3 notifications -> SQS -> the ingest function, as in AWS.
         self.ingestion.start()
+        self._create_conversations_table()
         restored_items = self.aws.restore_items(self.aws_state_dir)
         if restored or restored_items:
             log.info("restored %d objects and %d registry items from %s", restored, restored_items, self.aws_state_dir)
@@ -146,6 +151,59 @@ class LocalRuntime:
             return self.workers.execute(execution_input)
         result = self.aws.start_sync_execution(self.query_arn, json.dumps(execution_input), name=uuid.uuid4().hex)
         return map_execution(result)
+
+    # -- chat ------------------------------------------------------------------------------------------
+    def _create_conversations_table(self) -> None:
+        from shardrag.chat.conversations import TTL_ATTRIBUTE, table_definition
+
+        ddb = self.aws.client("dynamodb")
+        table = services.conversations_table()
+        if table not in ddb.list_tables()["TableNames"]:
+            ddb.create_table(**table_definition(table))
+            ddb.update_time_to_live(
+                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+            )
+
+    def chat_service(self) -> ChatService:
+        """The chat service of this runtime: retrieval through :meth:`execute` (the same workflow, workers and
+        status mapping as ``POST /query``), conversations in the emulated DynamoDB."""
+        if self._chat is None:
+            self._chat = services.build_chat_service(
+                lambda body, tenant: self.execute(body, tenant=tenant),
+                settings=self.settings,
+                dynamodb_client=self.aws.client("dynamodb"),
+            )
+        return self._chat
+
+    def presigned_upload(self, key: str, *, expires_s: int = 900) -> str:
+        """A presigned PUT of ``key`` into the documents bucket, reachable by a browser through the served AWS
+        endpoint (the page uploads there directly, as it would to S3)."""
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url=self.aws.endpoint.url,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        return str(
+            s3.generate_presigned_url(
+                "put_object", Params={"Bucket": DOCUMENTS_BUCKET, "Key": key}, ExpiresIn=expires_s, HttpMethod="PUT"
+            )
+        )
+
+    def upload_status(self, key: str) -> dict[str, Any]:
+        state = self.ingestion.registry.get_source(f"{DOCUMENTS_BUCKET}/{key}")
+        if state is None:
+            return {"key": key, "status": "pending"}
+        return {
+            "key": key,
+            "status": state.status,
+            "chunks": state.chunk_count,
+            "reason": state.reason,
+            "error": state.error,
+        }
 
     # -- shards (local operations) -------------------------------------------------------------------
     def stop_shard(self, shard: int) -> None:

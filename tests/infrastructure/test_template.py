@@ -117,9 +117,12 @@ def test_function_timeouts_fit_their_task_timeouts(synth: Synthesis) -> None:
 
 
 def test_query_api_starts_a_synchronous_execution(synth: Synthesis) -> None:
-    posts = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "POST"]
-    assert len(posts) == 1
-    method = posts[0]
+    # /chat and /uploads are the chat front's Lambda proxy integrations (tests/infrastructure/test_chat_front.py).
+    (method,) = [
+        m
+        for m in synth.properties("AWS::ApiGateway::Method")
+        if m["HttpMethod"] == "POST" and m["Integration"]["Type"] != "AWS_PROXY"
+    ]
     assert "StartSyncExecution" in json.dumps(method["Integration"]["Uri"])
     assert method["AuthorizationType"] == "AWS_IAM"  # the default auth mode of both environments
     request = method["Integration"]["RequestTemplates"]["application/json"]
@@ -132,7 +135,11 @@ def test_query_api_starts_a_synchronous_execution(synth: Synthesis) -> None:
 
 
 def test_response_mapping_sets_every_error_status(synth: Synthesis) -> None:
-    (method,) = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "POST"]
+    (method,) = [
+        m
+        for m in synth.properties("AWS::ApiGateway::Method")
+        if m["HttpMethod"] == "POST" and m["Integration"]["Type"] != "AWS_PROXY"
+    ]
     responses = method["Integration"]["IntegrationResponses"]
     template = next(r for r in responses if r["StatusCode"] == "200")["ResponseTemplates"]["application/json"]
     for name, (status, code) in ERROR_STATUS.items():
@@ -161,7 +168,11 @@ def test_api_stage_is_throttled_traced_and_access_logged(synth: Synthesis) -> No
 
 
 def test_health_is_a_mock_integration(synth: Synthesis) -> None:
-    (get,) = [m for m in synth.properties("AWS::ApiGateway::Method") if m["HttpMethod"] == "GET"]
+    (get,) = [
+        m
+        for m in synth.properties("AWS::ApiGateway::Method")
+        if m["HttpMethod"] == "GET" and m["Integration"]["Type"] != "AWS_PROXY"
+    ]
     assert get["Integration"]["Type"] == "MOCK"
 
 
@@ -231,18 +242,23 @@ def test_ingest_queue_outlasts_the_function_and_redrives_to_a_dlq(synth: Synthes
 
 
 def _tables(synth: Synthesis) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The registry table (the one with the by-source index) and the other tables by logical id."""
+    """The registry table (the only one without TTL) and the other tables (answer cache, conversations) by
+    logical id."""
     tables = synth.resources("AWS::DynamoDB::Table")
-    registry = [t["Properties"] for t in tables.values() if t["Properties"].get("GlobalSecondaryIndexes")]
+    registry = [t["Properties"] for t in tables.values() if "TimeToLiveSpecification" not in t["Properties"]]
     assert len(registry) == 1
-    return registry[0], {k: v for k, v in tables.items() if not v["Properties"].get("GlobalSecondaryIndexes")}
+    return registry[0], {k: v for k, v in tables.items() if "TimeToLiveSpecification" in v["Properties"]}
 
 
-def test_registry_table_has_pitr_encryption_and_on_demand_billing(synth: Synthesis) -> None:
-    table, _ = _tables(synth)
-    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
-    assert table["SSESpecification"]["SSEEnabled"] is True
-    assert table["BillingMode"] == "PAY_PER_REQUEST"
+def test_tables_have_pitr_encryption_and_on_demand_billing(synth: Synthesis) -> None:
+    tables = synth.properties("AWS::DynamoDB::Table")
+    # the document registry, the chat conversations and, where answers are cached, the answer cache
+    assert len(tables) == 2 + synth.config.settings.cache.answers
+    for table in tables:
+        assert table["SSESpecification"]["SSEEnabled"] is True
+        assert table["BillingMode"] == "PAY_PER_REQUEST"
+    registry, _ = _tables(synth)
+    assert registry["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
 
 
 def test_registry_table_matches_the_schema_the_code_uses(synth: Synthesis) -> None:
@@ -256,7 +272,7 @@ def test_registry_table_matches_the_schema_the_code_uses(synth: Synthesis) -> No
 
 def test_functions_run_python312_with_active_tracing(synth: Synthesis) -> None:
     functions = _project_functions(synth)
-    assert len(functions) == 5
+    assert len(functions) == 6  # embed, route, shard_search, fuse_generate, ingest, answer
     for function in functions.values():
         props = function["Properties"]
         assert props["Runtime"] == "python3.12"
@@ -459,7 +475,9 @@ def test_artifacts_bucket_is_read_by_embed_and_route_and_written_by_ingest_only(
 def test_the_answer_cache_table_exists_where_answers_are_cached_and_each_function_gets_one_action(
     synth: Synthesis,
 ) -> None:
-    _, others = _tables(synth)
+    _, with_ttl = _tables(synth)
+    # The conversations table (chat) is the one with an index (a caller's conversations, newest first).
+    others = {k: v for k, v in with_ttl.items() if not v["Properties"].get("GlobalSecondaryIndexes")}
     with_variable = {
         f["Properties"]["Description"].removeprefix("ShardRAG ")
         for f in _project_functions(synth).values()
@@ -472,7 +490,8 @@ def test_the_answer_cache_table_exists_where_answers_are_cached_and_each_functio
     if not synth.config.settings.cache.answers:
         # Off (the default): no table, no variable, nothing granted beyond the registry's ingest rights.
         assert others == {} and with_variable == set()
-        assert {name for name, actions in dynamodb_actions.items() if actions} == {"ingest"}
+        # (the chat's answer function reads the registry and writes conversations, never the cache)
+        assert {name for name, actions in dynamodb_actions.items() if actions} <= {"ingest", "answer"}
         return
     [(table_id, table)] = others.items()
     props = table["Properties"]

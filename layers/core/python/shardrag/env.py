@@ -33,3 +33,7 @@ ARTIFACTS_BUCKET: Final = "SHARDRAG_ARTIFACTS_BUCKET"
 #: ``s3://bucket/key`` of a zip holding ``model.onnx`` + ``tokenizer.json``, for a function whose package has no
 #: room for the model layer (ingest: pymilvus and onnxruntime already fill most of Lambda's 250 MB).
 MODEL_ARCHIVE: Final = "SHARDRAG_MODEL_ARCHIVE"
+#: Name of the DynamoDB conversations table (chat sessions, one item per turn).
+CONVERSATIONS_TABLE: Final = "SHARDRAG_CONVERSATIONS_TABLE"
+#: Name of the Express query state machine's ARN, for the answer function's retrieval (StartSyncExecution).
+QUERY_STATE_MACHINE_ARN: Final = "SHARDRAG_QUERY_STATE_MACHINE_ARN"

@@ -94,6 +94,46 @@ def _error_response(description: str) -> dict[str, Any]:
     }
 
 
+_SSE = {
+    "type": "string",
+    "description": (
+        "Server-sent events: `retrieval` (session_id, retrieval_query, condenser, hits, citations, degraded, "
+        "shards, timings_ms), then `token` ({text}) as the answer is generated, then `done` (answer, citations, "
+        "usage, ttft_ms, total_ms) or `error` (status, code, message); `: keep-alive` comment lines between."
+    ),
+}
+
+
+def _chat_schemas() -> dict[str, Any]:
+    from shardrag.chat.records import ChatRequest
+
+    schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    return {"ChatRequest": schema, **defs}
+
+
+def _chat_path() -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Answer a question of a conversation, streamed as server-sent events",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+            },
+            "responses": {
+                "200": {"description": "The event stream", "content": {"text/event-stream": {"schema": _SSE}}},
+                "400": _error_response("Malformed request, or a history over the limits"),
+                "403": _error_response("No verified identity (deployed), or no valid tenant in multi-tenant mode"),
+                "404": _error_response("No such conversation for this caller (unknown, expired or another's)"),
+                "429": {
+                    **_error_response("At capacity; retry after Retry-After seconds"),
+                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                },
+            },
+        }
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     request = query_request_schema()
     return {
@@ -127,6 +167,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/chat": _chat_path(),
             "/health": {
                 "get": {
                     "summary": "Liveness",
@@ -141,6 +182,7 @@ def openapi_document() -> dict[str, Any]:
                 "Hit": _HIT,
                 "Citation": _CITATION,
                 "Error": _ERROR,
+                **_chat_schemas(),
             }
         },
     }

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shardrag import env
 from shardrag.artifacts import ArtifactStore, FileArtifactStore, S3ArtifactStore
@@ -50,6 +50,8 @@ from shardrag.term_stats import CorpusStatsCache, TermStatsStore, TermStatsTrack
 from shardrag.workflow import QueryWorkflow
 
 if TYPE_CHECKING:
+    from shardrag.chat.condense import Condenser
+    from shardrag.chat.service import ChatService, Retrieve
     from shardrag.indexing import DocumentIndexer
     from shardrag.ingestion.service import IngestService
 
@@ -422,6 +424,49 @@ def ingest_service() -> IngestService:
         table_name=os.environ.get(env.REGISTRY_TABLE, DEFAULT_REGISTRY_TABLE),
         requeue=sqs_requeue(boto3.client("sqs"), queue_url) if queue_url else None,
         on_change=index_changed if settings.cache.answers else None,
+    )
+
+
+#: Conversations table name when ``SHARDRAG_CONVERSATIONS_TABLE`` is unset (the local runtime's table).
+DEFAULT_CONVERSATIONS_TABLE = "shardrag-conversations"
+
+
+def conversations_table() -> str:
+    return os.environ.get(env.CONVERSATIONS_TABLE, DEFAULT_CONVERSATIONS_TABLE)
+
+
+def build_condenser(settings: Settings, make_generator: Callable[[], Generator] = generator) -> Condenser:
+    """The LLM condenser when a model generates the answers (it rewrites with the same model), else the
+    deterministic one."""
+    from shardrag.chat.condense import DeterministicCondenser, LlmCondenser
+
+    if settings.generator.kind == "extractive":
+        return DeterministicCondenser()
+    model = make_generator()
+    if not hasattr(model, "complete"):
+        return DeterministicCondenser()
+    return LlmCondenser(model)  # type: ignore[arg-type]
+
+
+def build_chat_service(
+    retrieve: Retrieve,
+    *,
+    settings: Settings | None = None,
+    dynamodb_client: Any | None = None,
+    make_generator: Callable[[], Generator] = generator,
+) -> ChatService:
+    """The chat service over ``retrieve`` (the query workflow as this runtime runs it)."""
+    import boto3
+    from shardrag.chat.conversations import DynamoDbConversationStore
+    from shardrag.chat.service import ChatService
+
+    settings = settings or cached_settings()
+    store = DynamoDbConversationStore(dynamodb_client or boto3.client("dynamodb"), conversations_table())
+    return ChatService(
+        retrieve=retrieve,
+        generator=make_generator,  # type: ignore[arg-type]
+        store=store,
+        condenser=build_condenser(settings, make_generator),
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from shardrag.errors import GenerationFailed
 from shardrag.generation.base import check_sampling
 from shardrag.generation.prompt import NOT_FOUND_ANSWER, PromptBuilder
+from shardrag.generation.stream import AnswerStream, fixed_stream
 from shardrag.records import Answer, Hit
 
 if TYPE_CHECKING:
@@ -108,6 +109,101 @@ class BedrockGenerator:
             # The text is the guardrail's message, not drawn from the passages: citing them would mislead.
             return Answer(text=text, citations=[], model=self.name)
         return prompt.answer(text, self.name)
+
+    def complete(self, system: str, user: str, *, max_tokens: int) -> str:
+        """One short reply to a prompt of the caller's (the chat condenser's rewrite), not streamed."""
+        try:
+            response: Mapping[str, Any] = self._client.converse(
+                modelId=self.model_id,
+                system=[{"text": system}],
+                messages=[{"role": "user", "content": [{"text": user}]}],
+                inferenceConfig={"maxTokens": min(max_tokens, self.max_tokens), "temperature": 0.0},
+            )
+        except ClientError as exc:
+            raise GenerationFailed(_describe_client_error(self.model_id, exc, "converse")) from exc
+        except BotoCoreError as exc:
+            raise GenerationFailed(f"Bedrock converse with {self.model_id} failed: {exc}") from exc
+        text, _ = _parse(response, self.model_id)
+        return text
+
+    def stream(self, question: str, hits: Sequence[Hit]) -> AnswerStream:
+        """Start answering through ``ConverseStream``; the text arrives as ``contentBlockDelta`` events.
+
+        A failure before the stream opens raises :class:`GenerationFailed` here; one inside the stream (an
+        exception event: throttling, a model stream error) raises it from the iteration.
+        """
+        prompt = self.prompt_builder.run(question, hits)
+        if not prompt.passages:
+            return fixed_stream(Answer(text=NOT_FOUND_ANSWER, citations=[], model=self.name), [NOT_FOUND_ANSWER])
+        try:
+            response = self._client.converse_stream(
+                modelId=self.model_id,
+                system=[{"text": prompt.system}],
+                messages=[{"role": "user", "content": [{"text": prompt.user}]}],
+                inferenceConfig={"maxTokens": self.max_tokens, "temperature": self.temperature},
+            )
+        except ClientError as exc:
+            raise GenerationFailed(_describe_client_error(self.model_id, exc, "converse_stream")) from exc
+        except BotoCoreError as exc:
+            raise GenerationFailed(f"Bedrock converse_stream with {self.model_id} failed: {exc}") from exc
+        events = response["stream"]
+        model_id = self.model_id
+
+        def produce(stream: AnswerStream) -> Iterator[str]:
+            try:
+                for event in events:
+                    if "contentBlockDelta" in event:
+                        text = (event["contentBlockDelta"].get("delta") or {}).get("text")
+                        if isinstance(text, str):
+                            yield text
+                    elif "messageStop" in event:
+                        stream.finish_reason = str(event["messageStop"].get("stopReason", ""))
+                        if stream.finish_reason in _UNUSABLE_STOP_REASONS:
+                            raise GenerationFailed(
+                                f"Bedrock model {model_id} gave no usable answer (stopReason={stream.finish_reason})"
+                            )
+                    elif "metadata" in event:
+                        usage = event["metadata"].get("usage") or {}
+                        stream.usage = {
+                            "input_tokens": usage.get("inputTokens"),
+                            "output_tokens": usage.get("outputTokens"),
+                        }
+                    else:
+                        # An exception event (the boto3 parser raises most of them as EventStreamError).
+                        raw: Mapping[str, Any] = event
+                        for name in _STREAM_EXCEPTIONS:
+                            if name in raw:
+                                message = (raw[name] or {}).get("message", "")
+                                raise GenerationFailed(f"Bedrock stream from {model_id} failed: {name}: {message}")
+            except ClientError as exc:  # botocore's EventStreamError for an exception event
+                raise GenerationFailed(_describe_client_error(model_id, exc, "converse_stream")) from exc
+            except BotoCoreError as exc:
+                raise GenerationFailed(f"Bedrock stream from {model_id} broke: {exc}") from exc
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+
+        return AnswerStream(model=self.name, citations=prompt.citations(), produce=produce)
+
+
+#: Exception members of ``ConverseStreamOutput`` (each may arrive instead of an event, mid-stream).
+_STREAM_EXCEPTIONS = (
+    "internalServerException",
+    "modelStreamErrorException",
+    "validationException",
+    "throttlingException",
+    "serviceUnavailableException",
+)
+
+
+def _describe_client_error(model_id: str, exc: ClientError, operation: str) -> str:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    # An exception event inside a stream names its type in camel case (throttlingException).
+    code = code[:1].upper() + code[1:]
+    hint = _HINTS.get(code, "request failed")
+    return f"Bedrock {operation} with {model_id} failed: {code}: {hint} ({error.get('Message', '')})"
 
 
 def _parse(response: Mapping[str, Any], model_id: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shardrag.generation.prompt import NOT_FOUND_ANSWER, make_citation
+from shardrag.generation.stream import AnswerStream, fixed_stream
 from shardrag.records import Answer, Citation, Hit
 
 # A sentence ends at . ! ? (optionally followed by a closing quote or bracket) before whitespace, or at a
@@ -81,10 +82,26 @@ class ExtractiveGenerator:
 
     def run(self, question: str, hits: Sequence[Hit]) -> Answer:
         """Quote the most relevant sentences of the best ``passages`` hits, each with its citation."""
+        answer, _ = self._compose(question, hits)
+        return answer
+
+    def stream(self, question: str, hits: Sequence[Hit]) -> AnswerStream:
+        """The same answer as :meth:`run`, one cited sentence at a time (there is no model to wait for, so the
+        stream's pace is the client's)."""
+        answer, parts = self._compose(question, hits)
+        pieces: list[str] = []
+        for i, part in enumerate(parts):
+            # A quoted sentence, then the marker that cites it: the marker arrives once its sentence is complete.
+            sentence, space, marker = part.rpartition(" [")
+            tail = " " if i < len(parts) - 1 else ""
+            pieces += [sentence, f"{space}{marker}{tail}"] if space else [part + tail]
+        return fixed_stream(answer, pieces)
+
+    def _compose(self, question: str, hits: Sequence[Hit]) -> tuple[Answer, list[str]]:
         candidates = self._candidates(hits)
         sentences = [sentence for rank, hit in enumerate(candidates) for sentence in self._sentences(rank, hit.text)]
         if not sentences:
-            return Answer(text=NOT_FOUND_ANSWER, citations=[], model=self.name)
+            return Answer(text=NOT_FOUND_ANSWER, citations=[], model=self.name), [NOT_FOUND_ANSWER]
         chosen = self._select(_terms(question), sentences)
 
         # Number only the passages actually quoted, in the order they appear in the answer.
@@ -94,7 +111,7 @@ class ExtractiveGenerator:
             ref = refs.setdefault(sentence.rank, len(refs) + 1)
             parts.append(f"{sentence.text} [{ref}]")
         citations: list[Citation] = [make_citation(ref, candidates[rank]) for rank, ref in refs.items()]
-        return Answer(text=" ".join(parts), citations=citations, model=self.name)
+        return Answer(text=" ".join(parts), citations=citations, model=self.name), parts
 
     def _candidates(self, hits: Sequence[Hit]) -> list[Hit]:
         """The best ``passages`` hits with text, one per chunk (a chunk may come back from two shards)."""

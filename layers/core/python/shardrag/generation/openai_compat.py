@@ -10,12 +10,13 @@ import logging
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from shardrag.errors import ConfigurationError, GenerationFailed
 from shardrag.generation.base import check_sampling
 from shardrag.generation.prompt import NOT_FOUND_ANSWER, PromptBuilder
+from shardrag.generation.stream import AnswerStream, fixed_stream
 from shardrag.records import Answer, Hit
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,101 @@ class OpenAICompatibleGenerator:
         if finish_reason == "length":
             logger.warning("chat completion truncated at max_tokens=%d", self.max_tokens)
         return prompt.answer(text, self.name)
+
+    def complete(self, system: str, user: str, *, max_tokens: int) -> str:
+        """One short reply to a prompt of the caller's (the chat condenser's rewrite), not streamed."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "max_tokens": min(max_tokens, self.max_tokens),
+            "temperature": 0.0,
+        }
+        text, _ = _parse(self._post(body), self.url)
+        return text
+
+    def stream(self, question: str, hits: Sequence[Hit]) -> AnswerStream:
+        """Start answering with ``stream: true``: the endpoint sends ``chat.completion.chunk`` objects as
+        server-sent ``data:`` lines, each with ``choices[0].delta.content``, then (asked for with
+        ``stream_options.include_usage``) a chunk with empty ``choices`` and the ``usage``, then ``data: [DONE]``."""
+        prompt = self.prompt_builder.run(question, hits)
+        if not prompt.passages:
+            return fixed_stream(Answer(text=NOT_FOUND_ANSWER, citations=[], model=self.name), [NOT_FOUND_ANSWER])
+        body = {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        response = self._open(body, accept="text/event-stream")
+        url = self.url
+
+        def produce(stream: AnswerStream) -> Iterator[str]:
+            done = False
+            try:
+                for raw in response:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line.startswith("data:"):
+                        continue  # comments (": keep-alive"), event names, blank separators
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as exc:
+                        raise GenerationFailed(f"chat endpoint {url} streamed malformed JSON") from exc
+                    if not isinstance(chunk, Mapping):
+                        continue
+                    if "error" in chunk and not chunk.get("choices"):
+                        detail = _shorten(json.dumps(chunk["error"]))
+                        raise GenerationFailed(f"chat endpoint {url} streamed an error: {detail}")
+                    if isinstance(chunk.get("usage"), Mapping):
+                        stream.usage = {
+                            "input_tokens": chunk["usage"].get("prompt_tokens"),
+                            "output_tokens": chunk["usage"].get("completion_tokens"),
+                        }
+                    for choice in chunk.get("choices") or []:
+                        if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta")
+                        content = delta.get("content") if isinstance(delta, Mapping) else None
+                        if isinstance(content, str) and content:
+                            yield content
+                        if choice.get("finish_reason"):
+                            stream.finish_reason = str(choice["finish_reason"])
+            except (TimeoutError, OSError) as exc:
+                raise GenerationFailed(f"chat endpoint {url} stream broke: {exc}") from exc
+            finally:
+                response.close()
+            if not done and not stream.finish_reason:
+                raise GenerationFailed(f"chat endpoint {url} ended the stream before it finished")
+
+        return AnswerStream(model=self.name, citations=prompt.citations(), produce=produce)
+
+    def _open(self, body: Mapping[str, Any], *, accept: str) -> Any:
+        """POST ``body`` and return the open response (the caller reads and closes it)."""
+        headers = {"Content-Type": "application/json", "Accept": accept}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        request = urllib.request.Request(
+            self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+        )
+        try:
+            return self._opener.open(request, timeout=self.timeout_s)
+        except urllib.error.HTTPError as exc:
+            detail = _error_detail(exc)
+            raise GenerationFailed(f"chat endpoint {self.url} answered HTTP {exc.code}: {detail}") from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise GenerationFailed(f"chat endpoint {self.url} timed out after {self.timeout_s:g}s") from exc
+            raise GenerationFailed(f"chat endpoint {self.url} unreachable: {exc.reason}") from exc
+        except (TimeoutError, OSError) as exc:
+            raise GenerationFailed(f"chat endpoint {self.url} failed: {exc}") from exc
 
     def _post(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
