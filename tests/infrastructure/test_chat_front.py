@@ -28,7 +28,8 @@ def _answer(synth: Synthesis) -> tuple[str, dict[str, Any]]:
 
 
 def _conversations(synth: Synthesis) -> dict[str, Any]:
-    (table,) = [t for t in synth.properties("AWS::DynamoDB::Table") if "TimeToLiveSpecification" in t]
+    # The only table with a sort key (turns); the answer cache, also with TTL, has a hash key alone.
+    (table,) = [t for t in synth.properties("AWS::DynamoDB::Table") if len(t["KeySchema"]) == 2]
     return table
 
 
