@@ -4,37 +4,34 @@ without keeping every item it ever created (indexing SciFact grew the local runt
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shardrag_local.emulator import LocalAws
 
-ROOT = Path(__file__).resolve().parents[2]
 TABLE = "emulator-transactions"
 
 
 @pytest.fixture(scope="module")
-def dynamodb() -> Iterator[Any]:
-    aws = LocalAws(ROOT, serve=False)
-    aws.start()
+def dynamodb(local_runtime: Any) -> Iterator[Any]:
+    # The package's runtime (moto's in-process mock is process-global: a second LocalAws stopping would end the
+    # runtime's own emulation for every later test).
+    client = local_runtime.aws.client("dynamodb")
+    client.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
     try:
-        client = aws.client("dynamodb")
-        client.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
         yield client
     finally:
-        aws.stop()
+        client.delete_table(TableName=TABLE)
 
 
 def _key(pk: str, sk: str) -> dict[str, Any]:
