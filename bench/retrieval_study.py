@@ -37,9 +37,10 @@ import numpy as np
 import scipy.sparse as sp
 from shardrag.bm25 import LENGTH_ID, Bm25Encoder, CorpusStats, Tokenizer, saturation, term_ids
 from shardrag.chunking import Chunker, Document
-from shardrag.config import EmbeddingSettings, IngestionSettings
+from shardrag.config import Bm25Settings, EmbeddingSettings, IngestionSettings
 from shardrag.embedding.onnx import OnnxEmbedder
 from shardrag.fusion import ConvexFuser, Fuser, RrfFuser
+from shardrag.lexical_units import lexical_units
 from shardrag.records import Hit, ShardResult
 from shardrag_local.evaluation.baselines import Bm25Retriever
 from shardrag_local.evaluation.dataset import BeirDataset
@@ -100,6 +101,30 @@ class Corpus:
     dense: Matrix  # [chunks, 384], unit rows
     queries: Matrix  # [queries, 384], one query at a time as the Embed handler does
     query_ids: list[str]
+    chunker: Chunker
+
+
+def units_of(corpus: Corpus, window: int) -> tuple[list[str], list[str], Matrix]:
+    """The lexical units ingestion makes of the corpus (:func:`shardrag.lexical_units.lexical_units` over the same
+    chunks): each unit's text, its document, and each chunk's unit."""
+    tokenizer = Tokenizer()
+    texts: list[str] = []
+    docs: list[str] = []
+    chunk_unit: list[int] = []
+    chunk_ids: list[str] = []
+    for document in _documents(corpus.dataset):
+        chunks = corpus.chunker.run(document)
+        chunk_ids += [c.chunk_id for c in chunks]
+        units = lexical_units(
+            document, chunks, window=window, tokenizer=tokenizer, embedding_text=corpus.chunker.embedding_text
+        )
+        for unit in units:
+            chunk_unit += [len(texts)] * len(unit.chunks)
+            texts.append(unit.text)
+            docs.append(document.doc_id)
+    if chunk_ids != corpus.chunk_ids:
+        raise RuntimeError(f"{corpus.name}: the chunker no longer cuts what the cache holds; remove {CACHE}")
+    return texts, docs, np.array(chunk_unit, dtype=np.int64)
 
 
 def _documents(dataset: BeirDataset) -> list[Document]:
@@ -121,18 +146,18 @@ def load_corpus(name: str, folder: str, split: str, embedder: OnnxEmbedder) -> C
     manifest = json.loads((ROOT / "build" / "model" / "manifest.json").read_text())
     key = {
         "model": manifest["model_sha256"],
-        "chunk": [ingestion.chunk_size, ingestion.chunk_overlap],
+        "chunk": [ingestion.chunk_size, ingestion.chunk_overlap, Chunker.VERSION],
         "data": dataset.checksums,
     }
     where = CACHE / name
     meta = where / "meta.json"
+    chunker = Chunker(size=ingestion.chunk_size, overlap=ingestion.chunk_overlap, token_spans=embedder.token_spans)
     if meta.is_file() and json.loads(meta.read_text()).get("key") == key:
         chunks = json.loads((where / "chunks.json").read_text())
         dense = np.load(where / "dense.npy")
         queries = np.load(where / "queries.npy")
         _progress(f"{name}: cached, {len(chunks['ids'])} chunks")
     else:
-        chunker = Chunker(size=ingestion.chunk_size, overlap=ingestion.chunk_overlap, token_spans=embedder.token_spans)
         ids, docs, texts = [], [], []
         for document in _documents(dataset):
             for chunk in chunker.run(document):
@@ -153,14 +178,17 @@ def load_corpus(name: str, folder: str, split: str, embedder: OnnxEmbedder) -> C
         np.save(where / "dense.npy", dense)
         np.save(where / "queries.npy", queries)
         meta.write_text(json.dumps({"key": key, "embed_s": round(time.perf_counter() - started, 1)}))
-    return Corpus(name, dataset, chunks["ids"], chunks["docs"], chunks["texts"], dense, queries, list(dataset.queries))
+    return Corpus(
+        name, dataset, chunks["ids"], chunks["docs"], chunks["texts"], dense, queries, list(dataset.queries), chunker
+    )
 
 
 # -- scoring ---------------------------------------------------------------------------------------------------
 
 
 class Lexical:
-    """The corpus's chunks as BM25 term counts, weighted on demand exactly as the shipped encoder weighs them."""
+    """The corpus's lexical units (a chunk each with ``window`` 0) as BM25 term counts, weighted on demand exactly
+    as the shipped encoder weighs them."""
 
     def __init__(self, texts: Sequence[str]) -> None:
         tokenizer = Tokenizer()
@@ -175,7 +203,7 @@ class Lexical:
         self.tf = sp.csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.columns)), dtype=np.float64)
         self.length = np.array([sum(c.values()) for c in counted], dtype=np.float64)
         df = np.asarray((self.tf > 0).sum(axis=0)).ravel()
-        # What the term statistics hold after ingesting every chunk (CorpusStats.count, one chunk per vector).
+        # What the term statistics hold after ingesting every unit (CorpusStats.count: one row per unit counts).
         self.stats = CorpusStats(
             len(texts),
             {tid: int(df[col]) for tid, col in self.columns.items()},
@@ -229,9 +257,10 @@ class Lexical:
 class Scorer:
     """Rankings and nDCG@10 of one corpus."""
 
-    def __init__(self, corpus: Corpus) -> None:
+    def __init__(self, corpus: Corpus, window: int) -> None:
         self.corpus = corpus
-        self.lexical = Lexical(corpus.texts)
+        unit_texts, self.unit_docs, self.chunk_unit = units_of(corpus, window)
+        self.lexical = Lexical(unit_texts)
         self.query_terms = self.lexical.query_matrix([corpus.dataset.queries[q] for q in corpus.query_ids])
         self.dense_scores: Matrix = corpus.queries @ corpus.dense.T
         self._order = np.argsort(np.array(corpus.chunk_ids, dtype=object))  # chunk-id rank for tie-breaks
@@ -240,8 +269,9 @@ class Scorer:
         self.qrels = corpus.dataset.qrels
 
     def bm25_scores(self, k1: float, b: float, avgdl: float | Matrix) -> Matrix:
+        """Every chunk's BM25 score: its unit's (every chunk of a unit stores the unit's weights)."""
         scores = self.query_terms @ self.lexical.weights(k1, b, avgdl).T
-        return np.asarray(scores.todense())
+        return np.asarray(scores.todense())[:, self.chunk_unit]
 
     def top_chunks(self, row: Matrix, k: int, positive_only: bool = False) -> list[int]:
         """The ``k`` best chunks of one score row, best first, ties by chunk id (as ``merge_modality``)."""
@@ -321,9 +351,9 @@ def reference_fusion(scorer: Scorer, bm25s: Bm25Retriever) -> dict[str, float]:
 
 
 def batch_avgdl(scorer: Scorer) -> Matrix:
-    """The mean each chunk is written with when the corpus arrives in ``shardrag eval``'s files of 250 documents
+    """The mean each unit is written with when the corpus arrives in ``shardrag eval``'s files of 250 documents
     (each batch: what is stored plus the batch itself, as :meth:`Bm25Encoder.documents` computes it)."""
-    docs = scorer.corpus.chunk_docs
+    docs = scorer.unit_docs
     order = list(dict.fromkeys(docs))
     batch_of = {d: i // EVAL_BATCH_DOCS for i, d in enumerate(order)}
     batches = np.array([batch_of[d] for d in docs])
@@ -348,7 +378,7 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in values.items()}
 
 
-def study(names: Sequence[str]) -> dict[str, Any]:
+def study(names: Sequence[str], window: int) -> dict[str, Any]:
     embedder = OnnxEmbedder.from_settings(EmbeddingSettings(model_dir=str(ROOT / "build" / "model")))
     scorers: dict[str, Scorer] = {}
     references: dict[str, dict[str, float]] = {}
@@ -357,7 +387,7 @@ def study(names: Sequence[str]) -> dict[str, Any]:
         if name not in names:
             continue
         corpus = load_corpus(name, folder, split, embedder)
-        scorer = scorers[name] = Scorer(corpus)
+        scorer = scorers[name] = Scorer(corpus, window)
         bm25s = Bm25Retriever()
         bm25s.index(corpus.dataset.corpus)
         references[name] = reference_fusion(scorer, bm25s)
@@ -365,6 +395,7 @@ def study(names: Sequence[str]) -> dict[str, Any]:
             "split": split,
             "documents": len(corpus.dataset.corpus),
             "chunks": len(corpus.chunk_ids),
+            "lexical_units": len(scorer.unit_docs),
             "queries": len(corpus.query_ids),
             "measured_avgdl": round(scorer.lexical.avgdl, 2),
             "shipped_weights_max_abs_diff": scorer.lexical.check(1.2, 0.4, scorer.lexical.avgdl),
@@ -475,6 +506,7 @@ def study(names: Sequence[str]) -> dict[str, Any]:
         avgdl_rows.append({"avgdl": label, "ndcg@10": _rounded(values), "worst_vs_bm25s": _worst(values, bm25s_bar)})
 
     return {
+        "window": window,
         "corpora": corpora,
         "rule": {
             "bm25": "max over (k1, b) of min over corpora of (chunk BM25 nDCG@10 - bm25s nDCG@10), measured avgdl",
@@ -512,13 +544,19 @@ def markdown(result: dict[str, Any], command: str, commit: str) -> str:
     names = list(result["corpora"])
     head = " | ".join(names)
     rule = "|".join(["---"] * (len(names) + 2))
-    lines = [f"Command: `{command}` (commit {commit}). nDCG@10; documents at their best chunk.", ""]
-    lines += ["| corpus | documents | chunks | queries | measured avgdl | bm25s | chunk-dense | reference fusion |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
+    window = result["window"]
+    units = f"lexical units of at most {window} BM25 terms" if window else "BM25 per chunk (window 0)"
+    lines = [f"Command: `{command}` (commit {commit}). nDCG@10; documents at their best chunk; {units}.", ""]
+    lines += [
+        "| corpus | documents | chunks | lexical units | queries | measured avgdl | bm25s | chunk-dense | "
+        "reference fusion |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
     for n, c in result["corpora"].items():
         r = c["references"]
         lines.append(
-            f"| {n} ({c['split']}) | {c['documents']} | {c['chunks']} | {c['queries']} | {c['measured_avgdl']} | "
+            f"| {n} ({c['split']}) | {c['documents']} | {c['chunks']} | {c['lexical_units']} | {c['queries']} | "
+            f"{c['measured_avgdl']} | "
             f"{r['bm25s']:.3f} | {r['chunk_dense']:.3f} | {r['reference_fusion']:.3f} |"
         )
     chosen = result["chosen"]
@@ -585,15 +623,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval_study", description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default=",".join(c[0] for c in CORPORA), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval_study.json")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=Bm25Settings().window,
+        help="most BM25 terms of a lexical unit (0: BM25 per chunk); default: the shipped setting",
+    )
     args = parser.parse_args(argv)
     import subprocess
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
     ).stdout.strip()
-    command = "python -m bench.retrieval_study" + (f" --corpora {args.corpora}" if argv else "")
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m bench.retrieval_study", *given])
     started = time.perf_counter()
-    result = study([n.strip() for n in args.corpora.split(",") if n.strip()])
+    result = study([n.strip() for n in args.corpora.split(",") if n.strip()], args.window)
     result["command"], result["commit"] = command, commit
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,10 @@ LENGTH_ID: Final = 0
 #: Milvus refuses an all-zero sparse row; a chunk with no terms (digits only, stop words only) stores this
 #: marker on id 0, which no query ever carries, so it never scores (its length reads as 0).
 EMPTY_MARKER: Final = SparseVector(indices=[LENGTH_ID], values=[1e-6])
+#: The value on :data:`LENGTH_ID` of a row that shares its lexical unit's weights with the row that counts the unit
+#: (:mod:`shardrag.lexical_units`): never a length (lengths are whole numbers, or the empty marker's ~0), so such a
+#: row counts for nothing in the statistics, and removing it uncounts nothing.
+SHARED_UNIT: Final = 0.5
 
 
 class Tokenizer:
@@ -116,26 +120,47 @@ def saturation(tf: Any, length: Any, *, k1: float, b: float, avgdl: float) -> An
 
 
 def stored_length(vector: SparseVector) -> int | None:
-    """The length a stored chunk was counted with, or None for a row written before lengths were stored."""
-    if vector.indices and vector.indices[0] == LENGTH_ID:
+    """The length a stored chunk was counted with, or None for a row written before lengths were stored (and for
+    a row that shares a unit counted by another row: :func:`counts_unit`)."""
+    if vector.indices and vector.indices[0] == LENGTH_ID and counts_unit(vector):
         return round(vector.values[0])
     return None
+
+
+def counts_unit(vector: SparseVector) -> bool:
+    """Whether a stored row counts in the term statistics: every row but one marked :data:`SHARED_UNIT`."""
+    return not (vector.indices and vector.indices[0] == LENGTH_ID and abs(vector.values[0] - SHARED_UNIT) < 1e-3)
+
+
+def shared(vector: SparseVector) -> SparseVector:
+    """``vector``'s weights on a row that does not count its unit (another row of the unit does)."""
+    if not vector.indices or vector.indices[0] != LENGTH_ID:
+        raise ValueError("only a vector that carries its length can be marked as shared")
+    return SparseVector(indices=vector.indices, values=[SHARED_UNIT, *vector.values[1:]])
 
 
 class Bm25Encoder:
     """Builds the document and query sides of BM25 (``k1``, ``b`` as in Lucene/bm25s).
 
-    ``avgdl`` None (the default): each write uses the measured mean chunk length (:meth:`documents`); a number
-    pins it (every chunk weighted against the same constant, whatever the corpus)."""
+    ``avgdl`` None (the default): each write uses the measured mean unit length (:meth:`documents`); a number
+    pins it (every unit weighted against the same constant, whatever the corpus). ``window``: the most BM25 terms
+    of a lexical unit (:mod:`shardrag.lexical_units`; 0: every chunk is its own unit)."""
 
     def __init__(
-        self, *, k1: float = 1.5, b: float = 0.75, avgdl: float | None = None, tokenizer: Tokenizer | None = None
+        self,
+        *,
+        k1: float = 1.5,
+        b: float = 0.75,
+        avgdl: float | None = None,
+        window: int = 0,
+        tokenizer: Tokenizer | None = None,
     ):
-        if k1 < 0 or not 0 <= b <= 1 or (avgdl is not None and avgdl <= 0):
-            raise ValueError("BM25 needs k1 >= 0, 0 <= b <= 1 and avgdl > 0")
+        if k1 < 0 or not 0 <= b <= 1 or (avgdl is not None and avgdl <= 0) or window < 0:
+            raise ValueError("BM25 needs k1 >= 0, 0 <= b <= 1, avgdl > 0 and window >= 0")
         self.k1 = k1
         self.b = b
         self.avgdl = avgdl
+        self.window = window
         self.tokenizer = tokenizer or Tokenizer()
 
     def document(self, text: str) -> SparseVector:
@@ -150,6 +175,20 @@ class Bm25Encoder:
         lengths = [sum(counts.values()) for counts in counted]
         avgdl = self.avgdl or measured_avgdl(corpus, lengths)
         return [self._encode(counts, length, avgdl) for counts, length in zip(counted, lengths, strict=True)]
+
+    def units(
+        self, texts: Sequence[str], sizes: Sequence[int], corpus: CorpusStats | None = None
+    ) -> list[SparseVector]:
+        """The stored side of chunks grouped in lexical units: unit ``u`` (text ``texts[u]``) covers the next
+        ``sizes[u]`` chunks, each storing the unit's weights; the first counts the unit in the statistics (its
+        length on :data:`LENGTH_ID`), the others are marked :data:`SHARED_UNIT`. ``avgdl`` as in
+        :meth:`documents`, over units."""
+        out: list[SparseVector] = []
+        for vector, size in zip(self.documents(texts, corpus), sizes, strict=True):
+            if size > 0:
+                out.append(vector)
+                out.extend([shared(vector)] * (size - 1))
+        return out
 
     def _encode(self, counts: Counter[int], length: int, avgdl: float) -> SparseVector:
         if not counts:
@@ -209,8 +248,11 @@ class CorpusStats:
         return self.tokens / self.measured if self.measured > 0 and self.tokens > 0 else None
 
     def count(self, vectors: Iterable[SparseVector], sign: int) -> None:
-        """Count each vector as one chunk holding its terms (``sign`` -1 uncounts it)."""
+        """Count each vector as one unit holding its terms (``sign`` -1 uncounts it); a row that shares a unit
+        counted by another row counts for nothing."""
         for vector in vectors:
+            if not counts_unit(vector):
+                continue
             self.documents += sign
             length = stored_length(vector)
             if length is not None:

@@ -153,8 +153,11 @@ class Bm25Settings(_Model):
     #: on SciFact alone, they held up.
     k1: float = Field(default=1.2, ge=0.0, le=10.0)
     b: float = Field(default=0.4, ge=0.0, le=1.0)
-    #: None: measured (the default). A number pins the mean chunk length every chunk is weighed against.
+    #: None: measured (the default). A number pins the mean unit length every unit is weighed against.
     avgdl: float | None = Field(default=None, gt=0.0, le=100_000.0)
+    #: The most BM25 terms of a lexical unit (``shardrag.lexical_units``): a document up to this long is scored
+    #: by BM25 as a whole, a longer one in runs of consecutive chunks this long; 0: every chunk on its own.
+    window: int = Field(default=1024, ge=0, le=100_000)
     #: How long the query side keeps the summed term statistics before re-reading them.
     stats_ttl_s: float = Field(default=30.0, ge=0.0, le=3600.0)
 
