@@ -98,7 +98,7 @@ def lexical_units(
             total = size
     units = []
     for group in groups:
-        first, last = chunks[group[0]], chunks[group[-1]]
+        first = chunks[group[0]]
         if len(group) == 1:
             units.append(LexicalUnit(group, embedding_text(first)))
             continue
