@@ -5,19 +5,22 @@ measures below bm25s on SciFact (nDCG@10 0.665 vs 0.686: the dataset's reference
 statistics make scores from different shards incomparable. Here BM25 is split the way an inner-product index
 can evaluate it exactly:
 
-* the document side (a chunk) stores the term-frequency part, ``tf·(k1+1) / (tf + k1·(1 - b + b·len/avgdl))``;
-* the query side carries the IDF of each query term, from corpus-wide document frequencies (summed over shards,
-  kept current by ingestion, see :mod:`shardrag.term_stats`);
+* the document side stores the term-frequency part, ``tf·(k1+1) / (tf + k1·(1 - b + b·len/avgdl))``, of the
+  chunk's *lexical unit* (:mod:`shardrag.lexical_units`: its whole document when that has at most ``window``
+  terms, else a run of consecutive chunks), so that a document's best chunk scores what BM25 gives the document;
+* the query side carries the IDF of each query term, from corpus-wide document frequencies over units (summed
+  over shards, kept current by ingestion, see :mod:`shardrag.term_stats`);
 
 so ``query · document`` is the BM25 score, identical on every shard.
 
-``avgdl`` is measured, not assumed: the term statistics keep the total length of the chunks beside their count
-(exact under the same deltas as the document frequencies), and a write encodes its chunks with the mean length of
-the corpus as it will be once the write lands (what is stored plus the batch itself). A chunk's stored weights
+``avgdl`` is measured, not assumed: the term statistics keep the total length of the units beside their count
+(exact under the same deltas as the document frequencies), and a write encodes its units with the mean length of
+the corpus as it will be once the write lands (what is stored plus the batch itself). A unit's stored weights
 therefore use the mean of its time; on a corpus loaded in batches the mean settles after the first batch, and
-the study (``bench/retrieval_study.py``) measures what that costs against the final mean. A stored chunk also
-carries its own length, on the reserved id 0 that no query carries (so it never scores), so that removing it
-uncounts exactly what adding it counted. Token ids are a stable hash of the stemmed
+the study (``bench/retrieval_study.py``) measures what that costs against the final mean. Every chunk of a unit
+stores the unit's weights, but only the first counts the unit: it carries the unit's length on the reserved id 0
+that no query carries (so it never scores), the others carry :data:`SHARED_UNIT` there, so that each stored row
+says exactly what it counts and removing it uncounts exactly that. Token ids are a stable hash of the stemmed
 token: no shared vocabulary to keep in sync, and Milvus's sparse index takes 32-bit ids.
 
 Tokenisation follows bm25s (the baseline we measure against): lowercase, ``\\w\\w+`` tokens, its English stop
@@ -78,7 +81,7 @@ STOPWORDS_EN: Final = frozenset(
 _TOKEN: Final = re.compile(r"(?u)\b\w\w+\b")
 #: Ids 1..2^32-2: Milvus sparse indices are uint32 below 2^32-1, and 0 is kept for :data:`EMPTY_MARKER`.
 _ID_SPACE: Final = 2**32 - 2
-#: Reserved id of a chunk's length (its number of BM25 terms): no term hashes to it and no query carries it.
+#: Reserved id of a unit's length (its number of BM25 terms): no term hashes to it and no query carries it.
 LENGTH_ID: Final = 0
 #: Milvus refuses an all-zero sparse row; a chunk with no terms (digits only, stop words only) stores this
 #: marker on id 0, which no query ever carries, so it never scores (its length reads as 0).
@@ -164,11 +167,11 @@ class Bm25Encoder:
         self.tokenizer = tokenizer or Tokenizer()
 
     def document(self, text: str) -> SparseVector:
-        """The stored side of one chunk (with a measured ``avgdl``: as if it were the whole corpus)."""
+        """The stored side of one unit (with a measured ``avgdl``: as if it were the whole corpus)."""
         return self.documents([text])[0]
 
     def documents(self, texts: Sequence[str], corpus: CorpusStats | None = None) -> list[SparseVector]:
-        """The stored side of a batch of chunks: the saturated term frequency of each term, and the chunk's length
+        """The stored side of a batch of units: the saturated term frequency of each term, and the unit's length
         on :data:`LENGTH_ID`. ``corpus``: the statistics the batch is added to (their measured lengths and the
         batch's own give ``avgdl`` unless it is pinned)."""
         counted = [term_ids(self.tokenizer.terms(text)) for text in texts]
@@ -213,7 +216,7 @@ class Bm25Encoder:
 
 
 def measured_avgdl(corpus: CorpusStats | None, lengths: Sequence[int]) -> float:
-    """Mean chunk length of ``corpus`` with ``lengths`` added (1.0 when nothing has a length: then every chunk
+    """Mean unit length of ``corpus`` with ``lengths`` added (1.0 when nothing has a length: then every unit
     is empty and the value is never used)."""
     tokens = sum(lengths) + (corpus.tokens if corpus is not None else 0)
     measured = len(lengths) + (corpus.measured if corpus is not None else 0)
@@ -226,11 +229,12 @@ def idf(documents: int, df: int) -> float:
 
 
 class CorpusStats:
-    """Document frequencies over chunks (BM25's "documents"), how many chunks there are, and their total length.
+    """Document frequencies over lexical units (BM25's "documents"), how many units there are, and their total
+    length.
 
     Kept per shard and summed over shards for the IDF and ``avgdl``. The same type holds a change to apply (a
     delta, whose counts may be negative); applied counts never go below zero, so a replayed delete cannot corrupt
-    the table. ``measured`` counts the chunks whose length is known (every chunk but rows stored before lengths
+    the table. ``measured`` counts the units whose length is known (every unit but rows stored before lengths
     were), so that ``tokens / measured`` is the exact mean even beside such rows.
     """
 
@@ -244,7 +248,7 @@ class CorpusStats:
 
     @property
     def avgdl(self) -> float | None:
-        """The mean length of the chunks (None when no chunk with a known length is counted)."""
+        """The mean length of the units (None when no unit with a known length is counted)."""
         return self.tokens / self.measured if self.measured > 0 and self.tokens > 0 else None
 
     def count(self, vectors: Iterable[SparseVector], sign: int) -> None:

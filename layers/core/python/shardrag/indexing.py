@@ -11,6 +11,7 @@ from shardrag.bm25 import Bm25Encoder, CorpusStats
 from shardrag.chunking import Chunker, Document
 from shardrag.embedding.base import Embedder
 from shardrag.embedding.reuse import VectorPool, embed_reusing
+from shardrag.lexical_units import lexical_digest, lexical_units
 from shardrag.placement import HashPlacement, Placement
 from shardrag.records import Chunk, EmbeddedChunk, Record, SparseVector
 from shardrag.store.base import VectorStore
@@ -99,8 +100,7 @@ class DocumentIndexer:
         owners = [doc.doc_id for doc, chunks in planned for _ in chunks]
         placed = self._placement.place(owners, np.asarray(vectors, dtype=np.float32))
         # BM25 indexes what the model embeds (title prefixed): 0.685 vs 0.650 nDCG@10 (bench/hybrid_study.py).
-        tenants = [doc.tenant for doc, chunks in planned for _ in chunks]
-        sparse = self._sparse(texts, tenants)
+        planned, sparse = self._sparse(planned)
         by_shard: dict[int, list[EmbeddedChunk]] = {}
         held: list[list[int]] = []
         embedded: list[int] = []
@@ -161,15 +161,49 @@ class DocumentIndexer:
                 self._store_for(shard).flush()
         return results
 
-    def _sparse(self, texts: Sequence[str], tenants: Sequence[str]) -> list[SparseVector]:
-        """The BM25 side of each text, each tenant's batch weighted by the mean length of that tenant's table."""
-        out: dict[int, SparseVector] = {}
-        for tenant in dict.fromkeys(tenants):
-            rows = [i for i, owner in enumerate(tenants) if owner == tenant]
+    def _sparse(
+        self, planned: Sequence[tuple[Document, list[Chunk]]]
+    ) -> tuple[list[tuple[Document, list[Chunk]]], list[SparseVector]]:
+        """The BM25 side of every chunk (in ``planned`` order), computed over the chunk's lexical unit
+        (:mod:`shardrag.lexical_units`), each tenant's units weighted by the mean unit length of that tenant's
+        table; and ``planned`` with each chunk's ``lexical_digest`` set (what its vector depends on)."""
+        units = [
+            lexical_units(
+                document,
+                chunks,
+                window=self._bm25.window,
+                tokenizer=self._bm25.tokenizer,
+                embedding_text=self._chunker.embedding_text,
+            )
+            for document, chunks in planned
+        ]
+        vectors: dict[int, list[SparseVector]] = {}
+        for tenant in dict.fromkeys(document.tenant for document, _ in planned):
+            owned = [n for n, (document, _) in enumerate(planned) if document.tenant == tenant]
             measured = self._corpus_stats is not None and self._bm25.avgdl is None
             corpus = self._corpus_stats(tenant) if measured and self._corpus_stats is not None else None
-            out.update(zip(rows, self._bm25.documents([texts[i] for i in rows], corpus), strict=True))
-        return [out[i] for i in range(len(texts))]
+            encoded = iter(
+                self._bm25.units(
+                    [unit.text for n in owned for unit in units[n]],
+                    [len(unit.chunks) for n in owned for unit in units[n]],
+                    corpus,
+                )
+            )
+            # Units cover their document's chunks in order, so the encoded rows follow the chunks.
+            for n in owned:
+                vectors[n] = [next(encoded) for _ in planned[n][1]]
+        marked = [
+            (
+                document,
+                [
+                    chunks[i].model_copy(update={"lexical_digest": lexical_digest(unit.text, counted=j == 0)})
+                    for unit in doc_units
+                    for j, i in enumerate(unit.chunks)
+                ],
+            )
+            for (document, chunks), doc_units in zip(planned, units, strict=True)
+        ]
+        return marked, [vector for n in range(len(planned)) for vector in vectors[n]]
 
     def _pool(self, planned: Sequence[tuple[Document, list[Chunk]]], reuse: Mapping[str, Reusable]) -> VectorPool:
         """The earlier vectors of the documents in ``reuse``, read from the store around the new chunks'

@@ -53,6 +53,10 @@ class Chunk(Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The id users know the document by: the object key, or a bulk line's own ``_id`` (empty: ``doc_id``).
     external_id: str = ""
+    #: What the chunk's BM25 vector depends on beyond its own text (``shardrag.lexical_units.lexical_digest``: its
+    #: lexical unit's text, and whether its row counts the unit), set by the indexer before rows are written, so
+    #: that an edit elsewhere in the unit changes this chunk's row too. Not stored; empty on rows read back.
+    lexical_digest: str = ""
 
 
 class StoredTerms(NamedTuple):

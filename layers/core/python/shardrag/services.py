@@ -155,7 +155,7 @@ def stats_per_tenant() -> bool:
 
 def bm25_encoder(settings: Settings) -> Bm25Encoder:
     bm25 = settings.retrieval.bm25
-    return Bm25Encoder(k1=bm25.k1, b=bm25.b, avgdl=bm25.avgdl)
+    return Bm25Encoder(k1=bm25.k1, b=bm25.b, avgdl=bm25.avgdl, window=bm25.window)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,218 @@
+"""Lexical units: a chunk's BM25 side computed over its document (or a run of its chunks), each unit counted once
+in the term statistics, exactly under any sequence of writes, overwrites and deletes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from shardrag.artifacts import FileArtifactStore
+from shardrag.bm25 import EMPTY_MARKER, LENGTH_ID, SHARED_UNIT, Bm25Encoder, CorpusStats, Tokenizer, counts_unit
+from shardrag.bm25 import stored_length as length_of
+from shardrag.chunking import Chunker, Document
+from shardrag.indexing import DocumentIndexer
+from shardrag.lexical_units import LexicalUnit, lexical_digest, lexical_units
+from shardrag.records import EmbeddedChunk, SparseVector
+from shardrag.store.accounting import TermAccountingStore
+from shardrag.store.memory import InMemoryVectorStore
+from shardrag.term_stats import TermStatsStore, TermStatsTracker, stats_name
+
+CHUNKER = Chunker(size=16, overlap=4)
+TOKENIZER = Tokenizer()
+WORDS = ["moon", "tide", "ocean", "gravity", "sun", "orbit", "plant", "light", "energy", "shoe", "run", "wave"]
+
+
+def _units(document: Document, window: int) -> list[LexicalUnit]:
+    return lexical_units(
+        document,
+        CHUNKER.run(document),
+        window=window,
+        tokenizer=TOKENIZER,
+        embedding_text=CHUNKER.embedding_text,
+    )
+
+
+def _paragraphs(seed: int, count: int) -> str:
+    return "\n\n".join(
+        " ".join(WORDS[(seed * 7 + p * 5 + w * 3) % len(WORDS)] for w in range(6 + (seed + p) % 9))
+        for p in range(count)
+    )
+
+
+def test_window_zero_keeps_one_unit_per_chunk_indexed_as_embedded() -> None:
+    document = Document(doc_id="d", title="Tides", text=_paragraphs(1, 8))
+    chunks = CHUNKER.run(document)
+    units = _units(document, 0)
+    assert [u.chunks for u in units] == [[i] for i in range(len(chunks))]
+    assert [u.text for u in units] == [CHUNKER.embedding_text(c) for c in chunks]
+
+
+def test_a_document_within_the_window_is_one_unit_scored_as_a_whole() -> None:
+    document = Document(doc_id="d", title="Tides", text=_paragraphs(2, 6))
+    chunks = CHUNKER.run(document)
+    assert len(chunks) > 2
+    [unit] = _units(document, 1024)
+    assert unit.chunks == list(range(len(chunks)))
+    assert unit.text == f"Tides\n{document.text}"
+    # Every chunk stores the whole document's weights, so the best chunk's score is the document's BM25 score.
+    encoder = Bm25Encoder(k1=1.2, b=0.75, avgdl=40.0)
+    vectors = encoder.units([unit.text], [len(unit.chunks)])
+    whole = encoder.document(unit.text)
+    assert vectors[0] == whole
+    assert all(v.indices == whole.indices and v.values[1:] == whole.values[1:] for v in vectors[1:])
+    assert all(v.values[0] == SHARED_UNIT for v in vectors[1:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 1000), paragraphs=st.integers(1, 40), window=st.integers(1, 120))
+def test_units_partition_the_chunks_in_order_within_the_window(seed: int, paragraphs: int, window: int) -> None:
+    document = Document(doc_id="d", title="T", text=_paragraphs(seed, paragraphs))
+    chunks = CHUNKER.run(document)
+    units = _units(document, window)
+    assert [i for u in units for i in u.chunks] == list(range(len(chunks)))
+    whole = f"T\n{document.text}"
+    if len(TOKENIZER.terms(whole)) <= window:
+        assert [u.text for u in units] == [whole]
+        return
+    for unit in units:
+        if len(unit.chunks) > 1:
+            assert sum(len(TOKENIZER.terms(chunks[i].text)) for i in unit.chunks) <= window
+            # The document's own text from the first chunk to the last: overlaps are counted once.
+            body = unit.text.removeprefix("T\n")
+            assert body in document.text and body.startswith(chunks[unit.chunks[0]].text)
+            assert body.endswith(chunks[unit.chunks[-1]].text)
+        else:
+            assert unit.text == CHUNKER.embedding_text(chunks[unit.chunks[0]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 1000), paragraphs=st.integers(8, 40), edited=st.data())
+def test_an_edit_leaves_the_units_before_it_alone(seed: int, paragraphs: int, edited: st.DataObject) -> None:
+    """Units are packed left to right, so only the last two units before an edit may see it (the chunk before an
+    edited paragraph, and whether the next chunk still fits); every earlier unit, and its rows, stays as it was."""
+    text = _paragraphs(seed, paragraphs)
+    parts = text.split("\n\n")
+    at = edited.draw(st.integers(0, len(parts) - 1))
+    edit_starts = len("\n\n".join(parts[:at]))
+    parts[at] = parts[at] + " comet"
+    before = _units(Document(doc_id="d", text=text), 40)
+    after = _units(Document(doc_id="d", text="\n\n".join(parts)), 40)
+    ahead, cursor = [], 0
+    for unit in before:  # the paragraphs repeat: find each unit after the one before it
+        cursor = text.index(unit.text, cursor)
+        if cursor + len(unit.text) <= edit_starts:
+            ahead.append(unit)
+    assert after[: max(0, len(ahead) - 2)] == ahead[:-2]
+
+
+def test_the_digest_names_the_unit_text_and_the_counting_row() -> None:
+    assert lexical_digest("a b", counted=True) != lexical_digest("a b", counted=False)
+    assert lexical_digest("a b", counted=True) != lexical_digest("a c", counted=True)
+    assert lexical_digest("a b", counted=False) == lexical_digest("a b", counted=False)
+
+
+def test_only_the_first_row_of_a_unit_counts_it() -> None:
+    encoder = Bm25Encoder(k1=1.2, b=0.75)
+    texts = ["moon tide moon", "sun orbit light energy", "the of and"]
+    vectors = encoder.units(texts, [3, 1, 2])
+    assert len(vectors) == 6
+    assert [counts_unit(v) for v in vectors] == [True, False, False, True, True, False]
+    assert [length_of(v) for v in vectors] == [3, None, None, 4, 0, None]
+    assert vectors[4] == EMPTY_MARKER and vectors[5].indices == [LENGTH_ID]
+    stats = CorpusStats()
+    stats.count(vectors, +1)
+    alone = CorpusStats()
+    alone.count(encoder.documents(texts), +1)
+    assert stats == alone  # three units: N 3, each term's df counted once per unit, total length 7
+    assert stats.documents == 3 and stats.tokens == 7 and stats.measured == 3
+    stats.count(vectors[1:3], -1)  # removing shared rows uncounts nothing
+    assert stats == alone
+
+
+def test_a_shared_row_never_reads_as_a_length_or_a_legacy_row() -> None:
+    legacy = SparseVector(indices=[5], values=[1.0])
+    assert counts_unit(legacy) and length_of(legacy) is None
+    for length in (0, 1, 2, 1000):
+        assert counts_unit(SparseVector(indices=[LENGTH_ID, 5], values=[float(length), 1.0]))
+
+
+def _indexer(embedder: Any, store: Any, stats: TermStatsStore, window: int) -> DocumentIndexer:
+    return DocumentIndexer(
+        chunker=CHUNKER,
+        embedder=embedder,
+        store_for=lambda shard: store,
+        shard_count=1,
+        bm25=Bm25Encoder(k1=1.2, b=0.75, window=window),
+        corpus_stats=lambda tenant: stats.merged(),
+    )
+
+
+def _recount_over_units(documents: dict[str, str], window: int) -> tuple[int, int]:
+    """Units and their total length, computed from the documents alone."""
+    units = [u for text in documents.values() for u in _units(Document(doc_id="x", text=text), window) if text]
+    return len(units), sum(len(TOKENIZER.terms(u.text)) for u in units)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["put", "put", "delete"]), st.integers(0, 2), st.integers(0, 50), st.integers(1, 9)),
+        min_size=1,
+        max_size=8,
+    ),
+    window=st.sampled_from([0, 30, 1024]),
+)
+def test_indexed_units_keep_the_statistics_exact_through_overwrites_and_deletes(
+    hashing_embedder: Any, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int, int]], window: int
+) -> None:
+    """Whatever is written, overwritten or deleted, the kept table equals a recount of the stored rows, and counts
+    each unit of the stored documents once (N = units, total length = the units' lengths)."""
+    stats = TermStatsStore(FileArtifactStore(tmp_path_factory.mktemp("stats")), [stats_name("c", 0)])
+    inner = InMemoryVectorStore(dimension=hashing_embedder.dimension)
+    store = TermAccountingStore(inner, shard=0, tracker=TermStatsTracker(lambda: stats))
+    indexer = _indexer(hashing_embedder, store, stats, window)
+    live: dict[str, str] = {}
+    for step, (op, doc, seed, paragraphs) in enumerate(ops):
+        doc_id = f"d{doc}"
+        if op == "delete":
+            store.delete_document(doc_id)
+            live.pop(doc_id, None)
+            continue
+        text = _paragraphs(seed, paragraphs)
+        indexer.run([Document(doc_id=doc_id, text=text, version=f"v{step}")])
+        live[doc_id] = text
+    stored = [item for batch in inner.scan() for item in batch]
+    recount = CorpusStats()
+    recount.count([item.sparse or EMPTY_MARKER for item in stored], +1)
+    kept = stats.load(0)
+    assert kept == recount
+    units, tokens = _recount_over_units(live, window)
+    assert (kept.documents, kept.tokens, kept.measured) == (units, tokens, units)
+
+
+def test_the_indexer_gives_every_chunk_of_a_unit_its_weights_and_digest(hashing_embedder: Any, tmp_path: Any) -> None:
+    stats = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0)])
+    store = InMemoryVectorStore(dimension=hashing_embedder.dimension)
+    indexer = _indexer(hashing_embedder, store, stats, 1024)
+    document = Document(doc_id="d", title="Tides", text=_paragraphs(3, 6), version="1")
+    indexer.run([document])
+    rows: list[EmbeddedChunk] = sorted(
+        (item for batch in store.scan() for item in batch), key=lambda item: item.chunk.position
+    )
+    assert len(rows) > 2
+    [unit] = _units(document, 1024)
+    assert [r.chunk.lexical_digest for r in rows] == [
+        lexical_digest(unit.text, counted=True),
+        *[lexical_digest(unit.text, counted=False)] * (len(rows) - 1),
+    ]
+    first = rows[0].sparse
+    assert first is not None and length_of(first) == len(TOKENIZER.terms(unit.text))
+    for row in rows[1:]:
+        assert row.sparse is not None and row.sparse.indices == first.indices
+        assert row.sparse.values[1:] == first.values[1:] and not counts_unit(row.sparse)
+    # An edit in the last paragraph changes every chunk's digest: each chunk's vector depends on it.
+    edited = document.model_copy(update={"text": document.text + " comet", "version": "2"})
+    [edited_unit] = _units(edited, 1024)
+    assert lexical_digest(edited_unit.text, counted=False) != rows[1].chunk.lexical_digest
