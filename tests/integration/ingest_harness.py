@@ -23,8 +23,9 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from botocore.exceptions import ClientError
 from shardrag import services
 from shardrag.artifacts import Artifact, FileArtifactStore
+from shardrag.bm25 import Bm25Encoder
 from shardrag.chunking import Chunker, word_spans
-from shardrag.config import IndexSettings, IngestionSettings, ShardEndpoint
+from shardrag.config import Bm25Settings, IndexSettings, IngestionSettings, ShardEndpoint
 from shardrag.embedding.hashing import HashingEmbedder
 from shardrag.indexing import DocumentIndexer
 from shardrag.ingestion import (
@@ -405,6 +406,9 @@ class IngestSystem:
         ]
 
 
+SHIPPED_BM25 = Bm25Settings()
+
+
 def build_service(
     settings: IngestionSettings,
     stores: Sequence[VectorStore],
@@ -420,6 +424,8 @@ def build_service(
         embedder=embedder,
         store_for=fresh,
         shard_count=len(stores),
+        # The shipped BM25: chunks share their document's (or a run of chunks') lexical unit, counted once.
+        bm25=Bm25Encoder(k1=SHIPPED_BM25.k1, b=SHIPPED_BM25.b, window=SHIPPED_BM25.window),
         model_id=embedder.model_id,
     )
     return IngestService(
