@@ -367,6 +367,47 @@ def batch_avgdl(scorer: Scorer) -> Matrix:
     return out
 
 
+def one_row_per_unit(scorer: Scorer, k1: float, b: float, how: str, alpha: float, depth: int) -> float:
+    """A design not shipped, measured beside the shipped one: only a unit's first row carries its weights (so the
+    lexical top ``depth`` holds ``depth`` distinct units, where tied rows of one unit crowd it now), and fusion
+    gives a chunk its document's best lexical score (document-level lexical evidence), its own dense score."""
+    corpus = scorer.corpus
+    docs = corpus.chunk_docs
+    first: dict[int, int] = {}
+    for chunk, unit in enumerate(scorer.chunk_unit.tolist()):
+        first.setdefault(unit, chunk)
+    units = np.asarray((scorer.query_terms @ scorer.lexical.weights(k1, b, scorer.lexical.avgdl).T).todense())
+
+    def normalised(values: Matrix) -> Matrix:
+        if how == "zscore":
+            spread = values.std()
+            return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+        span = values.max() - values.min()
+        return (values - values.min()) / span if span > 0 else np.ones_like(values)
+
+    rankings = {}
+    for n, q in enumerate(corpus.query_ids):
+        dense = scorer.top_chunks(scorer.dense_scores[n], depth)
+        dense_norm = normalised(scorer.dense_scores[n][dense])
+        row = units[n]
+        top = [u for u in np.argsort(-row, kind="stable")[:depth].tolist() if row[u] > 0]
+        lexical_norm = normalised(row[top]) if top else np.zeros(0)
+        by_doc: dict[str, float] = {}
+        for unit, value in zip(top, lexical_norm.tolist(), strict=True):
+            by_doc[scorer.unit_docs[unit]] = max(by_doc.get(scorer.unit_docs[unit], -np.inf), value)
+        dense_of = dict(zip(dense, dense_norm.tolist(), strict=True))
+        dense_floor = float(dense_norm.min())
+        lexical_floor = float(lexical_norm.min()) if top else 0.0
+        candidates = set(dense) | {first[u] for u in top}
+        fused = {
+            c: alpha * dense_of.get(c, dense_floor) + (1 - alpha) * by_doc.get(docs[c], lexical_floor)
+            for c in candidates
+        }
+        ranked = sorted(fused, key=lambda c: (-fused[c], scorer._id_rank[c]))[:FUSED_HITS]
+        rankings[q] = [docs[c] for c in ranked]
+    return scorer.ndcg(rankings)
+
+
 # -- the study -------------------------------------------------------------------------------------------------
 
 
@@ -505,6 +546,24 @@ def study(names: Sequence[str], window: int) -> dict[str, Any]:
         }
         avgdl_rows.append({"avgdl": label, "ndcg@10": _rounded(values), "worst_vs_bm25s": _worst(values, bm25s_bar)})
 
+    # Not shipped, measured for the next step: one lexical row per unit with document-level fusion (window > 0).
+    variant_rows = []
+    if window > 0:
+        for vk1, vb in ((k1, b), (1.2, 0.75)):
+            for how, alpha in (("zscore", 0.5), ("zscore", 0.6), ("minmax", 0.5), ("minmax", 0.6)):
+                values = {n: one_row_per_unit(s, vk1, vb, how, alpha, MAX_SHIPPED_DEPTH) for n, s in scorers.items()}
+                variant_rows.append(
+                    {
+                        "k1": vk1,
+                        "b": vb,
+                        "normalisation": how,
+                        "alpha": alpha,
+                        "depth": MAX_SHIPPED_DEPTH,
+                        "ndcg@10": _rounded(values),
+                        "worst_vs_reference": _worst(values, fusion_bar),
+                    }
+                )
+
     return {
         "window": window,
         "corpora": corpora,
@@ -528,6 +587,7 @@ def study(names: Sequence[str], window: int) -> dict[str, Any]:
         },
         "bm25_grid": bm25_grid,
         "avgdl": avgdl_rows,
+        "one_row_per_unit": variant_rows,
         "fusion_grid": fusion_grid,
         "joint": joint,
     }
@@ -608,6 +668,18 @@ def markdown(result: dict[str, Any], command: str, commit: str) -> str:
         method = f"convex {r['normalisation']}" if r["kind"] == "convex" else "RRF"
         weight = r.get("alpha", r.get("rrf_k"))
         lines.append(row(f"{method} | {weight} | {r['depth']}", r["ndcg@10"], f"{r['worst_vs_reference']:+.4f}"))
+    if result.get("one_row_per_unit"):
+        lines += [
+            "",
+            "Not shipped: one lexical row per unit (the lexical top 100 then holds 100 distinct units) and fusion "
+            "giving a chunk its document's best lexical score:",
+            "",
+            f"| k1 | b | fusion | depth | {head} | worst vs reference |",
+            "|---|---|---|---|" + "---|" * len(names) + "---|",
+        ]
+        for r in result["one_row_per_unit"]:
+            label = f"{r['k1']} | {r['b']} | {r['normalisation']} {r['alpha']} | {r['depth']}"
+            lines.append(row(label, r["ndcg@10"], f"{r['worst_vs_reference']:+.4f}"))
     lines += ["", "BM25 and fusion together (hybrid), the 15 best by the worst margin over the reference fusion:", ""]
     lines += [
         f"| k1 | b | fusion | depth | {head} | hybrid worst vs reference | BM25 worst vs bm25s |",

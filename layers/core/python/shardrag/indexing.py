@@ -60,7 +60,7 @@ class DocumentIndexer:
         model_id: str = "",
     ) -> None:
         """``corpus_stats``: a tenant's current BM25 statistics (the table its chunks are counted in), read once
-        per batch for the measured mean chunk length; None weighs each batch as if it were the whole corpus.
+        per batch for the measured mean unit length; None weighs each batch as if it were the whole corpus.
         ``model_id``: what identifies ``embedder``'s vectors (weights, tokenizer, truncation); empty turns
         embedding reuse off."""
         self._chunker = chunker

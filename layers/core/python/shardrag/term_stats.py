@@ -1,5 +1,6 @@
-"""Corpus-wide BM25 statistics: per-shard document frequencies and chunk lengths persisted as artefacts, summed
-for the IDF and the mean chunk length (``avgdl``).
+"""Corpus-wide BM25 statistics: per-shard document frequencies and lengths of the lexical units (a document, or
+a run of its chunks: :mod:`shardrag.lexical_units`) persisted as artefacts, summed for the IDF and the mean unit
+length (``avgdl``). Each unit is counted by one stored row (:func:`shardrag.bm25.counts_unit`).
 
 Ingestion records what each write adds and removes (:class:`TermStatsTracker`, one delta per shard) and applies
 it when the shard is flushed, with a compare-and-swap so that concurrent ingest workers never lose an update.
@@ -28,7 +29,7 @@ from shardrag.bm25 import EMPTY_MARKER, CorpusStats
 from shardrag.records import SparseVector
 from shardrag.store.base import VectorStore
 
-#: 2 adds the chunks' total length (and how many chunks it counts) for a measured ``avgdl``; a format-1 table
+#: 2 adds the units' total length (and how many units it counts) for a measured ``avgdl``; a format-1 table
 #: reads as one without lengths, whose chunks then count for nothing in the mean until a rebuild recounts them.
 _FORMAT = 2
 _READABLE_FORMATS = (1, 2)
