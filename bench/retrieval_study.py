@@ -64,6 +64,8 @@ REFERENCE_DEPTH = 100
 EVAL_BATCH_DOCS = 250
 
 K1_GRID = (0.6, 0.9, 1.2, 1.5, 2.0)
+#: Lexical unit sizes compared at the chosen BM25 and fusion (0: BM25 per chunk).
+WINDOWS = (0, 128, 256, 512, 1024, 4096)
 B_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
 AVGDL_FACTORS = (0.5, 0.7, 1.0, 1.3, 2.0)
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -546,6 +548,29 @@ def study(names: Sequence[str], window: int) -> dict[str, Any]:
         }
         avgdl_rows.append({"avgdl": label, "ndcg@10": _rounded(values), "worst_vs_bm25s": _worst(values, bm25s_bar)})
 
+    # The unit size (window) at the chosen BM25 and fusion: BM25 mode against bm25s, hybrid against the bar.
+    window_rows = []
+    chosen_fuser = ConvexFuser(final["alpha"], depth=final["depth"], normalisation=final["normalisation"])
+    for size in WINDOWS:
+        bm25_values, hybrid_values, unit_counts = {}, {}, {}
+        for n, s in scorers.items():
+            sized = s if size == window else Scorer(s.corpus, size)
+            scores = sized.bm25_scores(k1, b, sized.lexical.avgdl)
+            bm25_values[n] = sized.ndcg(sized.chunk_ranking(scores, positive_only=True))
+            hybrid_values[n] = sized.fused(sized.shard_results(scores, final["depth"]), chosen_fuser)
+            unit_counts[n] = len(sized.unit_docs)
+        window_rows.append(
+            {
+                "window": size,
+                "units": unit_counts,
+                "bm25": _rounded(bm25_values),
+                "hybrid": _rounded(hybrid_values),
+                "bm25_worst_vs_bm25s": _worst(bm25_values, bm25s_bar),
+                "hybrid_worst_vs_reference": _worst(hybrid_values, fusion_bar),
+            }
+        )
+    _progress("windows: done")
+
     # Not shipped, measured for the next step: one lexical row per unit with document-level fusion (window > 0).
     variant_rows = []
     if window > 0:
@@ -588,6 +613,7 @@ def study(names: Sequence[str], window: int) -> dict[str, Any]:
         "bm25_grid": bm25_grid,
         "avgdl": avgdl_rows,
         "one_row_per_unit": variant_rows,
+        "windows": window_rows,
         "fusion_grid": fusion_grid,
         "joint": joint,
     }
@@ -668,6 +694,22 @@ def markdown(result: dict[str, Any], command: str, commit: str) -> str:
         method = f"convex {r['normalisation']}" if r["kind"] == "convex" else "RRF"
         weight = r.get("alpha", r.get("rrf_k"))
         lines.append(row(f"{method} | {weight} | {r['depth']}", r["ndcg@10"], f"{r['worst_vs_reference']:+.4f}"))
+    lines += [
+        "",
+        f"Lexical unit size (window) at k1 {chosen['bm25']['k1']}, b {chosen['bm25']['b']} and the chosen fusion "
+        "(0: BM25 per chunk):",
+        "",
+        f"| window | units ({head}) | BM25 {head} | BM25 worst vs bm25s | hybrid {head} | hybrid worst vs reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result.get("windows", []):
+        units = " / ".join(str(r["units"][n]) for n in names)
+        bm25_cells = " / ".join(f"{r['bm25'][n]:.3f}" for n in names)
+        hybrid_cells = " / ".join(f"{r['hybrid'][n]:.3f}" for n in names)
+        lines.append(
+            f"| {r['window']} | {units} | {bm25_cells} | {r['bm25_worst_vs_bm25s']:+.4f} | {hybrid_cells} | "
+            f"{r['hybrid_worst_vs_reference']:+.4f} |"
+        )
     if result.get("one_row_per_unit"):
         lines += [
             "",
