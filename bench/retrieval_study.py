@@ -694,22 +694,25 @@ def markdown(result: dict[str, Any], command: str, commit: str) -> str:
         method = f"convex {r['normalisation']}" if r["kind"] == "convex" else "RRF"
         weight = r.get("alpha", r.get("rrf_k"))
         lines.append(row(f"{method} | {weight} | {r['depth']}", r["ndcg@10"], f"{r['worst_vs_reference']:+.4f}"))
-    lines += [
-        "",
-        f"Lexical unit size (window) at k1 {chosen['bm25']['k1']}, b {chosen['bm25']['b']} and the chosen fusion "
-        "(0: BM25 per chunk):",
-        "",
-        f"| window | units ({head}) | BM25 {head} | BM25 worst vs bm25s | hybrid {head} | hybrid worst vs reference |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result.get("windows", []):
-        units = " / ".join(str(r["units"][n]) for n in names)
-        bm25_cells = " / ".join(f"{r['bm25'][n]:.3f}" for n in names)
-        hybrid_cells = " / ".join(f"{r['hybrid'][n]:.3f}" for n in names)
-        lines.append(
-            f"| {r['window']} | {units} | {bm25_cells} | {r['bm25_worst_vs_bm25s']:+.4f} | {hybrid_cells} | "
-            f"{r['hybrid_worst_vs_reference']:+.4f} |"
-        )
+    if result.get("windows"):
+        slashed = " / ".join(names)
+        lines += [
+            "",
+            f"Lexical unit size (window) at k1 {chosen['bm25']['k1']}, b {chosen['bm25']['b']} and the chosen fusion "
+            "(0: BM25 per chunk):",
+            "",
+            f"| window | units ({slashed}) | BM25 ({slashed}) | BM25 worst vs bm25s | hybrid ({slashed}) | "
+            "hybrid worst vs reference |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in result.get("windows", []):
+            units = " / ".join(str(r["units"][n]) for n in names)
+            bm25_cells = " / ".join(f"{r['bm25'][n]:.3f}" for n in names)
+            hybrid_cells = " / ".join(f"{r['hybrid'][n]:.3f}" for n in names)
+            lines.append(
+                f"| {r['window']} | {units} | {bm25_cells} | {r['bm25_worst_vs_bm25s']:+.4f} | {hybrid_cells} | "
+                f"{r['hybrid_worst_vs_reference']:+.4f} |"
+            )
     if result.get("one_row_per_unit"):
         lines += [
             "",
