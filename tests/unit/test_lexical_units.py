@@ -17,7 +17,7 @@ from shardrag.lexical_units import LexicalUnit, lexical_digest, lexical_units
 from shardrag.records import EmbeddedChunk, SparseVector
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.memory import InMemoryVectorStore
-from shardrag.term_stats import TermStatsStore, TermStatsTracker, stats_name
+from shardrag.term_stats import TermStatsStore, TermStatsTracker, rebuild_term_stats, stats_name
 
 CHUNKER = Chunker(size=16, overlap=4)
 TOKENIZER = Tokenizer()
@@ -216,3 +216,15 @@ def test_the_indexer_gives_every_chunk_of_a_unit_its_weights_and_digest(hashing_
     edited = document.model_copy(update={"text": document.text + " comet", "version": "2"})
     [edited_unit] = _units(edited, 1024)
     assert lexical_digest(edited_unit.text, counted=False) != rows[1].chunk.lexical_digest
+
+
+def test_a_rebuild_recounts_units_once_and_reports_rows(hashing_embedder: Any, tmp_path: Any) -> None:
+    kept = TermStatsStore(FileArtifactStore(tmp_path / "kept"), [stats_name("c", 0)])
+    inner = InMemoryVectorStore(dimension=hashing_embedder.dimension)
+    store = TermAccountingStore(inner, shard=0, tracker=TermStatsTracker(lambda: kept))
+    indexer = _indexer(hashing_embedder, store, kept, 1024)
+    indexer.run([Document(doc_id=f"d{i}", text=_paragraphs(i, 5), version="1") for i in range(3)])
+    rows = inner.count()
+    fresh = TermStatsStore(FileArtifactStore(tmp_path / "fresh"), [stats_name("c", 0)])
+    assert rebuild_term_stats(lambda shard: inner, fresh) == {0: rows}
+    assert fresh.load(0) == kept.load(0) and kept.load(0).documents == 3 < rows

@@ -229,11 +229,13 @@ def rebuild_term_stats(
     counted: dict[int, int] = {}
     for shard in range(stats.shard_count):
         tables: dict[str, CorpusStats] = {"": CorpusStats()} if not per_tenant else {}
+        # Rows, not the tables' unit counts: the rows of a lexical unit but one count for nothing.
+        counted[shard] = 0
         for batch in stores(shard).scan(batch_size):
             for item in batch:
                 scope = item.chunk.tenant if per_tenant else ""
                 tables.setdefault(scope, CorpusStats()).count([item.sparse or EMPTY_MARKER], +1)
+                counted[shard] += 1
         for scope, table in tables.items():
             stats.replace(shard, table, scope)
-        counted[shard] = sum(table.documents for table in tables.values())
     return counted
