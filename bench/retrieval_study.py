@@ -6,9 +6,11 @@ held out) and mtrag-mini (each turn's last question alone). Each corpus is chunk
 shipped chunker and the real ONNX model, and cached under ``build/retrieval-study/`` (not in git); everything else
 is numpy over that cache, scored with the shipped code:
 
-- BM25 side: :class:`shardrag.bm25.Tokenizer` terms, :func:`shardrag.bm25.saturation` weights (checked against
-  :meth:`Bm25Encoder.document` on sampled chunks), :meth:`Bm25Encoder.query` for the IDF side, chunk counts and
-  document frequencies as :class:`~shardrag.bm25.CorpusStats` counts them;
+- BM25 side: the lexical units ingestion makes (:func:`shardrag.lexical_units.lexical_units` at ``--window``, the
+  shipped setting by default; 0 is BM25 per chunk), every chunk scored as its unit,
+  :class:`shardrag.bm25.Tokenizer` terms, :func:`shardrag.bm25.saturation` weights (checked against
+  :meth:`Bm25Encoder.document` on sampled units), :meth:`Bm25Encoder.query` for the IDF side, unit counts and
+  document frequencies as :class:`~shardrag.bm25.CorpusStats` counts them (each unit once);
 - fusion: the shipped :class:`~shardrag.fusion.ConvexFuser` / :class:`~shardrag.fusion.RrfFuser` on the global top
   ``depth`` of each modality (what the merge across shards gives);
 - documents ranked at their best chunk, nDCG@10 as ``shardrag eval`` computes it.
