@@ -12,10 +12,13 @@ can evaluate it exactly:
 so ``query · document`` is the BM25 score, identical on every shard.
 
 ``avgdl`` is measured, not assumed: the term statistics keep the total length of the chunks beside their count
-(exact under the same deltas as the document frequencies), and a write encodes its chunks with the mean length of
-the corpus as it will be once the write lands (what is stored plus the batch itself). A chunk's stored weights
-therefore use the mean of its time; on a corpus loaded in batches the mean settles after the first batch, and
-the study (``bench/retrieval_study.py``) measures what that costs against the final mean. A stored chunk also
+(exact under the same deltas as the document frequencies), and a write encodes a document's chunks with the mean
+length of the corpus as it will be once the document lands (what is stored plus the document itself; a large
+document read in parts shares the mean fixed at its first part, without its own earlier version), rounded to a
+grid 2 % apart (:func:`grid_mean`: an overwrite keeps the rows it would write identically, which needs the same
+mean). A chunk's stored weights therefore use the mean of its time; on a corpus loaded in batches the mean
+settles after the first batch, and the study (``bench/retrieval_study.py``) measures what that costs against the
+final mean. A stored chunk also
 carries its own length, on the reserved id 0 that no query carries (so it never scores), so that removing it
 uncounts exactly what adding it counted. Token ids are a stable hash of the stemmed
 token: no shared vocabulary to keep in sync, and Milvus's sparse index takes 32-bit ids.
@@ -142,14 +145,21 @@ class Bm25Encoder:
         """The stored side of one chunk (with a measured ``avgdl``: as if it were the whole corpus)."""
         return self.documents([text])[0]
 
-    def documents(self, texts: Sequence[str], corpus: CorpusStats | None = None) -> list[SparseVector]:
+    def documents(
+        self, texts: Sequence[str], corpus: CorpusStats | None = None, *, mean: float | None = None
+    ) -> list[SparseVector]:
         """The stored side of a batch of chunks: the saturated term frequency of each term, and the chunk's length
         on :data:`LENGTH_ID`. ``corpus``: the statistics the batch is added to (their measured lengths and the
-        batch's own give ``avgdl`` unless it is pinned)."""
+        batch's own give ``avgdl``, on :func:`grid_mean`'s grid, unless it is pinned). ``mean``: the measured
+        mean to use instead (a large document's parts all use the mean fixed at its first part)."""
         counted = [term_ids(self.tokenizer.terms(text)) for text in texts]
         lengths = [sum(counts.values()) for counts in counted]
-        avgdl = self.avgdl or measured_avgdl(corpus, lengths)
+        avgdl = self.avgdl or mean or grid_mean(measured_avgdl(corpus, lengths))
         return [self._encode(counts, length, avgdl) for counts, length in zip(counted, lengths, strict=True)]
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Each text's BM25 length (its number of terms), as :meth:`documents` counts it."""
+        return [len(self.tokenizer.terms(text)) for text in texts]
 
     def _encode(self, counts: Counter[int], length: int, avgdl: float) -> SparseVector:
         if not counts:
@@ -179,6 +189,22 @@ def measured_avgdl(corpus: CorpusStats | None, lengths: Sequence[int]) -> float:
     tokens = sum(lengths) + (corpus.tokens if corpus is not None else 0)
     measured = len(lengths) + (corpus.measured if corpus is not None else 0)
     return tokens / measured if tokens > 0 and measured > 0 else 1.0
+
+
+#: Ratio between neighbouring values of the measured mean a chunk may be weighted with.
+MEAN_GRID_RATIO: Final = 1.02
+
+
+def grid_mean(mean: float) -> float:
+    """``mean`` on a geometric grid 2 % apart (so at most 1 % off, which no study here can tell from exact).
+
+    Why a grid: a stored row is kept by an overwrite only if it would be written identically
+    (``shardrag.row_identity``), and its weights depend on the mean; an exact mean moves with every write in the
+    corpus, so no row would ever be equal again. On the grid it moves only when the corpus's mean length does.
+    """
+    if mean <= 0:
+        return 1.0
+    return float(MEAN_GRID_RATIO ** round(math.log(mean, MEAN_GRID_RATIO)))
 
 
 def idf(documents: int, df: int) -> float:

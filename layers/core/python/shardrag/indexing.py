@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from shardrag.bm25 import Bm25Encoder, CorpusStats
+from shardrag.bm25 import Bm25Encoder, CorpusStats, grid_mean, measured_avgdl, stored_length
 from shardrag.chunking import Chunker, Document
 from shardrag.embedding.base import Embedder
 from shardrag.embedding.reuse import VectorPool, embed_reusing
 from shardrag.placement import HashPlacement, Placement
 from shardrag.records import Chunk, EmbeddedChunk, Record, SparseVector
+from shardrag.row_identity import SEPARATOR, by_model, row_id
 from shardrag.store.base import VectorStore
 
 
@@ -27,14 +28,33 @@ class IndexResult(Record):
     #: Chunks the model embedded, and chunks whose vector was taken from the document's earlier chunks.
     embedded: int = 0
     reused: int = 0
+    #: Chunks already stored exactly as they would be written (``shardrag.row_identity``): neither embedded nor
+    #: written again.
+    kept: int = 0
+    #: The row id of each of the document's chunks, in order.
+    ids: list[str] = []
+    #: Per shard, the rows this run wrote (a run that loses its lease must know what it may have left behind).
+    written: dict[int, list[str]] = {}
+    #: The chunks' BM25 lengths, summed (the document's share of the corpus's total length).
+    tokens: int = 0
+
+
+class MeanLength:
+    """The mean chunk length that a document's BM25 weights use, shared by all its batches: fixed by the first
+    (the corpus as stored without ``replacing``, the tokens and chunks of the document's earlier version, plus
+    that batch) or given (a resumed write reuses the one it recorded). A document's rows are therefore the same
+    whatever order its parts land in and whatever it replaced: what lets an overwrite keep them."""
+
+    def __init__(self, value: float | None = None, *, replacing: tuple[int, int] = (0, 0)) -> None:
+        self.value = value
+        self.replacing = replacing
 
 
 class Reusable(Record):
-    """A document's earlier chunks whose vectors may be reused: the shards that hold them and the versions that
-    the indexer's model embedded (the registry knows both)."""
+    """A document's earlier chunks whose vectors may be reused: the shards that hold them (the registry knows).
+    Only rows whose id says the indexer's model computed them are used (``row_identity.by_model``)."""
 
     shards: list[int]
-    versions: list[str]
 
 
 #: Earlier chunks read for reuse lie within this many positions of the new chunks' range (an edit that adds or
@@ -43,8 +63,8 @@ REUSE_POSITION_MARGIN = 256
 
 
 class DocumentIndexer:
-    """Writes documents so that answers never lose them mid-update: the new version's chunks are upserted
-    before the previous version's are deleted."""
+    """Writes documents so that answers never lose them mid-update: the new version's rows are upserted before
+    the previous version's are deleted, and a row already stored exactly as it would be written is kept."""
 
     def __init__(
         self,
@@ -61,7 +81,7 @@ class DocumentIndexer:
         """``corpus_stats``: a tenant's current BM25 statistics (the table its chunks are counted in), read once
         per batch for the measured mean chunk length; None weighs each batch as if it were the whole corpus.
         ``model_id``: what identifies ``embedder``'s vectors (weights, tokenizer, truncation); empty turns
-        embedding reuse off."""
+        embedding reuse off (rows are then never reused across processes either: their ids name no model)."""
         self._chunker = chunker
         self._corpus_stats = corpus_stats
         self.model_id = model_id
@@ -75,6 +95,22 @@ class DocumentIndexer:
         """Shards that may receive chunks of ``doc_id`` before it is embedded (hash: one; centroid: any)."""
         return self._placement.sweep(doc_id)
 
+    def _fix_mean(self, mean: MeanLength, tenant: str, adding: Sequence[str]) -> float:
+        """Fix ``mean`` (if not yet): the mean chunk length, on the grid, of ``tenant``'s corpus as stored without
+        ``mean.replacing`` (the document's own earlier version) and with ``adding`` (its first texts)."""
+        if mean.value is None:
+            mean.value = self._bm25.avgdl or self._measured_mean(tenant, mean.replacing, self._bm25.lengths(adding))
+        return mean.value
+
+    def _measured_mean(self, tenant: str, replacing: tuple[int, int], lengths: Sequence[int]) -> float:
+        corpus = self._corpus_stats(tenant) if self._corpus_stats is not None else None
+        tokens, chunks = replacing
+        if corpus is not None:
+            tokens = max(0, corpus.tokens - tokens)
+            chunks = max(0, corpus.measured - chunks)
+            corpus = CorpusStats(tokens=tokens, measured=chunks) if chunks else None
+        return grid_mean(measured_avgdl(corpus, lengths))
+
     def run(
         self,
         documents: Sequence[Document],
@@ -83,76 +119,87 @@ class DocumentIndexer:
         previous: Mapping[str, Sequence[int]] | None = None,
         sweep: bool = True,
         reuse: Mapping[str, Reusable] | None = None,
+        stored: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+        mean: MeanLength | None = None,
     ) -> list[IndexResult]:
         """Index ``documents``; ``previous``: the shards the registry recorded for a document's earlier version,
         swept for its stale chunks together with the new ones (a document missing from it is swept wherever the
         placement rule says it may be: its hash shard, or under centroid placement every shard). ``sweep``
         False: upsert only (a large object written in parts is swept once, after its last part). ``reuse``:
-        per document, earlier chunks whose vectors are taken for new chunks with the same embedded text."""
+        per document, earlier chunks whose vectors are taken for new chunks with the same embedded text.
+        ``stored``: per document, the row ids already stored and their shards; a chunk whose row is among them
+        is kept as it is. ``mean``: the mean chunk length that one document's batches share (fixed by the first);
+        default: each batch measures its own."""
         planned = [(doc, self._chunker.run(doc)) for doc in documents]
-        texts = [self._chunker.embedding_text(chunk) for _, chunks in planned for chunk in chunks]
-        # One embedding call for the whole batch: the embedder batches by length, which pads far less than
-        # embedding document by document.
-        pools = [self._pool(planned, reuse)] if reuse and self.model_id else []
-        embedding = embed_reusing(self._embedder, texts, pools)
-        vectors = embedding.vectors
-        owners = [doc.doc_id for doc, chunks in planned for _ in chunks]
-        placed = self._placement.place(owners, np.asarray(vectors, dtype=np.float32))
+        chunks = [chunk for _, doc_chunks in planned for chunk in doc_chunks]
+        texts = [self._chunker.embedding_text(chunk) for chunk in chunks]
+        fixed = self._fix_mean(mean, chunks[0].tenant, texts) if mean is not None and chunks else None
         # BM25 indexes what the model embeds (title prefixed): 0.685 vs 0.650 nDCG@10 (bench/hybrid_study.py).
-        tenants = [doc.tenant for doc, chunks in planned for _ in chunks]
-        sparse = self._sparse(texts, tenants)
+        sparse = self._sparse(texts, chunks, fixed)
+        ids = [
+            row_id(chunk, model_id=self.model_id, embedded_text=text, sparse=vector)
+            for chunk, text, vector in zip(chunks, texts, sparse, strict=True)
+        ]
+        chunks = [
+            chunk.model_copy(update={"chunk_id": cid, "version": cid.rpartition(SEPARATOR)[2]})
+            for chunk, cid in zip(chunks, ids, strict=True)
+        ]
+        found = [(stored or {}).get(chunk.doc_id, {}).get(cid) for chunk, cid in zip(chunks, ids, strict=True)]
+        todo = [i for i, where in enumerate(found) if not where]
+        # One embedding call for what is left of the batch: the embedder batches by length, which pads far less
+        # than embedding document by document.
+        pools = [self._pool([chunks[i] for i in todo], reuse)] if reuse and self.model_id and todo else []
+        embedding = embed_reusing(self._embedder, [texts[i] for i in todo], pools)
+        vectors = np.asarray(embedding.vectors, dtype=np.float32)
+        placed = self._placement.place([chunks[i].doc_id for i in todo], vectors) if todo else []
+        shards_of: list[list[int]] = [list(where or []) for where in found]
         by_shard: dict[int, list[EmbeddedChunk]] = {}
-        held: list[list[int]] = []
-        embedded: list[int] = []
-        offset = 0
-        for _, chunks in planned:
-            holders: dict[int, None] = {}
-            embedded.append(sum(embedding.computed[offset : offset + len(chunks)]))
-            for chunk in chunks:
-                vector = [float(x) for x in vectors[offset]]
-                item = EmbeddedChunk(chunk=chunk, vector=vector, sparse=sparse[offset])
-                for shard in placed[offset]:
-                    by_shard.setdefault(shard, []).append(item)
-                    holders[shard] = None
-                offset += 1
-            held.append(list(holders))
+        for row, i in enumerate(todo):
+            item = EmbeddedChunk(chunk=chunks[i], vector=[float(x) for x in embedding.vectors[row]], sparse=sparse[i])
+            shards_of[i] = list(placed[row])
+            for shard in placed[row]:
+                by_shard.setdefault(shard, []).append(item)
         for shard, items in by_shard.items():
             self._store_for(shard).upsert(items)
+        computed = dict(zip(todo, embedding.computed, strict=True))
         results = []
         touched: set[int] = set(by_shard)
-        for (document, chunks), shards, computed in zip(planned, held, embedded, strict=True):
-            counts = {"embedded": computed, "reused": len(chunks) - computed}
+        offset = 0
+        for document, doc_chunks in planned:
+            rows = range(offset, offset + len(doc_chunks))
+            offset += len(doc_chunks)
+            holders = list(dict.fromkeys(shard for i in rows for shard in shards_of[i]))
             home = self._placement.sweep(document.doc_id)
-            if not sweep:
-                primary = shards[0] if shards else home[0]
-                results.append(
-                    IndexResult(
-                        doc_id=document.doc_id,
-                        shard=primary,
-                        chunks=len(chunks),
-                        removed=0,
-                        shards=shards,
-                        **counts,
-                    )
-                )
-                continue
-            before = previous.get(document.doc_id, home) if previous is not None else home
-            # New chunks first (above), then the stale ones wherever the old or the new version may have put them.
-            swept = list(dict.fromkeys([*shards, *before])) or home[:1]
-            removed = sum(
-                self._store_for(shard).delete_document(document.doc_id, keep_version=document.version)
-                for shard in swept
-            )
-            touched.update(swept)
-            primary = shards[0] if shards else home[0]
+            mine = [ids[i] for i in rows]
+            written: dict[int, list[str]] = {}
+            for i in rows:
+                if i in computed:
+                    for shard in shards_of[i]:
+                        written.setdefault(shard, []).append(ids[i])
+            removed = 0
+            if sweep:
+                before = previous.get(document.doc_id, home) if previous is not None else home
+                # New rows first (above), then the stale ones wherever the old or the new version may have put them.
+                swept = list(dict.fromkeys([*holders, *before])) or home[:1]
+                keep = set(mine)
+                for shard in swept:
+                    store = self._store_for(shard)
+                    stale = [cid for cid in store.chunk_ids(document.doc_id) if cid not in keep]
+                    removed += store.delete_chunks(stale) if stale else 0
+                touched.update(swept)
             results.append(
                 IndexResult(
                     doc_id=document.doc_id,
-                    shard=primary,
-                    chunks=len(chunks),
+                    shard=holders[0] if holders else home[0],
+                    chunks=len(doc_chunks),
                     removed=removed,
-                    shards=shards,
-                    **counts,
+                    shards=holders,
+                    embedded=sum(1 for i in rows if computed.get(i)),
+                    reused=sum(1 for i in rows if i in computed and not computed[i]),
+                    kept=sum(1 for i in rows if i not in computed),
+                    ids=mine,
+                    written=written,
+                    tokens=sum(stored_length(sparse[i]) or 0 for i in rows),
                 )
             )
         if flush:
@@ -161,29 +208,41 @@ class DocumentIndexer:
                 self._store_for(shard).flush()
         return results
 
-    def _sparse(self, texts: Sequence[str], tenants: Sequence[str]) -> list[SparseVector]:
-        """The BM25 side of each text, each tenant's batch weighted by the mean length of that tenant's table."""
-        out: dict[int, SparseVector] = {}
-        for tenant in dict.fromkeys(tenants):
-            rows = [i for i, owner in enumerate(tenants) if owner == tenant]
-            measured = self._corpus_stats is not None and self._bm25.avgdl is None
-            corpus = self._corpus_stats(tenant) if measured and self._corpus_stats is not None else None
-            out.update(zip(rows, self._bm25.documents([texts[i] for i in rows], corpus), strict=True))
-        return [out[i] for i in range(len(texts))]
+    def _sparse(self, texts: Sequence[str], chunks: Sequence[Chunk], fixed: float | None) -> list[SparseVector]:
+        """The BM25 side of each text: ``fixed`` as the mean length, or per document the mean of its tenant's
+        table with the document's own chunks added. Per document, not per batch: a document's rows must not depend
+        on which others it was written with (``row_identity``)."""
+        if fixed is not None or self._bm25.avgdl is not None:
+            return self._bm25.documents(texts, mean=fixed)
+        out: list[SparseVector] = []
+        corpora: dict[str, CorpusStats | None] = {}
+        start = 0
+        while start < len(chunks):
+            end = start
+            while end < len(chunks) and chunks[end].doc_id == chunks[start].doc_id:
+                end += 1
+            tenant = chunks[start].tenant
+            if tenant not in corpora:
+                corpora[tenant] = self._corpus_stats(tenant) if self._corpus_stats is not None else None
+            out.extend(self._bm25.documents(texts[start:end], corpora[tenant]))
+            start = end
+        return out
 
-    def _pool(self, planned: Sequence[tuple[Document, list[Chunk]]], reuse: Mapping[str, Reusable]) -> VectorPool:
-        """The earlier vectors of the documents in ``reuse``, read from the store around the new chunks'
-        positions (bounded: a part of a large object reads its own range and a margin, never the whole document)."""
+    def _pool(self, chunks: Sequence[Chunk], reuse: Mapping[str, Reusable]) -> VectorPool:
+        """The earlier vectors of the documents in ``reuse`` that this model computed, read from the store around
+        the positions of ``chunks`` (the ones to write; bounded: a part of a large object reads its own range and
+        a margin, never the whole document; a handful of edited chunks, a handful of positions)."""
         pool = VectorPool(self.model_id, self._embedder.dimension)
-        for document, chunks in planned:
-            source = reuse.get(document.doc_id)
-            if source is None or not chunks:
+        for doc_id in dict.fromkeys(chunk.doc_id for chunk in chunks):
+            source = reuse.get(doc_id)
+            positions = [chunk.position for chunk in chunks if chunk.doc_id == doc_id]
+            if source is None or not positions:
                 continue
-            margin = REUSE_POSITION_MARGIN
-            window = (max(0, chunks[0].position - margin), chunks[-1].position + margin)
-            versions = set(source.versions)
+            # Positions move by as many chunks as were added or removed before them: never more than are new.
+            margin = min(REUSE_POSITION_MARGIN, len(positions))
+            window = (max(0, min(positions) - margin), max(positions) + margin)
             for shard in source.shards:
-                for stored in self._store_for(shard).stored_chunks(document.doc_id, positions=window):
-                    if stored.chunk.version in versions:
+                for stored in self._store_for(shard).stored_chunks(doc_id, positions=window):
+                    if by_model(stored.chunk.chunk_id, self.model_id):
                         pool.add(self._chunker.embedding_text(stored.chunk), stored.vector)
         return pool

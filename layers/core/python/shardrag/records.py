@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Bound on the text each hit carries through the state machine: N shards x top_k hits must stay far below
 #: the 256 KiB Step Functions payload limit (50 hits x 8 shards x 2 KiB = 800 KiB would not; see fusion).
 MAX_HIT_TEXT_CHARS = 2000
+#: Between a chunk id's document id and the rest (``shardrag.row_identity``).
+CHUNK_ID_SEPARATOR = "::"
 
 
 class Record(BaseModel):
@@ -85,9 +87,27 @@ class Hit(Record):
     #: The document's external id (the object key or a bulk line's ``_id``); the API reports it as ``doc_id``.
     external_id: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_chunk_id(cls, data: Any) -> Any:
+        """A hit crossing the state machine carries its chunk id without the document id it starts with
+        (:meth:`compact`); put it back."""
+        if isinstance(data, dict) and str(data.get("chunk_id", "")).startswith(CHUNK_ID_SEPARATOR):
+            return {**data, "chunk_id": f"{data.get('doc_id', '')}{data['chunk_id']}"}
+        return data
+
     @property
     def display_id(self) -> str:
         return self.external_id or self.doc_id
+
+    def compact(self) -> dict[str, Any]:
+        """The hit as it crosses the state machine: empty and zero fields left out (the defaults restore them)
+        and the chunk id without its leading document id, which keeps an ids-only hit near 100 bytes."""
+        out = self.model_dump(exclude_defaults=True)
+        prefix = f"{self.doc_id}{CHUNK_ID_SEPARATOR}"
+        if self.chunk_id.startswith(prefix):
+            out["chunk_id"] = self.chunk_id[len(self.doc_id) :]
+        return out
 
 
 class SearchRequest(Record):

@@ -316,8 +316,8 @@ class QueryWorkflow:
                 return [_ids_only(h) for h in found]
 
         hits, lexical = _within_budget(
-            [_compact(h) for h in shown(result.hits)],
-            [_compact(h) for h in shown(result.lexical)],
+            [h.compact() for h in shown(result.hits)],
+            [h.compact() for h in shown(result.lexical)],
             PAYLOAD_HIT_BUDGET_BYTES // searched,
         )
         if len(hits) + len(lexical) < len(result.hits) + len(result.lexical):
@@ -390,12 +390,6 @@ class QueryWorkflow:
         if self._answers is not None and query.cache_key:
             self._answers.put(query.cache_key, response)
         return response
-
-
-def _compact(hit: Hit) -> dict[str, Any]:
-    """A hit as it crosses the state machine: empty and zero fields left out (the record's defaults restore
-    them), which keeps an ids-only hit near 100 bytes."""
-    return hit.model_dump(exclude_defaults=True)
 
 
 def _within_budget(

@@ -135,9 +135,15 @@ class DocumentState(Record):
     #: The embedding model that computed this version's vectors (``DocumentIndexer.model_id``): a later version
     #: reuses them for unchanged chunks only if its model is the same. Empty (records before it existed): never.
     model: str = ""
-    #: ``writing``: earlier versions of this document, embedded by the same ``model``, whose chunks stay stored until
-    #: this version's sweep: an interrupted write's retry still reuses their vectors (newest first, at most three).
+    #: No longer written (rows name their model themselves: ``shardrag.row_identity``); read from older records.
     reusable_versions: list[str] = []
+    #: The mean chunk length this version's BM25 weights use (``indexing.MeanLength``): fixed by its first part,
+    #: recorded so that a resumed write weighs the rest alike (``repr`` of the float: DynamoDB numbers come back
+    #: as integers here; empty: not yet fixed).
+    lexical_mean: str = ""
+    #: ``indexed``: the BM25 length of all this version's chunks, so that the next version is weighted against
+    #: the corpus without it (0: unknown).
+    tokens: int = 0
 
     @property
     def live(self) -> bool:
