@@ -214,6 +214,34 @@ def test_a_worker_that_loses_its_lease_stops_and_takes_back_what_it_wrote(make: 
     _assert_true_to_the_bucket(system)
 
 
+def test_rows_a_superseded_worker_lands_after_the_new_owner_finished_are_repaired_away(make: Any) -> None:
+    # Rows are ids of their content, so a worker that lost its lease must not delete what it wrote (the new owner
+    # may keep those very rows). Its late rows, landed after the new owner's sweep, are swept by a repair.
+    system = make()
+    first = system.put("geology/basalt.txt", _large_text(tag="first"))
+    system.queue.clear()  # the first worker is driven by hand below
+    original_step = system.plan.step
+    calls = {"upsert": 0}
+
+    def stall(name: str, transient: Any) -> None:
+        original_step(name, transient)
+        if name == "store.upsert":
+            calls["upsert"] += 1
+            if calls["upsert"] == 3:
+                # Inside its third shard write (its lease renewed just before): the worker pauses, the lease runs
+                # out, a newer version is indexed start to finish, and then this write lands.
+                system.put("geology/basalt.txt", _large_text(tag="second"))
+                system.clock.now += SETTINGS.lease_s + 1
+                system.drain()
+
+    system.plan.step = stall  # type: ignore[method-assign]
+    outcome = system.service.run(first, owner="stalled-worker")
+    assert outcome.action == "superseded" and calls["upsert"] >= 3
+    texts = [r[4] for shard in system.shards.rows().values() for r in shard]
+    assert texts and all("second" in t for t in texts), "the first worker's late rows are in the index"
+    _assert_true_to_the_bucket(system)
+
+
 def test_a_redelivery_while_the_first_delivery_still_works_is_not_the_leases_owner(make: Any) -> None:
     # SQS keeps a message's id across deliveries: an owner token made of it alone let a redelivery (visibility
     # timeout shorter than the work) pass as the running worker and write beside it.
