@@ -4,10 +4,11 @@ already had takes that vector instead of running the model (``shardrag.embedding
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from shardrag.bm25 import Bm25Encoder, CorpusStats, grid_mean, measured_avgdl, stored_length
+from shardrag.bm25 import Bm25Encoder, CorpusStats, grid_mean, measured_avgdl
 from shardrag.chunking import Chunker, Document
 from shardrag.embedding.base import Embedder
 from shardrag.embedding.reuse import VectorPool, embed_reusing
@@ -35,8 +36,39 @@ class IndexResult(Record):
     ids: list[str] = []
     #: Per shard, the rows this run wrote (a run that loses its lease must know what it may have left behind).
     written: dict[int, list[str]] = {}
-    #: The chunks' BM25 lengths, summed (the document's share of the corpus's total length).
-    tokens: int = 0
+
+
+class Plan:
+    """Documents cut into chunks with their row ids and BM25 sides (:meth:`DocumentIndexer.plan`)."""
+
+    def __init__(
+        self,
+        documents: list[tuple[Document, int]],
+        chunks: list[Chunk],
+        texts: list[str],
+        sparse: list[SparseVector],
+    ) -> None:
+        #: Each document and how many of ``chunks`` (in order) are its.
+        self.documents = documents
+        self.chunks = chunks
+        #: What the model embeds for each chunk.
+        self.texts = texts
+        self.sparse = sparse
+
+    def batches(self, size: int) -> Iterator[Plan]:
+        """The plan in consecutive pieces of at most ``size`` chunks (a document may span pieces)."""
+        owners = [doc for doc, count in self.documents for _ in range(count)]
+        for start in range(0, len(self.chunks), size):
+            end = min(start + size, len(self.chunks))
+            counts: dict[str, list[Any]] = {}
+            for doc in owners[start:end]:
+                counts.setdefault(doc.doc_id, [doc, 0])[1] += 1
+            yield Plan(
+                [(doc, count) for doc, count in counts.values()],
+                self.chunks[start:end],
+                self.texts[start:end],
+                self.sparse[start:end],
+            )
 
 
 class MeanLength:
@@ -130,8 +162,19 @@ class DocumentIndexer:
         ``stored``: per document, the row ids already stored and their shards; a chunk whose row is among them
         is kept as it is. ``mean``: the mean chunk length that one document's batches share (fixed by the first);
         default: each batch measures its own."""
-        planned = [(doc, self._chunker.run(doc)) for doc in documents]
-        chunks = [chunk for _, doc_chunks in planned for chunk in doc_chunks]
+        return self.write(
+            self.plan(documents, mean=mean), flush=flush, previous=previous, sweep=sweep, reuse=reuse, stored=stored
+        )
+
+    def embedding_text(self, chunk: Chunk) -> str:
+        """What the model embeds for ``chunk`` (its title prefixed when configured)."""
+        return self._chunker.embedding_text(chunk)
+
+    def plan(self, documents: Sequence[Document], *, mean: MeanLength | None = None) -> Plan:
+        """Chunk ``documents`` and compute each chunk's BM25 side and row id: everything but the dense vectors,
+        which :meth:`write` computes for the rows not stored yet."""
+        cut = [(doc, self._chunker.run(doc)) for doc in documents]
+        chunks = [chunk for _, doc_chunks in cut for chunk in doc_chunks]
         texts = [self._chunker.embedding_text(chunk) for chunk in chunks]
         fixed = self._fix_mean(mean, chunks[0].tenant, texts) if mean is not None and chunks else None
         # BM25 indexes what the model embeds (title prefixed): 0.685 vs 0.650 nDCG@10 (bench/hybrid_study.py).
@@ -144,6 +187,22 @@ class DocumentIndexer:
             chunk.model_copy(update={"chunk_id": cid, "version": cid.rpartition(SEPARATOR)[2]})
             for chunk, cid in zip(chunks, ids, strict=True)
         ]
+        return Plan([(doc, len(doc_chunks)) for doc, doc_chunks in cut], chunks, texts, sparse)
+
+    def write(
+        self,
+        plan: Plan,
+        *,
+        flush: bool = True,
+        previous: Mapping[str, Sequence[int]] | None = None,
+        sweep: bool = True,
+        reuse: Mapping[str, Reusable] | None = None,
+        stored: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+    ) -> list[IndexResult]:
+        """Write a :meth:`plan` (see :meth:`run`)."""
+        chunks, texts, sparse = plan.chunks, plan.texts, plan.sparse
+        ids = [chunk.chunk_id for chunk in chunks]
+        planned = plan.documents
         found = [(stored or {}).get(chunk.doc_id, {}).get(cid) for chunk, cid in zip(chunks, ids, strict=True)]
         todo = [i for i, where in enumerate(found) if not where]
         # One embedding call for what is left of the batch: the embedder batches by length, which pads far less
@@ -165,9 +224,9 @@ class DocumentIndexer:
         results = []
         touched: set[int] = set(by_shard)
         offset = 0
-        for document, doc_chunks in planned:
-            rows = range(offset, offset + len(doc_chunks))
-            offset += len(doc_chunks)
+        for document, count in planned:
+            rows = range(offset, offset + count)
+            offset += count
             holders = list(dict.fromkeys(shard for i in rows for shard in shards_of[i]))
             home = self._placement.sweep(document.doc_id)
             mine = [ids[i] for i in rows]
@@ -191,7 +250,7 @@ class DocumentIndexer:
                 IndexResult(
                     doc_id=document.doc_id,
                     shard=holders[0] if holders else home[0],
-                    chunks=len(doc_chunks),
+                    chunks=count,
                     removed=removed,
                     shards=holders,
                     embedded=sum(1 for i in rows if computed.get(i)),
@@ -199,7 +258,6 @@ class DocumentIndexer:
                     kept=sum(1 for i in rows if i not in computed),
                     ids=mine,
                     written=written,
-                    tokens=sum(stored_length(sparse[i]) or 0 for i in rows),
                 )
             )
         if flush:

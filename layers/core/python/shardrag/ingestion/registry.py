@@ -28,7 +28,11 @@ anything.
 
 Order safety lives in :meth:`DynamoDbRegistry.claim`: a conditional write that only succeeds for an event
 whose sequencer is newer than the recorded one (or equal, for the worker re-trying its own claim), and only
-when no other worker holds a live lease on the key. A tombstone (``deleted`` with the delete's sequencer)
+when no other worker holds a live lease on the key, unless that worker has marked its lease ``preemptible``:
+while it only adds rows of one document's version (never deletes), a newer version of the object may take the
+key at once instead of waiting for a stale version to be embedded to the end. The running worker learns it at
+its next fenced write and stops; what it wrote meanwhile is swept by the newer run or repaired
+(``IngestService._superseded``). A tombstone (``deleted`` with the delete's sequencer)
 therefore stops a late create from resurrecting the object.
 """
 
@@ -108,6 +112,8 @@ class SourceState(Record):
     rejected_lines: int = 0
     owner: str = ""
     lease_until_ms: int = 0
+    #: The lease holder only adds rows of one document now: a newer event may take the key from it.
+    preemptible: bool = False
     updated_at_ms: int = 0
 
 
@@ -141,9 +147,6 @@ class DocumentState(Record):
     #: recorded so that a resumed write weighs the rest alike (``repr`` of the float: DynamoDB numbers come back
     #: as integers here; empty: not yet fixed).
     lexical_mean: str = ""
-    #: ``indexed``: the BM25 length of all this version's chunks, so that the next version is weighted against
-    #: the corpus without it (0: unknown).
-    tokens: int = 0
 
     @property
     def live(self) -> bool:
@@ -205,7 +208,13 @@ class DynamoDbRegistry:
     def claim(self, event: ObjectEvent, *, owner: str, lease_s: float) -> tuple[Claim, SourceState | None]:
         """Take the key for ``event`` (see the module docstring); returns the outcome and the state before."""
         now = self._now_ms()
-        names = {"#st": "status", "#seq": "sequencer", "#own": "owner", "#lease": "lease_until_ms"}
+        names = {
+            "#st": "status",
+            "#seq": "sequencer",
+            "#own": "owner",
+            "#lease": "lease_until_ms",
+            "#pre": "preemptible",
+        }
         values = {
             ":seq": event.sequencer,
             ":proc": "processing",
@@ -216,14 +225,16 @@ class DynamoDbRegistry:
             ":uri": event.uri,
             ":etag": event.etag,
             ":kind": "source",
+            ":no": False,
         }
         if event.reconcile:
             # A repair has no newer sequencer: it may act only if nothing changed since the reconciler looked.
             condition = "attribute_not_exists(pk) OR (#seq = :seq AND (#st <> :proc OR #lease < :now OR #own = :owner))"
         else:
+            values[":yes"] = True
             condition = (
                 "attribute_not_exists(pk)"
-                " OR (#seq < :seq AND (#st <> :proc OR #lease < :now))"
+                " OR (#seq < :seq AND (#st <> :proc OR #lease < :now OR #pre = :yes))"
                 " OR (#seq = :seq AND #st = :proc AND (#lease < :now OR #own = :owner))"
             )
         try:
@@ -232,7 +243,7 @@ class DynamoDbRegistry:
                 Key=_item({"pk": f"src#{event.source_key}"}),
                 UpdateExpression=(
                     "SET #st = :proc, #seq = :seq, #own = :owner, #lease = :lease, source_key = :key, uri = :uri,"
-                    " etag = :etag, kind = :kind, updated_at_ms = :now"
+                    " etag = :etag, kind = :kind, updated_at_ms = :now, #pre = :no"
                 ),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
@@ -314,6 +325,25 @@ class DynamoDbRegistry:
         """Extend the lease before the next stretch of work; :class:`LeaseLost` if it is no longer ours."""
         if not self._set_lease(event, owner, self._now_ms() + int(lease_s * 1000), "renew"):
             raise LeaseLost(f"{event.source_key}: lease lost")
+
+    def preemptible(self, event: ObjectEvent, *, owner: str, allowed: bool) -> None:
+        """Say whether a newer event may take the key from this worker now (see the module docstring);
+        :class:`LeaseLost` if the key is no longer ours."""
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key=_item({"pk": f"src#{event.source_key}"}),
+                UpdateExpression="SET #pre = :allowed",
+                ConditionExpression="#seq = :seq AND #own = :owner",
+                ExpressionAttributeNames={"#pre": "preemptible", "#seq": "sequencer", "#own": "owner"},
+                ExpressionAttributeValues=_item({":allowed": allowed, ":seq": event.sequencer, ":owner": owner}),
+            )
+        except ClientError as exc:
+            if _is_conditional(exc):
+                raise LeaseLost(f"{event.source_key}: lease lost") from None
+            raise _dependency(exc, "preemptible") from exc
+        except BotoCoreError as exc:
+            raise _dependency(exc, "preemptible") from exc
 
     def _set_lease(self, event: ObjectEvent, owner: str, until_ms: int, what: str) -> bool:
         """Move the lease's end if ``owner`` still holds the key at this event; ``False`` if it does not."""

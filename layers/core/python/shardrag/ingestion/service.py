@@ -13,13 +13,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
+from shardrag.bm25 import stored_length
 from shardrag.chunking import Chunker, Document
 from shardrag.config import TENANT_PATTERN, IngestionSettings
 from shardrag.identity import object_doc_id
-from shardrag.indexing import DocumentIndexer, IndexResult, MeanLength, Reusable
+from shardrag.indexing import DocumentIndexer, IndexResult, MeanLength, Plan, Reusable
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
 from shardrag.ingestion.events import ObjectEvent, notification, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
@@ -105,6 +106,8 @@ class _Lease:
         self.time_left = time_left
         self.slowest_part_s = 0.0
         self.parts = 0
+        #: When the run last checked that the bucket still holds its version (``monotonic``; 0: never).
+        self.checked_at = time.monotonic()
 
     def room_for_another_part(self, margin_s: float) -> bool:
         if self.time_left is None or self.parts == 0:
@@ -135,6 +138,48 @@ class _Written:
             self.versions[doc_id] = version
         for shard, ids in result.written.items():
             self.rows.setdefault(shard, set()).update(ids)
+
+
+class _Replaced(Exception):
+    """The bucket no longer holds the version being indexed: a newer event for the key will index what it holds."""
+
+
+class _EarlySweep:
+    """An overwrite's rows whose text the new version no longer has anywhere: each is swept once the new version
+    has been written past the row's position (its replacement, if any, is then in)."""
+
+    def __init__(
+        self,
+        stores: Callable[[int], VectorStore],
+        indexer: DocumentIndexer,
+        doc_id: str,
+        shards: Sequence[int],
+        plans: Sequence[Plan],
+    ) -> None:
+        self._stores = stores
+        keep = {chunk.chunk_id for plan in plans for chunk in plan.chunks}
+        texts = {text for plan in plans for text in plan.texts}
+        #: Row id -> (position, shards holding it).
+        self._due: dict[str, tuple[int, list[int]]] = {}
+        for shard in shards:
+            for row in stores(shard).stored_chunks(doc_id):
+                chunk = row.chunk
+                if chunk.chunk_id not in keep and indexer.embedding_text(chunk) not in texts:
+                    self._due.setdefault(chunk.chunk_id, (chunk.position, []))[1].append(shard)
+
+    def pending(self, upto: int) -> bool:
+        return any(position <= upto for position, _ in self._due.values())
+
+    def run(self, upto: int) -> None:
+        """Sweep the due rows at positions up to ``upto``."""
+        by_shard: dict[int, list[str]] = {}
+        for cid, (position, shards) in list(self._due.items()):
+            if position <= upto:
+                for shard in shards:
+                    by_shard.setdefault(shard, []).append(cid)
+                del self._due[cid]
+        for shard, ids in sorted(by_shard.items()):
+            self._stores(shard).delete_chunks(ids)
 
 
 class _Continue(Exception):
@@ -229,6 +274,14 @@ class IngestService:
         except _Continue:
             self._changed(best_effort=True)
             return self._continue(lease)
+        except _Replaced:
+            # Rows written so far stay: the newer run keeps what it shares with them and sweeps the rest.
+            self._changed(best_effort=True)
+            self.registry.release(event, owner=owner)
+            log.info("%s was replaced in the bucket while it was indexed; the newer event takes over", event.uri)
+            return IngestOutcome(
+                source_key=event.source_key, sequencer=event.sequencer, action="superseded", reason="replaced"
+            )
         except Retryable:
             self._changed(best_effort=True)
             self.registry.release(event, owner=owner)
@@ -337,7 +390,7 @@ class IngestService:
             # Read consistently, not from the source index (a GSI lags its table): a missed record would skip
             # the sweep of the previous version.
             current = self.registry.get_documents([ctx.doc_id]).get(ctx.doc_id)
-            state = self._index_object(lease, parser, stream, ctx, report, current, written)
+            state = self._index_object(lease, parser, stream, ctx, report, current, written, info.size)
             if state is None:
                 assert current is not None
                 return self._unchanged(lease, current)
@@ -393,16 +446,23 @@ class IngestService:
         report: ParseReport,
         current: DocumentState | None,
         written: _Written,
+        size: int,
     ) -> DocumentState | None:
         """One document read in parts: recorded ``writing`` before its first chunk, each part's progress
         recorded after it, every row the new version does not have swept after the last part, and only then
         ``indexed``. Rows already stored exactly as this version would write them are kept, not rewritten: an
         overwrite with one paragraph edited writes that paragraph's chunks, a retry or a continuation of the same
-        version writes only what the interrupted attempt had not. ``None``: already indexed at this version."""
+        version writes only what the interrupted attempt had not. ``None``: already indexed at this version.
+
+        While it only adds rows, the run lets a newer version of the object take the key (``preemptible``), and
+        it stops by itself once the bucket no longer holds its version: a stale version is not embedded to the
+        end. An overwrite of an object up to ``plan_bytes`` is cut whole first, so that a row whose text the new
+        version no longer has anywhere is swept as soon as the new version is written past its position, not
+        after the last part: an edit is answerable once the part that holds it is written."""
         event, version = lease.event, ctx.version
         if current is not None and current.status == "indexed" and current.version == version and not event.reconcile:
             return None
-        plan = self._plan(parser)
+        plan_id = self._plan(parser)
         live = current is not None and current.live
         before = current.held_shards() if current is not None and live else []
         shards = _union(before, self._indexer.may_hold(ctx.doc_id))
@@ -410,13 +470,12 @@ class IngestService:
         # the sweep, which reads the store again.
         stored = self._stored_rows(ctx.doc_id, shards) if live else {}
         resume = current is not None and current.status == "writing" and current.version == version
-        resume = resume and current is not None and current.plan == plan and bool(current.lexical_mean)
+        resume = resume and current is not None and current.plan == plan_id and bool(current.lexical_mean)
         if resume and current is not None:
             mean = MeanLength(float(current.lexical_mean))
-        elif current is not None and current.status == "indexed" and current.tokens:
-            mean = MeanLength(replacing=(current.tokens, current.chunk_count))
         else:
-            mean = MeanLength()
+            # Weighed against the corpus without any row of this document: what a fresh ingest would see.
+            mean = MeanLength(replacing=self._stored_lengths(stored))
         state = DocumentState(
             doc_id=ctx.doc_id,
             external_id=ctx.key,
@@ -426,39 +485,57 @@ class IngestService:
             sequencer=event.sequencer,
             status="writing",
             tenant=ctx.tenant,
-            plan=plan,
+            plan=plan_id,
             shards=shards,
             model=self._indexer.model_id,
             lexical_mean=repr(mean.value) if mean.value else "",
+            parts_done=current.parts_done if resume and current is not None else 0,
+            chunk_count=current.chunk_count if resume and current is not None else 0,
         )
         # Write-ahead: from here on the registry says where this document's chunks may be.
         self.registry.put_documents([state], lease=lease.fence)
         reuse = self._reusable(current) if stored else None
-        landed: list[int] = []
+        parts: Iterable[list[Plan]] = self._planned_parts(parser, stream, ctx, report, mean)
+        early: _EarlySweep | None = None
+        if stored and size <= self._settings.plan_bytes:
+            whole = list(parts)
+            parts = whole
+            early = _EarlySweep(self._stores, self._indexer, ctx.doc_id, shards, [p for part in whole for p in part])
+        self.registry.preemptible(event, owner=lease.owner, allowed=True)
+        landed: list[int] = list(state.shards) if state.parts_done else []
         keep: list[str] = []
-        tokens = 0
-        for index, part in enumerate(self._parts(parser, stream, ctx, report)):
+        for index, part in enumerate(parts):
+            if index < state.parts_done:
+                # Written by an earlier attempt at this version (same cut, same mean: the same rows).
+                keep.extend(chunk.chunk_id for plan in part for chunk in plan.chunks)
+                continue
             if not lease.room_for_another_part(self._settings.continue_margin_s):
                 raise _Continue
             started = time.monotonic()
             self.registry.renew(event, owner=lease.owner, lease_s=self._settings.lease_s)
-            for piece in part:
-                slice_ = piece.model_copy(update={"first_chunk": len(keep)})
-                [result] = self._indexer.run(
-                    [slice_], flush=False, sweep=False, reuse=reuse, stored={ctx.doc_id: stored}, mean=mean
-                )
-                written.add(ctx.doc_id, version, result)
-                keep.extend(result.ids)
-                tokens += result.tokens
-                landed = _union(landed, result.shards)
+            for plan in part:
+                for batch in plan.batches(self._settings.write_batch_chunks):
+                    self._check_still_current(lease, ctx)
+                    [result] = self._indexer.write(
+                        batch, flush=False, sweep=False, reuse=reuse, stored={ctx.doc_id: stored}
+                    )
+                    written.add(ctx.doc_id, version, result)
+                    keep.extend(result.ids)
+                    landed = _union(landed, result.shards)
             update: dict[str, Any] = {"parts_done": index + 1, "chunk_count": len(keep)}
             update["lexical_mean"] = repr(mean.value) if mean.value else ""
             update["shards"] = _union(state.shards, landed)
             if update != {k: getattr(state, k) for k in update}:
                 state = state.model_copy(update=update)
                 self.registry.put_documents([state], lease=lease.fence)
+            if early is not None and early.pending(len(keep) - 1):
+                # Deleting is never done while a newer version may take the key: it could keep these very rows.
+                self.registry.preemptible(event, owner=lease.owner, allowed=False)
+                early.run(len(keep) - 1)
+                self.registry.preemptible(event, owner=lease.owner, allowed=True)
             lease.parts += 1
             lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
+        self.registry.preemptible(event, owner=lease.owner, allowed=False)
         self._sweep(ctx.doc_id, set(keep), state.shards, fresh=not live)
         # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
         # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
@@ -471,11 +548,50 @@ class IngestService:
                 "shard": (landed or state.shards)[0],
                 "parts_done": 0,  # progress means something only while writing
                 "plan": "",
-                "tokens": tokens,
             }
         )
         self.registry.put_documents([final], lease=lease.fence)
         return final
+
+    def _planned_parts(
+        self, parser: Parser, stream: ByteStream, ctx: SourceContext, report: ParseReport, mean: MeanLength
+    ) -> Iterator[list[Plan]]:
+        """The object's parts, each cut into chunks with their row ids, numbered across parts."""
+        count = 0
+        for part in self._parts(parser, stream, ctx, report):
+            plans = []
+            for piece in part:
+                plan = self._indexer.plan([piece.model_copy(update={"first_chunk": count})], mean=mean)
+                count += len(plan.chunks)
+                plans.append(plan)
+            yield plans
+
+    def _check_still_current(self, lease: _Lease, ctx: SourceContext) -> None:
+        """Stop (:class:`_Replaced`) if the bucket no longer holds this version: its newer event is on its way,
+        and every chunk embedded for this one from here on would be wasted. At most once a second."""
+        now = time.monotonic()
+        if now - lease.checked_at < 1.0:
+            return
+        lease.checked_at = now
+        try:
+            info = self._objects.head(lease.event.bucket, lease.event.key)
+        except ObjectMissing:
+            raise _Replaced from None
+        if info.etag != ctx.version:
+            raise _Replaced
+
+    def _stored_lengths(self, stored: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+        """The BM25 length and the number of the rows in ``stored`` (each copy counted, as the statistics do)."""
+        by_shard: dict[int, list[str]] = {}
+        for cid, shards in stored.items():
+            for shard in shards:
+                by_shard.setdefault(shard, []).append(cid)
+        tokens = rows = 0
+        for shard, ids in by_shard.items():
+            for terms in self._stores(shard).stored_terms(ids).values():
+                tokens += stored_length(terms.sparse) or 0
+                rows += 1
+        return tokens, rows
 
     def _stored_rows(self, doc_id: str, shards: Iterable[int]) -> dict[str, list[int]]:
         """The ids of ``doc_id``'s stored rows, with the shards that hold each."""
