@@ -457,8 +457,8 @@ class IngestService:
         While it only adds rows, the run lets a newer version of the object take the key (``preemptible``), and
         it stops by itself once the bucket no longer holds its version: a stale version is not embedded to the
         end. An overwrite of an object up to ``plan_bytes`` is cut whole first, so that a row whose text the new
-        version no longer has anywhere is swept as soon as the new version is written past its position, not
-        after the last part: an edit is answerable once the part that holds it is written."""
+        version no longer has anywhere is swept as soon as the new version is written past its position (checked
+        after every store write), not after the last part: an edit is answerable once the rows up to it are in."""
         event, version = lease.event, ctx.version
         if current is not None and current.status == "indexed" and current.version == version and not event.reconcile:
             return None
@@ -522,17 +522,17 @@ class IngestService:
                     written.add(ctx.doc_id, version, result)
                     keep.extend(result.ids)
                     landed = _union(landed, result.shards)
+                    if early is not None and early.pending(len(keep) - 1):
+                        # Never deleting while a newer version may take the key: it could keep these very rows.
+                        self.registry.preemptible(event, owner=lease.owner, allowed=False)
+                        early.run(len(keep) - 1)
+                        self.registry.preemptible(event, owner=lease.owner, allowed=True)
             update: dict[str, Any] = {"parts_done": index + 1, "chunk_count": len(keep)}
             update["lexical_mean"] = repr(mean.value) if mean.value else ""
             update["shards"] = _union(state.shards, landed)
             if update != {k: getattr(state, k) for k in update}:
                 state = state.model_copy(update=update)
                 self.registry.put_documents([state], lease=lease.fence)
-            if early is not None and early.pending(len(keep) - 1):
-                # Deleting is never done while a newer version may take the key: it could keep these very rows.
-                self.registry.preemptible(event, owner=lease.owner, allowed=False)
-                early.run(len(keep) - 1)
-                self.registry.preemptible(event, owner=lease.owner, allowed=True)
             lease.parts += 1
             lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
         self.registry.preemptible(event, owner=lease.owner, allowed=False)
