@@ -26,7 +26,7 @@ from shardrag.ingestion.events import ObjectEvent, notification, parse_notificat
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry, LeaseLost
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
-from shardrag.records import Record
+from shardrag.records import EmbeddedChunk, Record, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
 from shardrag.store.wrapper import StoreWrapper
@@ -152,20 +152,19 @@ class _EarlySweep:
         self,
         stores: Callable[[int], VectorStore],
         indexer: DocumentIndexer,
-        doc_id: str,
-        shards: Sequence[int],
+        prior: Sequence[tuple[int, EmbeddedChunk]],
         plans: Sequence[Plan],
     ) -> None:
+        """``prior``: the document's stored rows (with their shards) when the run began."""
         self._stores = stores
         keep = {chunk.chunk_id for plan in plans for chunk in plan.chunks}
         texts = {text for plan in plans for text in plan.texts}
         #: Row id -> (position, shards holding it).
         self._due: dict[str, tuple[int, list[int]]] = {}
-        for shard in shards:
-            for row in stores(shard).stored_chunks(doc_id):
-                chunk = row.chunk
-                if chunk.chunk_id not in keep and indexer.embedding_text(chunk) not in texts:
-                    self._due.setdefault(chunk.chunk_id, (chunk.position, []))[1].append(shard)
+        for shard, row in prior:
+            chunk = row.chunk
+            if chunk.chunk_id not in keep and indexer.embedding_text(chunk) not in texts:
+                self._due.setdefault(chunk.chunk_id, (chunk.position, []))[1].append(shard)
 
     def pending(self, upto: int) -> bool:
         return any(position <= upto for position, _ in self._due.values())
@@ -306,18 +305,19 @@ class IngestService:
 
     def _superseded(self, lease: _Lease, written: _Written) -> IngestOutcome:
         """The key's lease passed to another worker mid-run, and this run stops writing. Rows are ids of their
-        content, so what it wrote may be rows the new owner keeps: it never deletes them. The new owner's final
-        sweep reads the store after this run's last write unless it has already finished; then a repair of the
-        key (a reconcile event at the sequencer the registry holds) sweeps in its place, here if it can run now,
-        else through the queue."""
+        content, so what it wrote may be rows the new owner keeps: it never deletes them. Whatever the new version
+        does not have is swept by a repair of the key (a reconcile event at the sequencer the registry holds, the
+        same sweep): here and now if the new owner has finished, else through the queue, where the repair waits
+        (``busy``) until the owner is done (whose own sweep may have read the store before this run's last write).
+        """
         event = lease.event
         log.warning("lease on %s lost; this run stops", event.source_key)
         outcome = IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action="superseded")
         if not written.rows:
             return outcome
         source = self.registry.get_source(event.source_key)
-        if source is None or source.status == "processing":
-            return outcome  # the owner (or the retry of a crashed owner) sweeps after this run's last write
+        if source is None:
+            return outcome  # nothing recorded for the key: a repair has nothing to act on
         current = self.registry.get_documents(written.versions)
         if all(
             (state := current.get(doc_id)) is not None and state.status == "indexed" and state.version == version
@@ -327,14 +327,17 @@ class IngestService:
         repair = ObjectEvent(
             kind="created", bucket=event.bucket, key=event.key, sequencer=source.sequencer, reconcile=True
         )
-        try:
-            done = self.run(repair, owner=f"{lease.owner}:repair")
-            log.info("repaired %s after a lost lease: %s", event.source_key, done.action)
-        except Retryable:
-            if self._requeue is None:
-                log.error("%s may keep rows of a superseded run until it is reconciled", event.source_key)
-            else:
-                self._requeue(repair)
+        if source.status != "processing":
+            try:
+                done = self.run(repair, owner=f"{lease.owner}:repair")
+                log.info("repaired %s after a lost lease: %s", event.source_key, done.action)
+                return outcome
+            except Retryable:
+                pass
+        if self._requeue is None:
+            log.error("%s may keep rows of a superseded run until it is reconciled", event.source_key)
+        else:
+            self._requeue(repair)
         return outcome
 
     def _continue(self, lease: _Lease) -> IngestOutcome:
@@ -471,10 +474,15 @@ class IngestService:
         stored = self._stored_rows(ctx.doc_id, shards) if live else {}
         resume = current is not None and current.status == "writing" and current.version == version
         resume = resume and current is not None and current.plan == plan_id and bool(current.lexical_mean)
+        # An overwrite planned whole reads the document's rows once: for the mean below and the early sweep.
+        planned_whole = bool(stored) and size <= self._settings.plan_bytes
+        prior = self._prior_rows(ctx.doc_id, shards) if planned_whole else []
         if resume and current is not None:
             mean = MeanLength(float(current.lexical_mean))
-        else:
+        elif planned_whole:
             # Weighed against the corpus without any row of this document: what a fresh ingest would see.
+            mean = MeanLength(replacing=_lengths(row.sparse for _, row in prior))
+        else:
             mean = MeanLength(replacing=self._stored_lengths(stored))
         state = DocumentState(
             doc_id=ctx.doc_id,
@@ -497,10 +505,10 @@ class IngestService:
         reuse = self._reusable(current) if stored else None
         parts: Iterable[list[Plan]] = self._planned_parts(parser, stream, ctx, report, mean)
         early: _EarlySweep | None = None
-        if stored and size <= self._settings.plan_bytes:
+        if planned_whole:
             whole = list(parts)
             parts = whole
-            early = _EarlySweep(self._stores, self._indexer, ctx.doc_id, shards, [p for part in whole for p in part])
+            early = _EarlySweep(self._stores, self._indexer, prior, [p for part in whole for p in part])
         self.registry.preemptible(event, owner=lease.owner, allowed=True)
         landed: list[int] = list(state.shards) if state.parts_done else []
         keep: list[str] = []
@@ -580,18 +588,20 @@ class IngestService:
         if info.etag != ctx.version:
             raise _Replaced
 
+    def _prior_rows(self, doc_id: str, shards: Iterable[int]) -> list[tuple[int, EmbeddedChunk]]:
+        """The document's stored rows with their shards (those whose text the store may have cut are left out:
+        they only miss the early sweep and the mean, and the final sweep still sees them)."""
+        return [(shard, row) for shard in shards for row in self._stores(shard).stored_chunks(doc_id)]
+
     def _stored_lengths(self, stored: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         """The BM25 length and the number of the rows in ``stored`` (each copy counted, as the statistics do)."""
         by_shard: dict[int, list[str]] = {}
         for cid, shards in stored.items():
             for shard in shards:
                 by_shard.setdefault(shard, []).append(cid)
-        tokens = rows = 0
-        for shard, ids in by_shard.items():
-            for terms in self._stores(shard).stored_terms(ids).values():
-                tokens += stored_length(terms.sparse) or 0
-                rows += 1
-        return tokens, rows
+        return _lengths(
+            terms.sparse for shard, ids in by_shard.items() for terms in self._stores(shard).stored_terms(ids).values()
+        )
 
     def _stored_rows(self, doc_id: str, shards: Iterable[int]) -> dict[str, list[int]]:
         """The ids of ``doc_id``'s stored rows, with the shards that hold each."""
@@ -813,6 +823,15 @@ class IngestService:
         ]
         self.registry.put_documents(tombstones, lease=lease.fence)
         return len(live)
+
+
+def _lengths(vectors: Iterable[SparseVector | None]) -> tuple[int, int]:
+    """Total BM25 length and number of rows, as the term statistics count them."""
+    tokens = rows = 0
+    for vector in vectors:
+        tokens += (stored_length(vector) or 0) if vector is not None else 0
+        rows += 1
+    return tokens, rows
 
 
 def _union(*groups: Iterable[int]) -> list[int]:
