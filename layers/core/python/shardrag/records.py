@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 #: Bound on the text each hit carries through the state machine: N shards x top_k hits must stay far below
 #: the 256 KiB Step Functions payload limit (50 hits x 8 shards x 2 KiB = 800 KiB would not; see fusion).
@@ -87,27 +87,33 @@ class Hit(Record):
     #: The document's external id (the object key or a bulk line's ``_id``); the API reports it as ``doc_id``.
     external_id: str = ""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _whole_chunk_id(cls, data: Any) -> Any:
-        """A hit crossing the state machine carries its chunk id without the document id it starts with
-        (:meth:`compact`); put it back."""
-        if isinstance(data, dict) and str(data.get("chunk_id", "")).startswith(CHUNK_ID_SEPARATOR):
-            return {**data, "chunk_id": f"{data.get('doc_id', '')}{data['chunk_id']}"}
-        return data
-
     @property
     def display_id(self) -> str:
         return self.external_id or self.doc_id
 
     def compact(self) -> dict[str, Any]:
         """The hit as it crosses the state machine: empty and zero fields left out (the defaults restore them)
-        and the chunk id without its leading document id, which keeps an ids-only hit near 100 bytes."""
+        and the chunk id without its leading document id, which keeps an ids-only hit near 100 bytes
+        (:func:`whole_chunk_ids` puts it back)."""
         out = self.model_dump(exclude_defaults=True)
         prefix = f"{self.doc_id}{CHUNK_ID_SEPARATOR}"
         if self.chunk_id.startswith(prefix):
             out["chunk_id"] = self.chunk_id[len(self.doc_id) :]
         return out
+
+
+def whole_chunk_ids(shards: Any) -> Any:
+    """Shard results as they crossed the state machine (:meth:`Hit.compact`), with every chunk id whole again.
+    One pass over the raw payload: a validator on each hit cost ~15 us per hit, ~5 ms of CPU per hybrid query."""
+    if isinstance(shards, list):
+        for result in shards:
+            if not isinstance(result, dict):
+                continue
+            for hits in (result.get("hits"), result.get("lexical")):
+                for hit in hits if isinstance(hits, list) else ():
+                    if isinstance(hit, dict) and str(hit.get("chunk_id", "")).startswith(CHUNK_ID_SEPARATOR):
+                        hit["chunk_id"] = f"{hit.get('doc_id', '')}{hit['chunk_id']}"
+    return shards
 
 
 class SearchRequest(Record):

@@ -14,9 +14,9 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 from shardrag.caching.answers import AnswerCaching
 from shardrag.config import TENANT_PATTERN
 from shardrag.errors import BadRequest, Forbidden, WiringError
@@ -32,6 +32,7 @@ from shardrag.records import (
     SearchRequest,
     ShardResult,
     SparseVector,
+    whole_chunk_ids,
 )
 from shardrag.request import Mode, parse_query_request
 from shardrag.rerank import Reranker, RerankFailed
@@ -107,7 +108,7 @@ class SearchInput(Record):
 
 class FuseInput(Record):
     request: ResolvedQuery
-    shards: list[ShardResult]
+    shards: Annotated[list[ShardResult], BeforeValidator(whole_chunk_ids)]
     route: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
