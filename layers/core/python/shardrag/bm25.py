@@ -196,7 +196,8 @@ MEAN_GRID_RATIO: Final = 1.02
 
 
 def grid_mean(mean: float) -> float:
-    """``mean`` on a geometric grid 2 % apart (so at most 1 % off, which no study here can tell from exact).
+    """``mean`` on a geometric grid 2 % apart, so at most 1 % off (the retrieval study moved the mean by 30 % for
+    changes of 0.001 to 0.004 in the worst case: BENCHMARKS.md, "avgdl").
 
     Why a grid: a stored row is kept by an overwrite only if it would be written identically
     (``shardrag.row_identity``), and its weights depend on the mean; an exact mean moves with every write in the

@@ -329,32 +329,23 @@ class DynamoDbRegistry:
     def preemptible(self, event: ObjectEvent, *, owner: str, allowed: bool) -> None:
         """Say whether a newer event may take the key from this worker now (see the module docstring);
         :class:`LeaseLost` if the key is no longer ours."""
-        try:
-            self._db.update_item(
-                TableName=self.table_name,
-                Key=_item({"pk": f"src#{event.source_key}"}),
-                UpdateExpression="SET #pre = :allowed",
-                ConditionExpression="#seq = :seq AND #own = :owner",
-                ExpressionAttributeNames={"#pre": "preemptible", "#seq": "sequencer", "#own": "owner"},
-                ExpressionAttributeValues=_item({":allowed": allowed, ":seq": event.sequencer, ":owner": owner}),
-            )
-        except ClientError as exc:
-            if _is_conditional(exc):
-                raise LeaseLost(f"{event.source_key}: lease lost") from None
-            raise _dependency(exc, "preemptible") from exc
-        except BotoCoreError as exc:
-            raise _dependency(exc, "preemptible") from exc
+        if not self._set_if_owner(event, owner, "preemptible", allowed, "preemptible"):
+            raise LeaseLost(f"{event.source_key}: lease lost")
 
     def _set_lease(self, event: ObjectEvent, owner: str, until_ms: int, what: str) -> bool:
         """Move the lease's end if ``owner`` still holds the key at this event; ``False`` if it does not."""
+        return self._set_if_owner(event, owner, "lease_until_ms", until_ms, what)
+
+    def _set_if_owner(self, event: ObjectEvent, owner: str, attribute: str, value: Any, what: str) -> bool:
+        """Set one attribute of the object item if ``owner`` still holds the key at this event."""
         try:
             self._db.update_item(
                 TableName=self.table_name,
                 Key=_item({"pk": f"src#{event.source_key}"}),
-                UpdateExpression="SET #lease = :until",
+                UpdateExpression="SET #attr = :value",
                 ConditionExpression="#seq = :seq AND #own = :owner",
-                ExpressionAttributeNames={"#lease": "lease_until_ms", "#seq": "sequencer", "#own": "owner"},
-                ExpressionAttributeValues=_item({":until": until_ms, ":seq": event.sequencer, ":owner": owner}),
+                ExpressionAttributeNames={"#attr": attribute, "#seq": "sequencer", "#own": "owner"},
+                ExpressionAttributeValues=_item({":value": value, ":seq": event.sequencer, ":owner": owner}),
             )
         except ClientError as exc:
             if _is_conditional(exc):
