@@ -6,13 +6,15 @@ hard-codes a price. ``python -m shardrag_cdk.costs`` prints the README's table (
 Idle is what runs with no traffic: the store (instance, volumes, cluster, load balancer), the network (interface
 endpoints, NAT gateways, the host's public IPv4 address) and the secrets. Per million queries is API Gateway, the
 EXPRESS workflow's executions, the Lambda requests and GB-seconds of one query (Embed, Route, one ShardSearch per
-shard, FuseAndGenerate), the Bedrock tokens and the logs. Not counted: S3 and DynamoDB requests of ingestion, data
-transfer, and the external cluster itself.
+shard, FuseAndGenerate), the Bedrock tokens, the logs and, where the answer cache is on, its DynamoDB requests
+counted as if every query missed (an upper bound: a hit skips the put, the shard searches and generation). Not
+counted: S3 and DynamoDB requests of ingestion, data transfer, and the external cluster itself.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +137,21 @@ def _per_million_queries(config: EnvironmentConfig, prices: Prices) -> float:
         cost += per_query * million
     log_gb = float(prices.assumptions["log_kb_per_query"]) * million / 1024 / 1024
     cost += log_gb * prices.price("cloudwatch_logs_gb")
+    if config.settings.cache.answers:
+        cost += million * _answer_cache_per_query(prices)
     return cost
+
+
+def _answer_cache_per_query(prices: Prices) -> float:
+    """Embed reads the index version (strongly consistent: 1 read unit) and looks the answer up (eventually
+    consistent, up to 4 KB: half a unit); on a miss FuseAndGenerate puts it (one write unit per KB)."""
+    item_kb = float(prices.assumptions["answer_item_kb"])
+    reads = 1 + 0.5 * math.ceil(item_kb / 4)
+    writes = math.ceil(item_kb)
+    million = 1_000_000
+    return (
+        reads * prices.price("dynamodb_read_request_million") + writes * prices.price("dynamodb_write_request_million")
+    ) / million
 
 
 def table(environments: dict[str, Any], prices: Prices | None = None) -> str:

@@ -56,3 +56,18 @@ def test_idle_cost_follows_the_configuration() -> None:
     assert "NAT gateways" not in result.idle_items
     with pytest.raises(KeyError, match="add it with its source and date"):
         prices.price("ec2_hour.x9g.huge")
+
+
+def test_the_answer_cache_adds_its_dynamodb_requests_to_the_per_query_cost() -> None:
+    prices = Prices()
+    environments = json.loads(json.dumps(CDK_CONTEXT["environments"]))
+    on = load_environment(environments, "dev")
+    assert on.settings.cache.answers
+    environments["dev"]["settings"]["cache"]["answers"] = False
+    off = load_environment(environments, "dev")
+    added = (
+        estimate(on, "standalone", prices).per_million_queries - estimate(off, "standalone", prices).per_million_queries
+    )
+    # A 3 KB answer: 1 strongly consistent read (version) + 0.5 eventually consistent (lookup), 3 write units (put).
+    expected = 1.5 * prices.price("dynamodb_read_request_million") + 3 * prices.price("dynamodb_write_request_million")
+    assert added == pytest.approx(expected)

@@ -16,7 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 from shardrag.artifacts import FileArtifactStore, S3ArtifactStore
-from shardrag.bm25 import EMPTY_MARKER, LENGTH_ID, Bm25Encoder, CorpusStats, Tokenizer, idf, stored_length, term_id
+from shardrag.bm25 import (
+    EMPTY_MARKER,
+    LENGTH_ID,
+    Bm25Encoder,
+    CorpusStats,
+    Tokenizer,
+    grid_mean,
+    idf,
+    stored_length,
+    term_id,
+)
 from shardrag.records import Chunk, EmbeddedChunk, SparseVector
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.memory import InMemoryVectorStore
@@ -345,7 +355,7 @@ def test_a_chunk_carries_its_length_and_the_table_the_total_beside_the_count() -
     assert LENGTH_ID not in stats.df  # never a term: no query can carry it, so it never scores
 
 
-def test_one_batch_holding_the_corpus_is_textbook_bm25_with_the_true_mean_length() -> None:
+def test_one_batch_holding_the_corpus_is_textbook_bm25_with_the_true_mean_length_on_the_grid() -> None:
     encoder = Bm25Encoder(k1=1.2, b=0.4)
     vectors = encoder.documents(CORPUS)
     stats = CorpusStats()
@@ -354,7 +364,17 @@ def test_one_batch_holding_the_corpus_is_textbook_bm25_with_the_true_mean_length
     assert stats.avgdl == pytest.approx(mean)
     question = "What causes the tides of the ocean? Moon moon"
     got = [_dot(encoder.query(question, stats), v) for v in vectors]
+    assert got == pytest.approx(_reference_bm25(question, CORPUS, 1.2, 0.4, grid_mean(mean)), rel=1e-9)
+    pinned = Bm25Encoder(k1=1.2, b=0.4, avgdl=mean)  # a pinned mean is used as given, not on the grid
+    got = [_dot(pinned.query(question, stats), v) for v in pinned.documents(CORPUS)]
     assert got == pytest.approx(_reference_bm25(question, CORPUS, 1.2, 0.4, mean), rel=1e-9)
+
+
+@given(st.floats(min_value=1e-3, max_value=1e6))
+def test_the_mean_grid_is_within_one_percent_and_idempotent(mean: float) -> None:
+    on_grid = grid_mean(mean)
+    assert abs(on_grid / mean - 1) <= 0.0101
+    assert grid_mean(on_grid) == on_grid
 
 
 def test_a_batch_is_weighed_by_the_mean_of_the_corpus_it_joins() -> None:
@@ -363,7 +383,7 @@ def test_a_batch_is_weighed_by_the_mean_of_the_corpus_it_joins() -> None:
     stored.count(encoder.documents(CORPUS[:3]), +1)
     joined = encoder.documents(CORPUS[3:], stored)
     lengths = [len(Tokenizer().terms(d)) for d in CORPUS]
-    alone = Bm25Encoder(k1=1.2, b=0.4, avgdl=sum(lengths) / len(lengths)).document(CORPUS[3])
+    alone = Bm25Encoder(k1=1.2, b=0.4, avgdl=grid_mean(sum(lengths) / len(lengths))).document(CORPUS[3])
     assert joined[0] == alone
     # A pinned mean ignores the corpus.
     pinned = Bm25Encoder(k1=1.2, b=0.4, avgdl=64.0)

@@ -20,7 +20,7 @@ from shardrag.embedding.base import Matrix
 from shardrag.embedding.hashing import HashingEmbedder
 from shardrag.embedding.reuse import VectorPool, embed_reusing, text_key
 from shardrag.identity import object_doc_id
-from shardrag.indexing import DocumentIndexer, Reusable
+from shardrag.indexing import DocumentIndexer, MeanLength, Reusable
 from shardrag.ingestion import DynamoDbRegistry, IngestService, ObjectEvent, S3ObjectSource, table_definition
 from shardrag.ingestion.events import normalise_sequencer
 from shardrag.store.memory import InMemoryVectorStore
@@ -182,14 +182,15 @@ def test_the_indexer_reuses_the_earlier_versions_vectors_for_unchanged_chunks() 
     assert (v1.embedded, v1.reused) == (v1.chunks, 0)
     paragraphs[30] = "An edited paragraph about the harbor lantern."
     embedder.seen.clear()
-    reuse = {"d": Reusable(shards=v1.shards, versions=["v1"])}
+    reuse = {"d": Reusable(shards=v1.shards)}
     [v2] = indexer.run([Document(doc_id="d", title="T", text="\n\n".join(paragraphs), version="v2")], reuse=reuse)
     assert v2.embedded == len(embedder.seen) <= 2 and v2.reused == v2.chunks - v2.embedded > 0.9 * v2.chunks
+    assert v2.kept == 0  # not told what is stored: every row written again
     assert any("edited paragraph" in text for text in embedder.seen)
     # What was written is what a fresh embedding of v2 gives, and v1 is gone.
     [stored] = [s for s in stores if s.count()]
     rows = stored.stored_chunks("d")
-    assert {r.chunk.version for r in rows} == {"v2"}
+    assert {r.chunk.chunk_id for r in rows} == set(v2.ids)
     chunker = Chunker(size=32, overlap=8, token_spans=word_spans)
     fresh = embedder._inner.embed([chunker.embedding_text(r.chunk) for r in rows])
     np.testing.assert_allclose(np.asarray([r.vector for r in rows]), fresh, atol=1e-6)
@@ -200,12 +201,42 @@ def test_the_indexer_reuses_nothing_without_a_model_id_or_of_another_version() -
     stores = [InMemoryVectorStore(shard=0, dimension=embedder.dimension)]
     text = "\n\n".join(_paragraphs(3, 20, 20))
     [v1] = _indexer(embedder, stores, model_id=embedder.model_id).run([Document(doc_id="d", text=text, version="v1")])
-    for indexer, versions in ((_indexer(embedder, stores), ["v1"]), (_indexer(embedder, stores, model_id="m"), ["v0"])):
+    for indexer in (_indexer(embedder, stores), _indexer(embedder, stores, model_id="m")):
         embedder.seen.clear()
-        [result] = indexer.run(
-            [Document(doc_id="d", text=text, version="v2")], reuse={"d": Reusable(shards=[0], versions=versions)}
-        )
+        [result] = indexer.run([Document(doc_id="d", text=text, version="v2")], reuse={"d": Reusable(shards=[0])})
         assert result.reused == 0 and result.embedded == len(embedder.seen) == v1.chunks
+
+
+def test_the_indexer_keeps_rows_stored_exactly_as_it_would_write_them() -> None:
+    embedder = CountingEmbedder()
+    stores = [InMemoryVectorStore(shard=i, dimension=embedder.dimension) for i in range(2)]
+    indexer = _indexer(embedder, stores, model_id=embedder.model_id)
+    paragraphs = _paragraphs(5, 60, 20)
+    mean = MeanLength()
+    [v1] = indexer.run([Document(doc_id="d", text="\n\n".join(paragraphs), version="v1")], mean=mean)
+    # One word replaced: the paragraph keeps its length, so no chunk after it moves.
+    paragraphs[30] = " ".join(["edited", *paragraphs[30].split()[1:]])
+    stored = {"d": {cid: [i] for i, store in enumerate(stores) for cid in store.chunk_ids("d")}}
+    embedder.seen.clear()
+    before = {cid: (c, v.tolist()) for store in stores for cid, (c, v) in store._rows.items()}
+    [v2] = indexer.run(
+        [Document(doc_id="d", text="\n\n".join(paragraphs), version="v2")],
+        stored=stored,
+        reuse={"d": Reusable(shards=v1.shards)},
+        mean=MeanLength(mean.value),
+    )
+    # Only the rows the edit changed were written; the others are the very rows stored before.
+    assert 0 < v2.embedded == len(embedder.seen) <= 2 and v2.kept > 0.9 * v2.chunks
+    assert sum(len(ids) for ids in v2.written.values()) == v2.chunks - v2.kept
+    after = {cid: (c, v.tolist()) for store in stores for cid, (c, v) in store._rows.items()}
+    assert {cid: after[cid] for cid in v2.ids if cid in before} == {cid: before[cid] for cid in v2.ids if cid in before}
+    assert set(after) == set(v2.ids)  # swept: nothing of v1 that v2 does not have
+    # And the index is what a fresh ingest of v2 into empty stores gives, id for id.
+    fresh_stores = [InMemoryVectorStore(shard=i, dimension=embedder.dimension) for i in range(2)]
+    [fresh] = _indexer(CountingEmbedder(), fresh_stores, model_id=embedder.model_id).run(
+        [Document(doc_id="d", text="\n\n".join(paragraphs), version="v2")], mean=MeanLength(mean.value)
+    )
+    assert fresh.ids == v2.ids
 
 
 # -- the service ------------------------------------------------------------------------------------------------
@@ -272,12 +303,18 @@ def test_an_overwrite_with_one_paragraph_edited_embeds_only_the_changed_chunks(a
     embedder.seen.clear()
     second = world.put("notes/long.txt", "\n\n".join(paragraphs).encode())
     assert second.action == "indexed" and second.embedded == len(embedder.seen) <= 3
-    assert second.reused == second.chunks - second.embedded
+    # The chunks before the edit keep their rows; after it, the edit moved them by a position (a shorter
+    # paragraph packs with its neighbour): rewritten, each with its earlier vector.
+    assert second.kept + second.reused == second.chunks - second.embedded and second.kept > 0.4 * second.chunks
     # Only the new version is stored, complete.
     doc_id = object_doc_id("default", "notes/long.txt")
     rows = [r for s in world.stores for r in s.stored_chunks(doc_id)]
     assert len(rows) == second.chunks and {r.chunk.position for r in rows} == set(range(second.chunks))
-    assert len({r.chunk.version for r in rows}) == 1
+    # An edit that moves nothing leaves every other row where it is, not even rewritten.
+    paragraphs[300] = " ".join(["edited", *paragraphs[300].split()[1:]])
+    embedder.seen.clear()
+    third = world.put("notes/long.txt", "\n\n".join(paragraphs).encode())
+    assert third.embedded == len(embedder.seen) == 1 and third.kept == third.chunks - 1 and third.reused == 0
     [state] = world.service.registry.documents_of("docs/notes/long.txt")
     assert state.model == embedder.model_id and state.status == "indexed"
     # The index version moved before and after each of the two ingests (and at each finish).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shardrag.errors import ShardsUnavailable
 from shardrag.fusion import ConvexFuser, RrfFuser, ScoreMergeFuser, merge_modality
 from shardrag.records import Hit, ShardResult
@@ -113,3 +115,63 @@ def test_a_replica_without_text_does_not_hide_the_copy_with_text() -> None:
     ]
     [merged] = merge_modality(results, "dense")
     assert merged.text == "kept"
+
+
+# A lexical unit's weights are on its first row only ("p:0"), so BM25 names the unit, the dense side the chunk.
+UNITS = [
+    _shard(0, {"p:2": 0.90, "q:0": 0.80}, {"p:0": 10.0, "s:0": 1.0}),
+    _shard(1, {"r:0": 0.30, "r:1": 0.20}, {"r:0": 2.0}),
+]
+
+
+@pytest.mark.parametrize("normalisation", ["zscore", "minmax"])
+def test_document_scope_gives_a_chunk_its_documents_bm25_score(normalisation: str) -> None:
+    document = ConvexFuser(0.5, normalisation=normalisation).run(UNITS, 10)  # type: ignore[arg-type]
+    chunk = ConvexFuser(0.5, normalisation=normalisation, lexical_scope="chunk").run(UNITS, 10)  # type: ignore[arg-type]
+    # p:2 is the best dense chunk of the best BM25 document; per chunk it would get BM25's floor.
+    assert document.hits[0].chunk_id == "p:2"
+    scores = {h.chunk_id: h.score for h in document.hits}
+    assert scores["p:2"] > {h.chunk_id: h.score for h in chunk.hits}["p:2"]
+    # Every chunk of r shares r's BM25 score: r:1 differs from r:0 only by its dense score.
+    assert scores["r:0"] > scores["r:1"]
+    assert scores["p:2"] > scores["p:0"]  # the same BM25 side, p:2 is the better dense chunk
+
+
+def test_rrf_document_scope_gives_a_chunk_its_documents_best_bm25_rank() -> None:
+    fused = RrfFuser(k=60).run(UNITS, 10)
+    scores = {h.chunk_id: h.score for h in fused.hits}
+    # p:2: dense rank 1, and p's BM25 rank 1 (through p:0).
+    assert fused.hits[0].chunk_id == "p:2"
+    assert scores["p:2"] == pytest.approx(1 / 61 + 1 / 61, abs=1e-6)
+    assert scores["r:1"] == pytest.approx(1 / 64 + 1 / 62, abs=1e-6)
+    per_chunk = {h.chunk_id: h.score for h in RrfFuser(k=60, lexical_scope="chunk").run(UNITS, 10).hits}
+    assert per_chunk["p:2"] == pytest.approx(1 / 61, abs=1e-6)
+
+
+_SCORES = st.floats(0.01, 20.0, allow_nan=False)
+_CHUNKS = st.sampled_from([f"{d}:{c}" for d in "abcde" for c in range(3)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dense=st.dictionaries(_CHUNKS, _SCORES, max_size=10),
+    lexical=st.dictionaries(_CHUNKS, _SCORES, max_size=10),
+    alpha=st.floats(0.0, 1.0),
+    normalisation=st.sampled_from(["zscore", "minmax"]),
+)
+def test_document_scope_scores_each_chunk_by_its_documents_best_bm25_candidate(
+    dense: dict[str, float], lexical: dict[str, float], alpha: float, normalisation: str
+) -> None:
+    results = [_shard(0, dense, lexical)]
+    document = ConvexFuser(alpha, normalisation=normalisation).run(results, 100)  # type: ignore[arg-type]
+    chunk = ConvexFuser(alpha, normalisation=normalisation, lexical_scope="chunk").run(results, 100)  # type: ignore[arg-type]
+    by_document = {h.chunk_id: h.score for h in document.hits}
+    by_chunk = {h.chunk_id: h.score for h in chunk.hits}
+    assert by_document.keys() == by_chunk.keys() == dense.keys() | lexical.keys()
+    for cid, score in by_document.items():
+        # Never below its own BM25 side: the document's best candidate is at least the chunk's own (or the floor).
+        assert score >= by_chunk[cid] - 1e-5
+        # Chunks of one document with the same dense side score the same.
+        for other, other_score in by_document.items():
+            if other.split(":")[0] == cid.split(":")[0] and dense.get(other) == dense.get(cid):
+                assert other_score == pytest.approx(score, abs=1e-5)

@@ -9,11 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardrag.artifacts import FileArtifactStore
-from shardrag.bm25 import EMPTY_MARKER, LENGTH_ID, SHARED_UNIT, Bm25Encoder, CorpusStats, Tokenizer, counts_unit
+from shardrag.bm25 import (
+    EMPTY_MARKER,
+    LENGTH_ID,
+    SHARED_ROW,
+    SHARED_UNIT,
+    Bm25Encoder,
+    CorpusStats,
+    Tokenizer,
+    counts_unit,
+)
 from shardrag.bm25 import stored_length as length_of
 from shardrag.chunking import Chunker, Document
 from shardrag.indexing import DocumentIndexer
-from shardrag.lexical_units import LexicalUnit, lexical_digest, lexical_units
+from shardrag.lexical_units import LexicalUnit, lexical_units
 from shardrag.records import EmbeddedChunk, SparseVector
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.memory import InMemoryVectorStore
@@ -56,13 +65,13 @@ def test_a_document_within_the_window_is_one_unit_scored_as_a_whole() -> None:
     [unit] = _units(document, 1024)
     assert unit.chunks == list(range(len(chunks)))
     assert unit.text == f"Tides\n{document.text}"
-    # Every chunk stores the whole document's weights, so the best chunk's score is the document's BM25 score.
+    # The first chunk stores the whole document's weights, so its score is the document's BM25 score; the others
+    # store the marker alone (no term: they never score, and count nothing).
     encoder = Bm25Encoder(k1=1.2, b=0.75, avgdl=40.0)
     vectors = encoder.units([unit.text], [len(unit.chunks)])
     whole = encoder.document(unit.text)
     assert vectors[0] == whole
-    assert all(v.indices == whole.indices and v.values[1:] == whole.values[1:] for v in vectors[1:])
-    assert all(v.values[0] == SHARED_UNIT for v in vectors[1:])
+    assert all(v == SHARED_ROW and v.values == [SHARED_UNIT] for v in vectors[1:])
 
 
 @settings(max_examples=60, deadline=None)
@@ -105,12 +114,6 @@ def test_an_edit_leaves_the_units_before_it_alone(seed: int, paragraphs: int, ed
         if cursor + len(unit.text) <= edit_starts:
             ahead.append(unit)
     assert after[: max(0, len(ahead) - 2)] == ahead[:-2]
-
-
-def test_the_digest_names_the_unit_text_and_the_counting_row() -> None:
-    assert lexical_digest("a b", counted=True) != lexical_digest("a b", counted=False)
-    assert lexical_digest("a b", counted=True) != lexical_digest("a c", counted=True)
-    assert lexical_digest("a b", counted=False) == lexical_digest("a b", counted=False)
 
 
 def test_only_the_first_row_of_a_unit_counts_it() -> None:
@@ -192,7 +195,9 @@ def test_indexed_units_keep_the_statistics_exact_through_overwrites_and_deletes(
     assert (kept.documents, kept.tokens, kept.measured) == (units, tokens, units)
 
 
-def test_the_indexer_gives_every_chunk_of_a_unit_its_weights_and_digest(hashing_embedder: Any, tmp_path: Any) -> None:
+def test_a_units_first_row_carries_it_and_an_edit_rewrites_that_row_and_the_edited_ones(
+    hashing_embedder: Any, tmp_path: Any
+) -> None:
     stats = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0)])
     store = InMemoryVectorStore(dimension=hashing_embedder.dimension)
     indexer = _indexer(hashing_embedder, store, stats, 1024)
@@ -203,19 +208,23 @@ def test_the_indexer_gives_every_chunk_of_a_unit_its_weights_and_digest(hashing_
     )
     assert len(rows) > 2
     [unit] = _units(document, 1024)
-    assert [r.chunk.lexical_digest for r in rows] == [
-        lexical_digest(unit.text, counted=True),
-        *[lexical_digest(unit.text, counted=False)] * (len(rows) - 1),
-    ]
     first = rows[0].sparse
     assert first is not None and length_of(first) == len(TOKENIZER.terms(unit.text))
-    for row in rows[1:]:
-        assert row.sparse is not None and row.sparse.indices == first.indices
-        assert row.sparse.values[1:] == first.values[1:] and not counts_unit(row.sparse)
-    # An edit in the last paragraph changes every chunk's digest: each chunk's vector depends on it.
+    # The table is empty (nothing flushed), so the mean is the unit's own length on the grid, as for one document.
+    assert first == Bm25Encoder(k1=1.2, b=0.75).documents([unit.text])[0]
+    assert all(row.sparse == SHARED_ROW for row in rows[1:])
+    # An edit in the last paragraph rewrites the unit's first row (its weights changed; a row id covers the exact
+    # sparse bits, ``row_identity``) and the rows whose text changed, and keeps every other row's id.
     edited = document.model_copy(update={"text": document.text + " comet", "version": "2"})
-    [edited_unit] = _units(edited, 1024)
-    assert lexical_digest(edited_unit.text, counted=False) != rows[1].chunk.lexical_digest
+    planned = indexer.plan([edited])
+    assert planned.chunks[0].text == rows[0].chunk.text
+    assert planned.chunks[0].chunk_id != rows[0].chunk.chunk_id
+    changed = [i for i, c in enumerate(planned.chunks) if i >= len(rows) or c.text != rows[i].chunk.text]
+    assert changed and 0 not in changed
+    kept = {c.chunk_id for i, c in enumerate(planned.chunks) if i and i not in changed}
+    assert kept == {r.chunk.chunk_id for i, r in enumerate(rows) if i and i not in changed}
+    # The same text planned again gives the same ids: what lets an overwrite keep them.
+    assert [c.chunk_id for c in indexer.plan([document]).chunks] == [r.chunk.chunk_id for r in rows]
 
 
 def test_a_rebuild_recounts_units_once_and_reports_rows(hashing_embedder: Any, tmp_path: Any) -> None:

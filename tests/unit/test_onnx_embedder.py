@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shardrag.config import load_settings
 from shardrag.embedding import Embedder, OnnxEmbedder
 from shardrag.errors import ConfigurationError
@@ -237,3 +239,31 @@ def test_runtime_imports_neither_torch_nor_transformers(model_dir: Path) -> None
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+_PIECES = st.sampled_from(
+    ["tides", "Moon's", "café", "naïve", "東京", "x" * 300, "9.81", "—", "(pull)", "ﬁne", "Ⅻ", "\u0301e", "a\u00a0b"]
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(_PIECES, st.sampled_from([" ", "  ", "\n", "\n\n", "\t", "", " \u3000 "])), min_size=1))
+def test_token_spans_of_a_long_text_cut_at_spaces_equal_those_of_one_encoding(
+    embedder: OnnxEmbedder, words: list[tuple[str, str]]
+) -> None:
+    # Long texts are tokenised in pieces cut at spaces (faster): every span must be what one encoding gives.
+    unit = "".join(w + sep for w, sep in words)
+    text = (unit * (20_000 // len(unit) + 2))[:30_000]
+    embedder.warm_up()
+    assert embedder._counter is not None
+    whole = [(int(a), int(b)) for a, b in embedder._counter.encode(text, add_special_tokens=False).offsets]
+    assert embedder.token_spans(text) == whole
+
+
+def test_a_long_run_without_spaces_is_never_cut() -> None:
+    from shardrag.embedding.onnx import _space_cuts
+
+    text = "a " * 10 + "b" * 20_000 + " c" * 10
+    cuts = _space_cuts(text, 8192)
+    assert cuts[0] == 0 and all(text[at] == " " for at in cuts[1:])
+    assert not any(20 < at < 20_020 for at in cuts)  # the run of b's stays whole

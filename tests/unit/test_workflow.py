@@ -330,3 +330,20 @@ def test_deep_ids_only_results_always_fit_the_state_payload_limit(hashing_embedd
     response = workflow.fuse_generate({"request": embedded["request"], "shards": outputs})
     # Hybrid ranks the union of each modality's top 100 (the fusion depth), or what fitted.
     assert (100 if id_chars == 8 else 1) <= len(response["hits"]) <= top_k
+
+
+def test_chunk_ids_cross_the_state_machine_without_their_doc_id_and_come_back_whole() -> None:
+    from shardrag.records import Hit, whole_chunk_ids
+    from shardrag.workflow import FuseInput
+
+    hit = Hit(chunk_id="o-1234::a1b2c3", doc_id="o-1234", score=0.5, position=2, shard=1)
+    sent = hit.compact()
+    assert sent["chunk_id"] == "::a1b2c3"  # the doc id is not repeated in the payload
+    other = Hit(chunk_id="legacy-id", doc_id="o-1234", score=0.4).compact()
+    assert other["chunk_id"] == "legacy-id"  # an id that does not start with its doc id travels whole
+    shards = json.loads(json.dumps([{"shard": 1, "status": "ok", "hits": [sent], "lexical": [other]}]))
+    request = {"question": "q", "top_k": 5, "candidates": 5, "generate": False}
+    parsed = FuseInput.model_validate({"request": request, "shards": shards})
+    assert parsed.shards[0].hits[0] == hit
+    assert parsed.shards[0].lexical[0].chunk_id == "legacy-id"
+    assert whole_chunk_ids("not a list") == "not a list"

@@ -5,23 +5,30 @@ measures below bm25s on SciFact (nDCG@10 0.665 vs 0.686: the dataset's reference
 statistics make scores from different shards incomparable. Here BM25 is split the way an inner-product index
 can evaluate it exactly:
 
-* the document side stores the term-frequency part, ``tf·(k1+1) / (tf + k1·(1 - b + b·len/avgdl))``, of the
-  chunk's *lexical unit* (:mod:`shardrag.lexical_units`: its whole document when that has at most ``window``
-  terms, else a run of consecutive chunks), so that a document's best chunk scores what BM25 gives the document;
+* the document side stores the term-frequency part, ``tf·(k1+1) / (tf + k1·(1 - b + b·len/avgdl))``, of a
+  *lexical unit* (:mod:`shardrag.lexical_units`: a whole document when that has at most ``window`` terms, else a
+  run of its consecutive chunks) on the unit's first chunk's row, so that the row scores what BM25 gives the
+  document (fusion carries that score to the document's other chunks: ``shardrag.fusion``);
 * the query side carries the IDF of each query term, from corpus-wide document frequencies over units (summed
   over shards, kept current by ingestion, see :mod:`shardrag.term_stats`);
 
 so ``query · document`` is the BM25 score, identical on every shard.
 
 ``avgdl`` is measured, not assumed: the term statistics keep the total length of the units beside their count
-(exact under the same deltas as the document frequencies), and a write encodes its units with the mean length of
-the corpus as it will be once the write lands (what is stored plus the batch itself). A unit's stored weights
-therefore use the mean of its time; on a corpus loaded in batches the mean settles after the first batch, and
-the study (``bench/retrieval_study.py``) measures what that costs against the final mean. Every chunk of a unit
-stores the unit's weights, but only the first counts the unit: it carries the unit's length on the reserved id 0
-that no query carries (so it never scores), the others carry :data:`SHARED_UNIT` there, so that each stored row
-says exactly what it counts and removing it uncounts exactly that. Token ids are a stable hash of the stemmed
-token: no shared vocabulary to keep in sync, and Milvus's sparse index takes 32-bit ids.
+(exact under the same deltas as the document frequencies), and a write encodes a document's units with the mean
+length of the corpus as it will be once the document lands (what is stored plus the document itself; a large
+document read in parts shares the mean fixed at its first part, without its own earlier version), rounded to a
+grid 2 % apart (:func:`grid_mean`: an overwrite keeps the rows it would write identically, which needs the same
+mean). A unit's stored weights therefore use the mean of its time; on a corpus loaded in batches the mean
+settles after the first batch, and the study (``bench/retrieval_study.py``) measures what that costs against the
+final mean. Only a unit's first row stores its weights and counts it: it carries the unit's length on the
+reserved id 0 that no query carries (so it never scores); the unit's other rows store :data:`SHARED_ROW`, that
+id alone with a value that is never a length, so that each stored row says exactly what it counts, removing it
+uncounts exactly that, and an edit in a unit rewrites its first row and the edited chunks', not every row of
+the unit (``shardrag.row_identity``). Weights on every row of a unit would also let a long document's tied rows
+crowd the lexical candidates (the top ``depth`` would hold a few documents, not ``depth``). Token ids are a
+stable hash of the stemmed token: no shared vocabulary to keep in sync, and Milvus's sparse index takes 32-bit
+ids.
 
 Tokenisation follows bm25s (the baseline we measure against): lowercase, ``\\w\\w+`` tokens, its English stop
 words, Snowball English stemming (PyStemmer).
@@ -86,10 +93,12 @@ LENGTH_ID: Final = 0
 #: Milvus refuses an all-zero sparse row; a chunk with no terms (digits only, stop words only) stores this
 #: marker on id 0, which no query ever carries, so it never scores (its length reads as 0).
 EMPTY_MARKER: Final = SparseVector(indices=[LENGTH_ID], values=[1e-6])
-#: The value on :data:`LENGTH_ID` of a row that shares its lexical unit's weights with the row that counts the unit
+#: The value on :data:`LENGTH_ID` of a row whose lexical unit another row (the unit's first) carries and counts
 #: (:mod:`shardrag.lexical_units`): never a length (lengths are whole numbers, or the empty marker's ~0), so such a
 #: row counts for nothing in the statistics, and removing it uncounts nothing.
 SHARED_UNIT: Final = 0.5
+#: What a unit's rows but the first store: no term (they never score), the marker that they count nothing.
+SHARED_ROW: Final = SparseVector(indices=[LENGTH_ID], values=[SHARED_UNIT])
 
 
 class Tokenizer:
@@ -135,13 +144,6 @@ def counts_unit(vector: SparseVector) -> bool:
     return not (vector.indices and vector.indices[0] == LENGTH_ID and abs(vector.values[0] - SHARED_UNIT) < 1e-3)
 
 
-def shared(vector: SparseVector) -> SparseVector:
-    """``vector``'s weights on a row that does not count its unit (another row of the unit does)."""
-    if not vector.indices or vector.indices[0] != LENGTH_ID:
-        raise ValueError("only a vector that carries its length can be marked as shared")
-    return SparseVector(indices=vector.indices, values=[SHARED_UNIT, *vector.values[1:]])
-
-
 class Bm25Encoder:
     """Builds the document and query sides of BM25 (``k1``, ``b`` as in Lucene/bm25s).
 
@@ -170,28 +172,39 @@ class Bm25Encoder:
         """The stored side of one unit (with a measured ``avgdl``: as if it were the whole corpus)."""
         return self.documents([text])[0]
 
-    def documents(self, texts: Sequence[str], corpus: CorpusStats | None = None) -> list[SparseVector]:
+    def documents(
+        self, texts: Sequence[str], corpus: CorpusStats | None = None, *, mean: float | None = None
+    ) -> list[SparseVector]:
         """The stored side of a batch of units: the saturated term frequency of each term, and the unit's length
         on :data:`LENGTH_ID`. ``corpus``: the statistics the batch is added to (their measured lengths and the
-        batch's own give ``avgdl`` unless it is pinned)."""
+        batch's own give ``avgdl``, on :func:`grid_mean`'s grid, unless it is pinned). ``mean``: the measured
+        mean to use instead (a large document's parts all use the mean fixed at its first part)."""
         counted = [term_ids(self.tokenizer.terms(text)) for text in texts]
         lengths = [sum(counts.values()) for counts in counted]
-        avgdl = self.avgdl or measured_avgdl(corpus, lengths)
+        avgdl = self.avgdl or mean or grid_mean(measured_avgdl(corpus, lengths))
         return [self._encode(counts, length, avgdl) for counts, length in zip(counted, lengths, strict=True)]
 
     def units(
-        self, texts: Sequence[str], sizes: Sequence[int], corpus: CorpusStats | None = None
+        self,
+        texts: Sequence[str],
+        sizes: Sequence[int],
+        corpus: CorpusStats | None = None,
+        *,
+        mean: float | None = None,
     ) -> list[SparseVector]:
         """The stored side of chunks grouped in lexical units: unit ``u`` (text ``texts[u]``) covers the next
-        ``sizes[u]`` chunks, each storing the unit's weights; the first counts the unit in the statistics (its
-        length on :data:`LENGTH_ID`), the others are marked :data:`SHARED_UNIT`. ``avgdl`` as in
-        :meth:`documents`, over units."""
+        ``sizes[u]`` chunks; the first stores the unit's weights and counts it in the statistics (its length on
+        :data:`LENGTH_ID`), the others store :data:`SHARED_ROW`. ``avgdl`` as in :meth:`documents`, over units."""
         out: list[SparseVector] = []
-        for vector, size in zip(self.documents(texts, corpus), sizes, strict=True):
+        for vector, size in zip(self.documents(texts, corpus, mean=mean), sizes, strict=True):
             if size > 0:
                 out.append(vector)
-                out.extend([shared(vector)] * (size - 1))
+                out.extend([SHARED_ROW] * (size - 1))
         return out
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Each text's BM25 length (its number of terms), as :meth:`documents` counts it."""
+        return [len(self.tokenizer.terms(text)) for text in texts]
 
     def _encode(self, counts: Counter[int], length: int, avgdl: float) -> SparseVector:
         if not counts:
@@ -221,6 +234,23 @@ def measured_avgdl(corpus: CorpusStats | None, lengths: Sequence[int]) -> float:
     tokens = sum(lengths) + (corpus.tokens if corpus is not None else 0)
     measured = len(lengths) + (corpus.measured if corpus is not None else 0)
     return tokens / measured if tokens > 0 and measured > 0 else 1.0
+
+
+#: Ratio between neighbouring values of the measured mean a chunk may be weighted with.
+MEAN_GRID_RATIO: Final = 1.02
+
+
+def grid_mean(mean: float) -> float:
+    """``mean`` on a geometric grid 2 % apart, so at most 1 % off (the retrieval study moved the mean by 30 % for
+    changes of 0.001 to 0.004 in the worst case: BENCHMARKS.md, "avgdl").
+
+    Why a grid: a stored row is kept by an overwrite only if it would be written identically
+    (``shardrag.row_identity``), and its weights depend on the mean; an exact mean moves with every write in the
+    corpus, so no row would ever be equal again. On the grid it moves only when the corpus's mean length does.
+    """
+    if mean <= 0:
+        return 1.0
+    return float(MEAN_GRID_RATIO ** round(math.log(mean, MEAN_GRID_RATIO)))
 
 
 def idf(documents: int, df: int) -> float:

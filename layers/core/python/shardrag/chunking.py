@@ -46,7 +46,8 @@ class Document(Record):
 
 
 def chunk_id(doc_id: str, version: str, index: int) -> str:
-    """Deterministic, so a redelivered event upserts the same rows instead of adding new ones."""
+    """A chunk's place in one version of its document: the id offline tools key chunks by. What the index
+    stores a chunk under is its row's id, which the indexer gives it (``shardrag.row_identity``)."""
     return f"{doc_id}::{version or 'v0'}::{index:05d}"
 
 

@@ -113,18 +113,43 @@ def _normalised(hits: Sequence[Hit], how: Normalisation) -> tuple[dict[str, floa
     return {h.chunk_id: float(v) for h, v in zip(hits, normal, strict=True)}, float(normal.min())
 
 
+#: Where the BM25 side of hybrid fusion is read: ``document``, a chunk takes its document's best normalised
+#: BM25 score among the lexical candidates (BM25 ranks lexical units, a document or a run of its chunks, and only a
+#: unit's first row carries its weights, so the lexical list names units, not the chunks the dense side picks);
+#: ``chunk``, only the chunk's own row counts.
+LexicalScope = Literal["document", "chunk"]
+
+
+def _document_best(hits: Sequence[Hit], normal: dict[str, float]) -> dict[str, float]:
+    """Per document, the best normalised score of its candidates."""
+    best: dict[str, float] = {}
+    for hit in hits:
+        value = normal[hit.chunk_id]
+        if value > best.get(hit.doc_id, -np.inf):
+            best[hit.doc_id] = value
+    return best
+
+
 class ConvexFuser:
     """Hybrid: ``alpha · dense + (1 - alpha) · bm25`` per chunk, each modality normalised over its top ``depth``
-    merged candidates; a chunk missing from one list gets that list's lowest normalised score.
+    merged candidates; a chunk missing from one list gets that list's lowest normalised score. With
+    ``lexical_scope`` "document" (the default) a chunk's BM25 side is its document's best lexical candidate's:
+    BM25 scores lexical units (``shardrag.lexical_units``) whose weights only the unit's first row carries, so
+    the lexical list holds ``depth`` distinct units and their evidence reaches every chunk the dense side finds.
 
-    Chosen by the worst case over SciFact test, NFCorpus dev and mtrag-mini (``bench/retrieval_study.py``,
-    BENCHMARKS.md): at the shipped BM25 (lexical units), z-score with alpha 0.5 over 100 candidates per modality
-    ends at most 0.0034 below an untuned doc-level fusion of exact chunk-dense and bm25s on any corpus, min-max's
-    best at that depth 0.0046 below; RRF's best anywhere in the grid 0.0089 below. Convex fusion keeps how far
-    apart scores are, not only their order.
+    Chosen by the worst case over SciFact test, NFCorpus dev and mtrag-mini (``bench/retrieval_study.py`` and
+    ``bench/document_fusion_study.py``, BENCHMARKS.md "Retrieval defaults"). Convex fusion keeps how far apart
+    scores are, not only their order.
     """
 
-    def __init__(self, alpha: float = 0.6, *, depth: int = 100, normalisation: Normalisation = "zscore") -> None:
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        *,
+        depth: int = 100,
+        normalisation: Normalisation = "zscore",
+        lexical_scope: LexicalScope = "document",
+    ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError("alpha must be in [0, 1]")
         if depth < 1:
@@ -132,6 +157,7 @@ class ConvexFuser:
         self._alpha = alpha
         self._depth = depth
         self._normalisation: Normalisation = normalisation
+        self._lexical_scope: LexicalScope = lexical_scope
 
     def run(self, results: Sequence[ShardResult], top_k: int) -> FusedHits:
         dense = merge_modality(results, "dense")[: self._depth]
@@ -139,10 +165,13 @@ class ConvexFuser:
         dense_norm, dense_floor = _normalised(dense, self._normalisation)
         lexical_norm, lexical_floor = _normalised(lexical, self._normalisation)
         records = _records(dense, lexical)
+        if self._lexical_scope == "document":
+            by_document = _document_best(lexical, lexical_norm)
+            lexical_of = {cid: by_document.get(hit.doc_id, lexical_floor) for cid, hit in records.items()}
+        else:
+            lexical_of = {cid: lexical_norm.get(cid, lexical_floor) for cid in records}
         scores = {
-            cid: self._alpha * dense_norm.get(cid, dense_floor)
-            + (1 - self._alpha) * lexical_norm.get(cid, lexical_floor)
-            for cid in records
+            cid: self._alpha * dense_norm.get(cid, dense_floor) + (1 - self._alpha) * lexical_of[cid] for cid in records
         }
         ranked = sorted(records, key=lambda cid: (-scores[cid], cid))[:top_k]
         return _outcome(results, [_with_score(records[cid], scores[cid]) for cid in ranked])
@@ -154,25 +183,30 @@ def _with_score(hit: Hit, score: float) -> Hit:
 
 class RrfFuser:
     """Hybrid by reciprocal rank: ``Σ 1 / (k + rank)`` over the two merged lists (scale-free, order only), each cut
-    at its top ``depth`` like :class:`ConvexFuser` (None: whatever the shards returned)."""
+    at its top ``depth`` like :class:`ConvexFuser` (None: whatever the shards returned). ``lexical_scope`` as
+    there: "document" gives a chunk its document's best lexical rank."""
 
-    def __init__(self, k: int = 60, *, depth: int | None = None) -> None:
+    def __init__(self, k: int = 60, *, depth: int | None = None, lexical_scope: LexicalScope = "document") -> None:
         if k < 1:
             raise ValueError("k must be at least 1")
         if depth is not None and depth < 1:
             raise ValueError("depth must be at least 1")
         self._k = k
         self._depth = depth
+        self._lexical_scope: LexicalScope = lexical_scope
 
     def run(self, results: Sequence[ShardResult], top_k: int) -> FusedHits:
-        scores: dict[str, float] = {}
-        ranked_lists = [
-            merge_modality(results, "lexical")[: self._depth],
-            merge_modality(results, "dense")[: self._depth],
-        ]
-        for ranking in ranked_lists:
-            for rank, hit in enumerate(ranking, start=1):
-                scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (self._k + rank)
-        records = _records(*ranked_lists)
-        ranked = sorted(records, key=lambda cid: (-scores[cid], cid))[:top_k]
-        return _outcome(results, [_with_score(records[cid], scores[cid]) for cid in ranked])
+        lexical = merge_modality(results, "lexical")[: self._depth]
+        dense = merge_modality(results, "dense")[: self._depth]
+        records = _records(lexical, dense)
+        lexical_rank = {hit.chunk_id: rank for rank, hit in enumerate(lexical, start=1)}
+        if self._lexical_scope == "document":
+            by_document: dict[str, int] = {}
+            for hit in lexical:
+                by_document.setdefault(hit.doc_id, lexical_rank[hit.chunk_id])
+            lexical_rank = {cid: by_document[hit.doc_id] for cid, hit in records.items() if hit.doc_id in by_document}
+        scores = {cid: 1.0 / (self._k + rank) for cid, rank in lexical_rank.items()}
+        for rank, hit in enumerate(dense, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (self._k + rank)
+        ranked = sorted(records, key=lambda cid: (-scores.get(cid, 0.0), cid))[:top_k]
+        return _outcome(results, [_with_score(records[cid], scores.get(cid, 0.0)) for cid in ranked])

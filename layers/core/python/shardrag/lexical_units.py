@@ -2,14 +2,15 @@
 
 Dense retrieval works on chunks (the model sees 128 tokens at a time), but BM25 measured on 128-token chunks loses
 to BM25 over whole passages: a document is ranked by its best chunk, which holds only part of the document's terms
-(mtrag-mini 0.646 vs bm25s 0.667 nDCG@10; BENCHMARKS.md, "Retrieval defaults"). So a chunk's BM25 vector is
-computed over its *unit*: the whole document when the document has at most ``window`` BM25 terms, otherwise a run
-of consecutive chunks of at most ``window`` terms. Every chunk of a unit stores the unit's weights, so a document's
-best chunk scores what BM25 gives the document (the unit) as a whole, and the dense side still picks the chunk.
+(mtrag-mini 0.646 vs bm25s 0.667 nDCG@10; BENCHMARKS.md, "Retrieval defaults"). So BM25 indexes *units*: the
+whole document when the document has at most ``window`` BM25 terms, otherwise a run of consecutive chunks of at
+most ``window`` terms. A unit's first chunk's row stores the unit's weights, so it scores what BM25 gives the
+document (the unit) as a whole; hybrid fusion gives that score to every chunk of the document the dense side
+finds (``shardrag.fusion``, lexical scope "document"), and the dense side still picks the chunk.
 
-Units never overlap, and the term statistics count each unit once (the first chunk's row counts it, the others are
-marked as sharing it, see :meth:`shardrag.bm25.Bm25Encoder.units`), so that the IDF and the mean length are those
-of the units, as bm25s computes them over documents.
+Units never overlap, and the term statistics count each unit once (the first chunk's row counts it, the others
+store a marker that counts nothing, see :meth:`shardrag.bm25.Bm25Encoder.units`), so that the IDF and the mean
+length are those of the units, as bm25s computes them over documents.
 
 Units of a long document are packed like the Chunker packs paragraphs: greedily, with *anchor* chunks (chosen by a
 hash of their own text, with a chance proportional to their length) that always open a unit, so that an edit only
@@ -32,13 +33,6 @@ class LexicalUnit(NamedTuple):
 
     chunks: list[int]
     text: str
-
-
-def lexical_digest(unit_text: str, *, counted: bool) -> str:
-    """What a chunk's stored BM25 vector depends on beyond the chunk itself: its unit's text, and whether its row
-    is the one that counts the unit (``counted``). An edit anywhere in a unit changes this for every chunk of it."""
-    role = b"\x01" if counted else b"\x00"
-    return hashlib.blake2b(role + unit_text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def _is_anchor(text: str, terms: int, window: int) -> bool:

@@ -14,9 +14,9 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 from shardrag.caching.answers import AnswerCaching
 from shardrag.config import TENANT_PATTERN
 from shardrag.errors import BadRequest, Forbidden, WiringError
@@ -32,6 +32,7 @@ from shardrag.records import (
     SearchRequest,
     ShardResult,
     SparseVector,
+    whole_chunk_ids,
 )
 from shardrag.request import Mode, parse_query_request
 from shardrag.rerank import Reranker, RerankFailed
@@ -107,7 +108,7 @@ class SearchInput(Record):
 
 class FuseInput(Record):
     request: ResolvedQuery
-    shards: list[ShardResult]
+    shards: Annotated[list[ShardResult], BeforeValidator(whole_chunk_ids)]
     route: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
@@ -316,8 +317,8 @@ class QueryWorkflow:
                 return [_ids_only(h) for h in found]
 
         hits, lexical = _within_budget(
-            [_compact(h) for h in shown(result.hits)],
-            [_compact(h) for h in shown(result.lexical)],
+            [h.compact() for h in shown(result.hits)],
+            [h.compact() for h in shown(result.lexical)],
             PAYLOAD_HIT_BUDGET_BYTES // searched,
         )
         if len(hits) + len(lexical) < len(result.hits) + len(result.lexical):
@@ -390,12 +391,6 @@ class QueryWorkflow:
         if self._answers is not None and query.cache_key:
             self._answers.put(query.cache_key, response)
         return response
-
-
-def _compact(hit: Hit) -> dict[str, Any]:
-    """A hit as it crosses the state machine: empty and zero fields left out (the record's defaults restore
-    them), which keeps an ids-only hit near 100 bytes."""
-    return hit.model_dump(exclude_defaults=True)
 
 
 def _within_budget(

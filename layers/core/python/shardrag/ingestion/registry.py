@@ -28,7 +28,11 @@ anything.
 
 Order safety lives in :meth:`DynamoDbRegistry.claim`: a conditional write that only succeeds for an event
 whose sequencer is newer than the recorded one (or equal, for the worker re-trying its own claim), and only
-when no other worker holds a live lease on the key. A tombstone (``deleted`` with the delete's sequencer)
+when no other worker holds a live lease on the key, unless that worker has marked its lease ``preemptible``:
+while it only adds rows of one document's version (never deletes), a newer version of the object may take the
+key at once instead of waiting for a stale version to be embedded to the end. The running worker learns it at
+its next fenced write and stops; what it wrote meanwhile is swept by the newer run or repaired
+(``IngestService._superseded``). A tombstone (``deleted`` with the delete's sequencer)
 therefore stops a late create from resurrecting the object.
 """
 
@@ -108,6 +112,8 @@ class SourceState(Record):
     rejected_lines: int = 0
     owner: str = ""
     lease_until_ms: int = 0
+    #: The lease holder only adds rows of one document now: a newer event may take the key from it.
+    preemptible: bool = False
     updated_at_ms: int = 0
 
 
@@ -135,9 +141,12 @@ class DocumentState(Record):
     #: The embedding model that computed this version's vectors (``DocumentIndexer.model_id``): a later version
     #: reuses them for unchanged chunks only if its model is the same. Empty (records before it existed): never.
     model: str = ""
-    #: ``writing``: earlier versions of this document, embedded by the same ``model``, whose chunks stay stored until
-    #: this version's sweep: an interrupted write's retry still reuses their vectors (newest first, at most three).
+    #: No longer written (rows name their model themselves: ``shardrag.row_identity``); read from older records.
     reusable_versions: list[str] = []
+    #: The mean chunk length this version's BM25 weights use (``indexing.MeanLength``): fixed by its first part,
+    #: recorded so that a resumed write weighs the rest alike (``repr`` of the float: DynamoDB numbers come back
+    #: as integers here; empty: not yet fixed).
+    lexical_mean: str = ""
 
     @property
     def live(self) -> bool:
@@ -199,7 +208,13 @@ class DynamoDbRegistry:
     def claim(self, event: ObjectEvent, *, owner: str, lease_s: float) -> tuple[Claim, SourceState | None]:
         """Take the key for ``event`` (see the module docstring); returns the outcome and the state before."""
         now = self._now_ms()
-        names = {"#st": "status", "#seq": "sequencer", "#own": "owner", "#lease": "lease_until_ms"}
+        names = {
+            "#st": "status",
+            "#seq": "sequencer",
+            "#own": "owner",
+            "#lease": "lease_until_ms",
+            "#pre": "preemptible",
+        }
         values = {
             ":seq": event.sequencer,
             ":proc": "processing",
@@ -210,14 +225,16 @@ class DynamoDbRegistry:
             ":uri": event.uri,
             ":etag": event.etag,
             ":kind": "source",
+            ":no": False,
         }
         if event.reconcile:
             # A repair has no newer sequencer: it may act only if nothing changed since the reconciler looked.
             condition = "attribute_not_exists(pk) OR (#seq = :seq AND (#st <> :proc OR #lease < :now OR #own = :owner))"
         else:
+            values[":yes"] = True
             condition = (
                 "attribute_not_exists(pk)"
-                " OR (#seq < :seq AND (#st <> :proc OR #lease < :now))"
+                " OR (#seq < :seq AND (#st <> :proc OR #lease < :now OR #pre = :yes))"
                 " OR (#seq = :seq AND #st = :proc AND (#lease < :now OR #own = :owner))"
             )
         try:
@@ -226,7 +243,7 @@ class DynamoDbRegistry:
                 Key=_item({"pk": f"src#{event.source_key}"}),
                 UpdateExpression=(
                     "SET #st = :proc, #seq = :seq, #own = :owner, #lease = :lease, source_key = :key, uri = :uri,"
-                    " etag = :etag, kind = :kind, updated_at_ms = :now"
+                    " etag = :etag, kind = :kind, updated_at_ms = :now, #pre = :no"
                 ),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
@@ -309,16 +326,26 @@ class DynamoDbRegistry:
         if not self._set_lease(event, owner, self._now_ms() + int(lease_s * 1000), "renew"):
             raise LeaseLost(f"{event.source_key}: lease lost")
 
+    def preemptible(self, event: ObjectEvent, *, owner: str, allowed: bool) -> None:
+        """Say whether a newer event may take the key from this worker now (see the module docstring);
+        :class:`LeaseLost` if the key is no longer ours."""
+        if not self._set_if_owner(event, owner, "preemptible", allowed, "preemptible"):
+            raise LeaseLost(f"{event.source_key}: lease lost")
+
     def _set_lease(self, event: ObjectEvent, owner: str, until_ms: int, what: str) -> bool:
         """Move the lease's end if ``owner`` still holds the key at this event; ``False`` if it does not."""
+        return self._set_if_owner(event, owner, "lease_until_ms", until_ms, what)
+
+    def _set_if_owner(self, event: ObjectEvent, owner: str, attribute: str, value: Any, what: str) -> bool:
+        """Set one attribute of the object item if ``owner`` still holds the key at this event."""
         try:
             self._db.update_item(
                 TableName=self.table_name,
                 Key=_item({"pk": f"src#{event.source_key}"}),
-                UpdateExpression="SET #lease = :until",
+                UpdateExpression="SET #attr = :value",
                 ConditionExpression="#seq = :seq AND #own = :owner",
-                ExpressionAttributeNames={"#lease": "lease_until_ms", "#seq": "sequencer", "#own": "owner"},
-                ExpressionAttributeValues=_item({":until": until_ms, ":seq": event.sequencer, ":owner": owner}),
+                ExpressionAttributeNames={"#attr": attribute, "#seq": "sequencer", "#own": "owner"},
+                ExpressionAttributeValues=_item({":value": value, ":seq": event.sequencer, ":owner": owner}),
             )
         except ClientError as exc:
             if _is_conditional(exc):

@@ -13,19 +13,20 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from shardrag.chunking import Chunker, Document, chunk_id
+from shardrag.bm25 import counts_unit, stored_length
+from shardrag.chunking import Chunker, Document
 from shardrag.config import TENANT_PATTERN, IngestionSettings
 from shardrag.identity import object_doc_id
-from shardrag.indexing import DocumentIndexer, IndexResult, Reusable
+from shardrag.indexing import DocumentIndexer, IndexResult, MeanLength, Plan, Reusable
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
 from shardrag.ingestion.events import ObjectEvent, notification, parse_notification
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry, LeaseLost
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
-from shardrag.records import Record
+from shardrag.records import EmbeddedChunk, Record, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
 from shardrag.store.wrapper import StoreWrapper
@@ -49,12 +50,14 @@ class IngestOutcome(Record):
     #: Chunks this run embedded with the model, and chunks that took an earlier version's vector.
     embedded: int = 0
     reused: int = 0
+    #: Chunks whose rows were already stored exactly as this run would write them (neither embedded nor written).
+    kept: int = 0
 
 
 class FreshDocuments:
-    """Shard stores for the indexer that skip the stale-version sweep of documents never indexed before.
+    """Shard stores for the indexer that skip the stale-row sweep of documents never indexed before.
 
-    :class:`~shardrag.indexing.DocumentIndexer` looks for a document's stale chunks after every upsert. For a
+    :class:`~shardrag.indexing.DocumentIndexer` looks for a document's stale rows after every upsert. For a
     document the registry has never recorded as indexed there is nothing to find, and on Milvus Lite each sweep
     is a filtered scan of the whole shard: measured on SciFact, the sweeps alone halved bulk-load throughput.
     """
@@ -80,16 +83,17 @@ class FreshDocuments:
 
 
 class _SweepSkipping(StoreWrapper):
-    """A :class:`VectorStore` that answers a fresh document's stale sweep with 0 and delegates everything else."""
+    """A :class:`VectorStore` that answers a fresh document's stored-row lookups (its stale sweep) with nothing
+    and delegates everything else."""
 
     def __init__(self, inner: VectorStore, fresh: FreshDocuments) -> None:
         super().__init__(inner)
         self._fresh = fresh
 
-    def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
-        if keep_version is not None and self._fresh.is_fresh(doc_id):
-            return 0
-        return self._inner.delete_document(doc_id, keep_version=keep_version)
+    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
+        if self._fresh.is_fresh(doc_id):
+            return []
+        return self._inner.chunk_ids(doc_id, keep_version=keep_version)
 
 
 class _Lease:
@@ -102,6 +106,8 @@ class _Lease:
         self.time_left = time_left
         self.slowest_part_s = 0.0
         self.parts = 0
+        #: When the run last checked that the bucket still holds its version (``monotonic``; 0: never).
+        self.checked_at = time.monotonic()
 
     def room_for_another_part(self, margin_s: float) -> bool:
         if self.time_left is None or self.parts == 0:
@@ -114,19 +120,65 @@ class _Lease:
 
 
 class _Written:
-    """Chunks this run upserted (``doc_id``, first index, count, shards), so that a run which loses its lease
-    can take back what it wrote after the new owner may already have swept."""
+    """Rows this run wrote (per shard) and the versions of the documents it wrote them for, so that a run which
+    loses its lease knows whether it may have left rows behind that the new owner does not know of."""
 
     def __init__(self) -> None:
-        self.slices: list[tuple[str, str, int, int, list[int]]] = []
+        self.rows: dict[int, set[str]] = {}
+        self.versions: dict[str, str] = {}
         self.embedded = 0
         self.reused = 0
+        self.kept = 0
 
-    def add(self, doc_id: str, version: str, first: int, result: IndexResult) -> None:
+    def add(self, doc_id: str, version: str, result: IndexResult) -> None:
         self.embedded += result.embedded
         self.reused += result.reused
-        if result.chunks:
-            self.slices.append((doc_id, version, first, result.chunks, result.shards))
+        self.kept += result.kept
+        if result.written:
+            self.versions[doc_id] = version
+        for shard, ids in result.written.items():
+            self.rows.setdefault(shard, set()).update(ids)
+
+
+class _Replaced(Exception):
+    """The bucket no longer holds the version being indexed: a newer event for the key will index what it holds."""
+
+
+class _EarlySweep:
+    """An overwrite's rows whose text the new version no longer has anywhere: each is swept once the new version
+    has been written past the row's position (its replacement, if any, is then in)."""
+
+    def __init__(
+        self,
+        stores: Callable[[int], VectorStore],
+        indexer: DocumentIndexer,
+        prior: Sequence[tuple[int, EmbeddedChunk]],
+        plans: Sequence[Plan],
+    ) -> None:
+        """``prior``: the document's stored rows (with their shards) when the run began."""
+        self._stores = stores
+        keep = {chunk.chunk_id for plan in plans for chunk in plan.chunks}
+        texts = {text for plan in plans for text in plan.texts}
+        #: Row id -> (position, shards holding it).
+        self._due: dict[str, tuple[int, list[int]]] = {}
+        for shard, row in prior:
+            chunk = row.chunk
+            if chunk.chunk_id not in keep and indexer.embedding_text(chunk) not in texts:
+                self._due.setdefault(chunk.chunk_id, (chunk.position, []))[1].append(shard)
+
+    def pending(self, upto: int) -> bool:
+        return any(position <= upto for position, _ in self._due.values())
+
+    def run(self, upto: int) -> None:
+        """Sweep the due rows at positions up to ``upto``."""
+        by_shard: dict[int, list[str]] = {}
+        for cid, (position, shards) in list(self._due.items()):
+            if position <= upto:
+                for shard in shards:
+                    by_shard.setdefault(shard, []).append(cid)
+                del self._due[cid]
+        for shard, ids in sorted(by_shard.items()):
+            self._stores(shard).delete_chunks(ids)
 
 
 class _Continue(Exception):
@@ -221,6 +273,14 @@ class IngestService:
         except _Continue:
             self._changed(best_effort=True)
             return self._continue(lease)
+        except _Replaced:
+            # Rows written so far stay: the newer run keeps what it shares with them and sweeps the rest.
+            self._changed(best_effort=True)
+            self.registry.release(event, owner=owner)
+            log.info("%s was replaced in the bucket while it was indexed; the newer event takes over", event.uri)
+            return IngestOutcome(
+                source_key=event.source_key, sequencer=event.sequencer, action="superseded", reason="replaced"
+            )
         except Retryable:
             self._changed(best_effort=True)
             self.registry.release(event, owner=owner)
@@ -244,21 +304,41 @@ class IngestService:
             log.warning("could not advance the index version", exc_info=True)
 
     def _superseded(self, lease: _Lease, written: _Written) -> IngestOutcome:
-        """The key's lease passed to another worker mid-run. Chunks this run wrote of a version that is not the
-        document's current one are taken back (the new owner may have swept before they landed); chunks of the
-        current version are the same rows the new owner writes, and stay."""
-        log.warning("lease on %s lost; this run stops", lease.event.source_key)
-        current = self.registry.get_documents(doc_id for doc_id, *_ in written.slices)
-        for doc_id, version, first, count, shards in written.slices:
-            state = current.get(doc_id)
-            if state is not None and state.live and state.version == version:
-                continue
-            ids = [chunk_id(doc_id, version, i) for i in range(first, first + count)]
-            for shard in shards:
-                self._stores(shard).delete_chunks(ids)
-        for shard in sorted({shard for *_, shards in written.slices for shard in shards}):
-            self._stores(shard).flush()
-        return IngestOutcome(source_key=lease.event.source_key, sequencer=lease.event.sequencer, action="superseded")
+        """The key's lease passed to another worker mid-run, and this run stops writing. Rows are ids of their
+        content, so what it wrote may be rows the new owner keeps: it never deletes them. Whatever the new version
+        does not have is swept by a repair of the key (a reconcile event at the sequencer the registry holds, the
+        same sweep): here and now if the new owner has finished, else through the queue, where the repair waits
+        (``busy``) until the owner is done (whose own sweep may have read the store before this run's last write).
+        """
+        event = lease.event
+        log.warning("lease on %s lost; this run stops", event.source_key)
+        outcome = IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action="superseded")
+        if not written.rows:
+            return outcome
+        source = self.registry.get_source(event.source_key)
+        if source is None:
+            return outcome  # nothing recorded for the key: a repair has nothing to act on
+        current = self.registry.get_documents(written.versions)
+        if all(
+            (state := current.get(doc_id)) is not None and state.status == "indexed" and state.version == version
+            for doc_id, version in written.versions.items()
+        ):
+            return outcome  # the same version was indexed: this run's rows are its own rows
+        repair = ObjectEvent(
+            kind="created", bucket=event.bucket, key=event.key, sequencer=source.sequencer, reconcile=True
+        )
+        if source.status != "processing":
+            try:
+                done = self.run(repair, owner=f"{lease.owner}:repair")
+                log.info("repaired %s after a lost lease: %s", event.source_key, done.action)
+                return outcome
+            except Retryable:
+                pass
+        if self._requeue is None:
+            log.error("%s may keep rows of a superseded run until it is reconciled", event.source_key)
+        else:
+            self._requeue(repair)
+        return outcome
 
     def _continue(self, lease: _Lease) -> IngestOutcome:
         """Give the key back (progress is recorded) and queue the same event for a fresh invocation, which
@@ -313,7 +393,7 @@ class IngestService:
             # Read consistently, not from the source index (a GSI lags its table): a missed record would skip
             # the sweep of the previous version.
             current = self.registry.get_documents([ctx.doc_id]).get(ctx.doc_id)
-            state = self._index_object(lease, parser, stream, ctx, report, current, written)
+            state = self._index_object(lease, parser, stream, ctx, report, current, written, info.size)
             if state is None:
                 assert current is not None
                 return self._unchanged(lease, current)
@@ -339,6 +419,7 @@ class IngestService:
             rejected_lines=report.rejected_lines,
             embedded=written.embedded,
             reused=written.reused,
+            kept=written.kept,
         )
 
     def _unchanged(self, lease: _Lease, current: DocumentState) -> IngestOutcome:
@@ -368,17 +449,41 @@ class IngestService:
         report: ParseReport,
         current: DocumentState | None,
         written: _Written,
+        size: int,
     ) -> DocumentState | None:
         """One document read in parts: recorded ``writing`` before its first chunk, each part's progress
-        recorded after it, the previous version swept after the last part, and only then ``indexed``. A retry
-        at the same version resumes after the parts already written. ``None``: already indexed at this version."""
+        recorded after it, every row the new version does not have swept after the last part, and only then
+        ``indexed``. Rows already stored exactly as this version would write them are kept, not rewritten: an
+        overwrite with one paragraph edited writes that paragraph's chunks, a retry or a continuation of the same
+        version writes only what the interrupted attempt had not. ``None``: already indexed at this version.
+
+        While it only adds rows, the run lets a newer version of the object take the key (``preemptible``), and
+        it stops by itself once the bucket no longer holds its version: a stale version is not embedded to the
+        end. An overwrite of an object up to ``plan_bytes`` is cut whole first, so that a row whose text the new
+        version no longer has anywhere is swept as soon as the new version is written past its position (checked
+        after every store write), not after the last part: an edit is answerable once the rows up to it are in."""
         event, version = lease.event, ctx.version
-        if current is not None and current.status == "indexed" and current.version == version:
+        if current is not None and current.status == "indexed" and current.version == version and not event.reconcile:
             return None
-        plan = self._plan(parser)
-        reuse = self._reusable(current)
+        plan_id = self._plan(parser)
+        live = current is not None and current.live
+        before = current.held_shards() if current is not None and live else []
+        shards = _union(before, self._indexer.may_hold(ctx.doc_id))
+        # The rows stored now, by id. Read once: rows that land after this (a superseded run's) are left to
+        # the sweep, which reads the store again.
+        stored = self._stored_rows(ctx.doc_id, shards) if live else {}
         resume = current is not None and current.status == "writing" and current.version == version
-        resume = resume and current is not None and current.plan == plan
+        resume = resume and current is not None and current.plan == plan_id and bool(current.lexical_mean)
+        # An overwrite planned whole reads the document's rows once: for the mean below and the early sweep.
+        planned_whole = bool(stored) and size <= self._settings.plan_bytes
+        prior = self._prior_rows(ctx.doc_id, shards) if planned_whole else []
+        if resume and current is not None:
+            mean = MeanLength(float(current.lexical_mean))
+        elif planned_whole:
+            # Weighed against the corpus without any row of this document: what a fresh ingest would see.
+            mean = MeanLength(replacing=_lengths(row.sparse for _, row in prior))
+        else:
+            mean = MeanLength(replacing=self._stored_lengths(stored))
         state = DocumentState(
             doc_id=ctx.doc_id,
             external_id=ctx.key,
@@ -388,40 +493,58 @@ class IngestService:
             sequencer=event.sequencer,
             status="writing",
             tenant=ctx.tenant,
-            plan=plan,
-            shards=_union(
-                current.held_shards() if current is not None and current.live else [],
-                self._indexer.may_hold(ctx.doc_id),
-            ),
-            chunk_count=current.chunk_count if resume and current is not None else 0,
-            parts_done=current.parts_done if resume and current is not None else 0,
+            plan=plan_id,
+            shards=shards,
             model=self._indexer.model_id,
-            reusable_versions=self._reusable_versions(current, resume=resume),
+            lexical_mean=repr(mean.value) if mean.value else "",
+            parts_done=current.parts_done if resume and current is not None else 0,
+            chunk_count=current.chunk_count if resume and current is not None else 0,
         )
         # Write-ahead: from here on the registry says where this document's chunks may be.
         self.registry.put_documents([state], lease=lease.fence)
-        landed: list[int] = list(state.shards) if resume else []
-        for index, part in enumerate(self._parts(parser, stream, ctx, report)):
+        reuse = self._reusable(current) if stored else None
+        parts: Iterable[list[Plan]] = self._planned_parts(parser, stream, ctx, report, mean)
+        early: _EarlySweep | None = None
+        if planned_whole:
+            whole = list(parts)
+            parts = whole
+            early = _EarlySweep(self._stores, self._indexer, prior, [p for part in whole for p in part])
+        self.registry.preemptible(event, owner=lease.owner, allowed=True)
+        landed: list[int] = list(state.shards) if state.parts_done else []
+        keep: list[str] = []
+        for index, part in enumerate(parts):
             if index < state.parts_done:
-                continue  # written by an earlier attempt at this version
+                # Written by an earlier attempt at this version (same cut, same mean: the same rows).
+                keep.extend(chunk.chunk_id for plan in part for chunk in plan.chunks)
+                continue
             if not lease.room_for_another_part(self._settings.continue_margin_s):
                 raise _Continue
             started = time.monotonic()
             self.registry.renew(event, owner=lease.owner, lease_s=self._settings.lease_s)
-            count = state.chunk_count
-            for piece in part:
-                slice_ = piece.model_copy(update={"first_chunk": count})
-                [result] = self._indexer.run([slice_], flush=False, sweep=False, reuse=reuse)
-                written.add(ctx.doc_id, version, count, result)
-                count += result.chunks
-                landed = _union(landed, result.shards)
-            state = state.model_copy(
-                update={"parts_done": index + 1, "chunk_count": count, "shards": _union(state.shards, landed)}
-            )
-            self.registry.put_documents([state], lease=lease.fence)
+            for plan in part:
+                for batch in plan.batches(self._settings.write_batch_chunks):
+                    self._check_still_current(lease, ctx)
+                    [result] = self._indexer.write(
+                        batch, flush=False, sweep=False, reuse=reuse, stored={ctx.doc_id: stored}
+                    )
+                    written.add(ctx.doc_id, version, result)
+                    keep.extend(result.ids)
+                    landed = _union(landed, result.shards)
+                    if early is not None and early.pending(len(keep) - 1):
+                        # Never deleting while a newer version may take the key: it could keep these very rows.
+                        self.registry.preemptible(event, owner=lease.owner, allowed=False)
+                        early.run(len(keep) - 1)
+                        self.registry.preemptible(event, owner=lease.owner, allowed=True)
+            update: dict[str, Any] = {"parts_done": index + 1, "chunk_count": len(keep)}
+            update["lexical_mean"] = repr(mean.value) if mean.value else ""
+            update["shards"] = _union(state.shards, landed)
+            if update != {k: getattr(state, k) for k in update}:
+                state = state.model_copy(update=update)
+                self.registry.put_documents([state], lease=lease.fence)
             lease.parts += 1
             lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
-        self._sweep(ctx.doc_id, version, state.chunk_count, state.shards, fresh=current is None or not current.live)
+        self.registry.preemptible(event, owner=lease.owner, allowed=False)
+        self._sweep(ctx.doc_id, set(keep), state.shards, fresh=not live)
         # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
         # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
         for shard in sorted(state.shards):
@@ -433,38 +556,77 @@ class IngestService:
                 "shard": (landed or state.shards)[0],
                 "parts_done": 0,  # progress means something only while writing
                 "plan": "",
-                "reusable_versions": [],  # swept
             }
         )
         self.registry.put_documents([final], lease=lease.fence)
         return final
 
+    def _planned_parts(
+        self, parser: Parser, stream: ByteStream, ctx: SourceContext, report: ParseReport, mean: MeanLength
+    ) -> Iterator[list[Plan]]:
+        """The object's parts, each cut into chunks with their row ids, numbered across parts."""
+        count = 0
+        for part in self._parts(parser, stream, ctx, report):
+            plans = []
+            for piece in part:
+                plan = self._indexer.plan([piece.model_copy(update={"first_chunk": count})], mean=mean)
+                count += len(plan.chunks)
+                plans.append(plan)
+            yield plans
+
+    def _check_still_current(self, lease: _Lease, ctx: SourceContext) -> None:
+        """Stop (:class:`_Replaced`) if the bucket no longer holds this version: its newer event is on its way,
+        and every chunk embedded for this one from here on would be wasted. At most once a second."""
+        now = time.monotonic()
+        if now - lease.checked_at < 1.0:
+            return
+        lease.checked_at = now
+        try:
+            info = self._objects.head(lease.event.bucket, lease.event.key)
+        except ObjectMissing:
+            raise _Replaced from None
+        if info.etag != ctx.version:
+            raise _Replaced
+
+    def _prior_rows(self, doc_id: str, shards: Iterable[int]) -> list[tuple[int, EmbeddedChunk]]:
+        """The document's stored rows with their shards (those whose text the store may have cut are left out:
+        they only miss the early sweep and the mean, and the final sweep still sees them)."""
+        return [(shard, row) for shard in shards for row in self._stores(shard).stored_chunks(doc_id)]
+
+    def _stored_lengths(self, stored: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+        """The BM25 length and the number of lexical units that the rows in ``stored`` count (each copy counted,
+        as the statistics do)."""
+        by_shard: dict[int, list[str]] = {}
+        for cid, shards in stored.items():
+            for shard in shards:
+                by_shard.setdefault(shard, []).append(cid)
+        return _lengths(
+            terms.sparse for shard, ids in by_shard.items() for terms in self._stores(shard).stored_terms(ids).values()
+        )
+
+    def _stored_rows(self, doc_id: str, shards: Iterable[int]) -> dict[str, list[int]]:
+        """The ids of ``doc_id``'s stored rows, with the shards that hold each."""
+        rows: dict[str, list[int]] = {}
+        for shard in shards:
+            for cid in self._stores(shard).chunk_ids(doc_id):
+                rows.setdefault(cid, []).append(shard)
+        return rows
+
     def _reusable(self, before: DocumentState | None) -> dict[str, Reusable] | None:
-        """The earlier chunks of a document whose vectors its new version may reuse: those of the versions the
-        registry records, when the same model embedded them (a ``writing`` record names the version being written
-        and the earlier ones still stored, so an interrupted overwrite's retry reuses both)."""
+        """Where a document's earlier rows are, for vectors its new version may reuse: only if the registry says
+        the same model wrote them (and each row's id says so too: ``row_identity.by_model``)."""
         model = self._indexer.model_id
-        if not model or before is None or before.model != model or before.status not in ("indexed", "writing"):
+        if not model or before is None or not before.live or before.model != model:
             return None
-        versions = [before.version, *before.reusable_versions]
-        return {before.doc_id: Reusable(shards=before.held_shards(), versions=versions)}
+        return {before.doc_id: Reusable(shards=before.held_shards())}
 
-    def _reusable_versions(self, before: DocumentState | None, *, resume: bool) -> list[str]:
-        """What the write-ahead record of a new version lists as reusable (see ``DocumentState``)."""
-        if before is None or before.model != self._indexer.model_id or before.status not in ("indexed", "writing"):
-            return []
-        if resume:
-            return list(before.reusable_versions)
-        return [before.version, *before.reusable_versions][:3]
-
-    def _sweep(self, doc_id: str, version: str, chunks: int, shards: Iterable[int], *, fresh: bool) -> None:
-        """Remove every chunk of ``doc_id`` that is not one of this version's ``chunks``: earlier versions, and
-        anything an interrupted attempt cut differently. A document the registry never recorded as live has
-        no chunks (the write-ahead record precedes them), so its sweep, a filtered scan on Milvus Lite, is
-        skipped."""
+    def _sweep(self, doc_id: str, keep: set[str], shards: Iterable[int], *, fresh: bool) -> None:
+        """Remove every row of ``doc_id`` that is not one of ``keep``: earlier versions, and anything an
+        interrupted attempt or a superseded run wrote. The store is read now, after this run's writes. A
+        document the registry never recorded as live has no rows (the write-ahead record precedes them), so its
+        sweep, a filtered scan on Milvus Lite, is skipped."""
         if fresh:
             return
-        keep = {chunk_id(doc_id, version, i) for i in range(chunks)}
         for shard in shards:
             store = self._stores(shard)
             stale = [cid for cid in store.chunk_ids(doc_id) if cid not in keep]
@@ -507,7 +669,8 @@ class IngestService:
         todo: list[Document] = []
         for doc in part:
             before = existing.get(doc.doc_id)
-            if before is not None and before.status == "indexed" and before.version == doc.version:
+            same = before is not None and before.status == "indexed" and before.version == doc.version
+            if same and before is not None and not event.reconcile:
                 unchanged.append(before.model_copy(update={"sequencer": event.sequencer, "uri": event.uri}))
             else:
                 todo.append(doc)
@@ -550,7 +713,7 @@ class IngestService:
                 self._fresh.unmark(fresh)
         states = list(unchanged)
         for doc, result in zip(todo, results, strict=True):
-            written.add(doc.doc_id, doc.version, 0, result)
+            written.add(doc.doc_id, doc.version, result)
             states.append(
                 state(doc, status="indexed", shard=result.shard, shards=result.shards, chunk_count=result.chunks)
             )
@@ -645,6 +808,13 @@ class IngestService:
             for shard in shards:
                 self._stores(shard).delete_document(doc.doc_id)
                 touched.add(shard)
+        if event.reconcile:
+            # A repair also removes rows of documents already deleted: a superseded run may have landed some.
+            for doc in documents:
+                if doc.source_key == event.source_key and not doc.live:
+                    for shard in _union(doc.held_shards(), self._indexer.may_hold(doc.doc_id)):
+                        if self._stores(shard).delete_document(doc.doc_id):
+                            touched.add(shard)
         for shard in sorted(touched):
             self._stores(shard).flush()
         tombstones = [
@@ -654,6 +824,18 @@ class IngestService:
         ]
         self.registry.put_documents(tombstones, lease=lease.fence)
         return len(live)
+
+
+def _lengths(vectors: Iterable[SparseVector | None]) -> tuple[int, int]:
+    """Total BM25 length and number of lexical units, as the term statistics count them (a row that shares its
+    unit with another row counts for nothing)."""
+    tokens = units = 0
+    for vector in vectors:
+        if vector is not None and not counts_unit(vector):
+            continue
+        tokens += (stored_length(vector) or 0) if vector is not None else 0
+        units += 1
+    return tokens, units
 
 
 def _union(*groups: Iterable[int]) -> list[int]:
