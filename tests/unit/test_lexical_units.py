@@ -18,6 +18,8 @@ from shardrag.bm25 import (
     CorpusStats,
     Tokenizer,
     counts_unit,
+    grid_mean,
+    measured_avgdl,
 )
 from shardrag.bm25 import stored_length as length_of
 from shardrag.chunking import Chunker, Document
@@ -237,3 +239,28 @@ def test_a_rebuild_recounts_units_once_and_reports_rows(hashing_embedder: Any, t
     fresh = TermStatsStore(FileArtifactStore(tmp_path / "fresh"), [stats_name("c", 0)])
     assert rebuild_term_stats(lambda shard: inner, fresh) == {0: rows}
     assert fresh.load(0) == kept.load(0) and kept.load(0).documents == 3 < rows
+
+
+def test_a_batch_on_an_empty_table_is_weighed_by_its_units_mean_not_each_documents_own(
+    hashing_embedder: Any, tmp_path: Any
+) -> None:
+    """With an empty table, weighing each document by its own length would turn length normalisation off for the
+    first batch of a bulk load; the batch's units give the mean instead. Without a table: per document."""
+    documents = [Document(doc_id=f"d{i}", text=_paragraphs(i, 1 + 3 * i), version="1") for i in range(4)]
+    units = [unit for document in documents for unit in _units(document, 1024)]
+    encoder = Bm25Encoder(k1=1.2, b=0.75)
+    batch_mean = grid_mean(measured_avgdl(None, encoder.lengths([u.text for u in units])))
+    stats = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0)])
+    with_table = _indexer(hashing_embedder, InMemoryVectorStore(dimension=8), stats, 1024).plan(documents)
+    firsts = [v for v, c in zip(with_table.sparse, with_table.chunks, strict=True) if counts_unit(v)]
+    assert firsts == encoder.documents([u.text for u in units], mean=batch_mean)
+    alone = DocumentIndexer(
+        chunker=CHUNKER,
+        embedder=hashing_embedder,
+        store_for=lambda shard: InMemoryVectorStore(dimension=8),
+        shard_count=1,
+        bm25=Bm25Encoder(k1=1.2, b=0.75, window=1024),
+    ).plan(documents)
+    own = [v for v in alone.sparse if counts_unit(v)]
+    assert own == [encoder.documents([u.text])[0] for u in units]  # one unit per document here
+    assert own != firsts

@@ -144,17 +144,18 @@ class EmbeddingSettings(_Model):
 
 
 class Bm25Settings(_Model):
-    """BM25 over lexical units (``shardrag.bm25``, ``shardrag.lexical_units``): a chunk is scored by its whole
-    document, or a run of its document's chunks, up to ``window`` terms. ``avgdl`` is measured: the term statistics
+    """BM25 over lexical units (``shardrag.bm25``, ``shardrag.lexical_units``): a whole document, or a run of its
+    chunks, up to ``window`` terms, scored on the unit's first row. ``avgdl`` is measured: the term statistics
     keep the units' total length beside their count, and each write weighs its units by the mean length of the
     corpus it joins."""
 
-    #: k1 1.5, b 0.75 (bm25s's own): chosen with the fusion below by the hybrid's worst case over the development
-    #: corpora (SciFact test, NFCorpus dev, mtrag-mini; ``bench/retrieval_study.py``, BENCHMARKS.md "Retrieval
-    #: defaults"): among the settings within 0.001 of the best that keep SciFact hybrid >= 0.737, the best worst
-    #: case of BM25 mode against bm25s (-0.0012 at ``window`` 1024).
-    k1: float = Field(default=1.5, ge=0.0, le=10.0)
-    b: float = Field(default=0.75, ge=0.0, le=1.0)
+    #: k1 1.2, b 0.9: chosen with the fusion below by the hybrid's worst case over the development corpora
+    #: (SciFact test, NFCorpus dev, mtrag-mini; ``bench/document_fusion_study.py``, BENCHMARKS.md "Retrieval
+    #: defaults"), among the BM25 settings within 0.005 of bm25s on every corpus (this one: -0.0017 at worst;
+    #: bm25s's own k1 1.5, b 0.75: -0.0012, but its best hybrid at 100 candidates ends 0.0007 below the reference
+    #: fusion where this one ends 0.0012 above).
+    k1: float = Field(default=1.2, ge=0.0, le=10.0)
+    b: float = Field(default=0.9, ge=0.0, le=1.0)
     #: None: measured (the default). A number pins the mean unit length every unit is weighed against.
     avgdl: float | None = Field(default=None, gt=0.0, le=100_000.0)
     #: The most BM25 terms of a lexical unit (``shardrag.lexical_units``): a document up to this long is scored
@@ -165,14 +166,15 @@ class Bm25Settings(_Model):
 
 
 class FusionSettings(_Model):
-    """How ``hybrid`` combines the dense and BM25 rankings after each is merged across shards. z-score, alpha 0.5,
-    100 per modality: the best worst case over the development corpora of min-max, z-score and RRF at every weight
-    and 50/100/200 candidates, over BM25 with lexical units (``bench/retrieval_study.py``; 200 gains ~0.003 but
-    leaves generation ~300 characters per hit in the state payload)."""
+    """How ``hybrid`` combines the dense and BM25 rankings after each is merged across shards: convex, z-score,
+    alpha 0.6, 100 per modality, a chunk's BM25 side its document's best lexical candidate (``ConvexFuser``).
+    The best worst case over the development corpora of min-max, z-score and RRF at weights 0.4-0.65 and 50/100/200
+    candidates (``bench/document_fusion_study.py``): +0.0012 over the reference fusion at worst; 200 candidates
+    gain ~0.001 but leave generation ~300 characters per hit in the state payload."""
 
     kind: Literal["convex", "rrf"] = "convex"
     #: Convex: weight of the dense score (BM25 gets 1 - alpha).
-    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    alpha: float = Field(default=0.6, ge=0.0, le=1.0)
     normalisation: Literal["zscore", "minmax"] = "zscore"
     #: Candidates per modality that fusion normalises and combines (the global top of each merged list).
     depth: int = Field(default=100, ge=1, le=200)
