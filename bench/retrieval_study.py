@@ -372,9 +372,10 @@ def batch_avgdl(scorer: Scorer) -> Matrix:
 
 
 def one_row_per_unit(scorer: Scorer, k1: float, b: float, how: str, alpha: float, depth: int) -> float:
-    """A design not shipped, measured beside the shipped one: only a unit's first row carries its weights (so the
-    lexical top ``depth`` holds ``depth`` distinct units, where tied rows of one unit crowd it now), and fusion
-    gives a chunk its document's best lexical score (document-level lexical evidence), its own dense score."""
+    """Only a unit's first row carries its weights (so the lexical top ``depth`` holds ``depth`` distinct units,
+    where tied rows of one unit crowd it when every row carries them), and fusion gives a chunk its document's best
+    lexical score (document-level lexical evidence), its own dense score: the design shipped since, whose grid
+    ``bench/document_fusion_study.py`` measures with the shipped fusers."""
     corpus = scorer.corpus
     docs = corpus.chunk_docs
     first: dict[int, int] = {}
