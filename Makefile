@@ -109,9 +109,11 @@ eval: install model
 
 ## The retrieval defaults study (issue 14): BM25 k1/b/avgdl and fusion chosen by the worst case over SciFact test,
 ## NFCorpus dev and mtrag-mini, offline over embeddings cached in build/retrieval-study (first run: embeds each corpus
-## once). Also part of `make bench`. Results: bench/results/retrieval_study.{json,md}.
+## once). Also part of `make bench`. Results: bench/results/retrieval_study.{json,md} and, for the shipped design (a
+## unit's weights on its first row, fusion by document), bench/results/document_fusion_study.{json,md}.
 retrieval-study: install model
 	$(PY) -m bench.run retrieval_study
+	$(PY) -m bench.run document_fusion_study
 
 clean:
 	rm -rf build cdk.out .shardrag

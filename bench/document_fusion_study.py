@@ -9,7 +9,8 @@ units, not the tied rows of a few) and how fusion reads them. Fusion is the ship
 reference fusion), among BM25 settings within 0.005 of bm25s on every corpus; the per-chunk scope of the shipped
 fuser is measured beside it, over the same first-row-only lists and over every row carrying the weights.
 
-Run: ``python -m bench.document_fusion_study``; JSON and Markdown in ``bench/results/``.
+Run: ``make retrieval-study`` (both studies) or ``python -m bench.document_fusion_study``; JSON and Markdown in
+``bench/results/``.
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result, command, commit)
     args.out.with_suffix(".md").write_text(text)
     print(text)
+    # Last line: the whole result, which ``make bench`` (bench/run.py) records with its machine and commit.
+    print(json.dumps(result))
     return 0
 
 

@@ -31,6 +31,8 @@ RUNS: dict[str, list[str]] = {
     "load": ["-m", "bench.load", "--baseline", "e09a5fc"],
     # Retrieval defaults across the development corpora (offline, over cached embeddings; issue 14).
     "retrieval_study": ["-m", "bench.retrieval_study"],
+    # The shipped design: a unit's weights on its first row, fusion by document (issue 14).
+    "document_fusion_study": ["-m", "bench.document_fusion_study"],
     # Issue 15: re-upload with one paragraph edited against the first ingest (the acceptance check's document at
     # 2,900 paragraphs, the issue's at 1,000), and the answer cache's hit against its miss.
     "reuse": ["-m", "bench.reuse", "--paragraphs", "1000,2900"],
