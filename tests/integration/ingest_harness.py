@@ -36,6 +36,7 @@ from shardrag.ingestion import (
     notification,
     table_definition,
 )
+from shardrag.ingestion.registry import DynamoDbDeltaJournal
 from shardrag.ingestion.service import FreshDocuments
 from shardrag.records import EmbeddedChunk, StoredTerms
 from shardrag.store.accounting import TermAccountingStore
@@ -243,7 +244,11 @@ class IngestSystem:
         *,
         per_tenant: bool = False,
         plan: FaultPlan | None = None,
+        journal: bool = True,
     ) -> None:
+        """``journal``: give the statistics tracker its journal (False: a delta it cannot apply lives only in the
+        worker's memory, as before the journal; kept to show what the journal is for)."""
+        self.journal = journal
         self.shards = shards
         self.settings = settings
         self.per_tenant = per_tenant
@@ -284,7 +289,9 @@ class IngestSystem:
 
     # -- the worker process (rebuilt after a crash: nothing it held in memory survives) -------------------
     def new_process(self) -> None:
-        tracker = TermStatsTracker(lambda: self.stats)
+        # The journal of deltas a flush could not apply lives in the registry table, behind the same faults.
+        journal = DynamoDbDeltaJournal(FaultyClient(self.ddb, "ddb", self.plan), self.table)
+        tracker = TermStatsTracker(lambda: self.stats, lambda: journal if self.journal else None, clock=self.clock)
         self.stores: list[VectorStore] = [
             TermAccountingStore(FaultyStore(m, self.plan, i), shard=i, tracker=tracker, per_tenant=self.per_tenant)
             for i, m in enumerate(self.shards.milvus)
