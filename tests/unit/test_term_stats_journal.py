@@ -133,6 +133,32 @@ def test_the_table_forgets_applied_ids_after_the_keep_window(tmp_path: Path, mon
     assert set(applied) == {"b"}
 
 
+def test_a_write_that_landed_but_read_as_a_lost_race_is_not_added_again(tmp_path: Path) -> None:
+    """An S3 conditional PUT whose response was lost: the SDK retries it, the retry fails its precondition
+    (the first one changed the ETag), and the table already holds the delta when the swap tries again."""
+
+    class LostResponse(FileArtifactStore):
+        lost = 1
+
+        def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
+            landed = super().put(name, data, expected_etag=expected_etag)
+            if landed and LostResponse.lost:
+                LostResponse.lost -= 1
+                return False
+            return landed
+
+    table = TermStatsStore(LostResponse(tmp_path), ["s0"])
+    assert table.apply(0, _delta(TEXTS[0]))
+    assert table.load(0) == _delta(TEXTS[0])
+    for _ in range(80):  # plain write ids are kept only for the newest few
+        table.apply(0, CorpusStats())
+    found = table._artifacts.get("s0")
+    assert found is not None
+    import shardrag.term_stats as module
+
+    assert len(module._decode_table(found.data)[1]) == module._RECENT_WRITES
+
+
 def test_a_delta_round_trips_through_the_table_format() -> None:
     delta = _delta(TEXTS[3])
     delta.count([Bm25Encoder().document(TEXTS[0])], -1)

@@ -53,6 +53,19 @@ _MAX_PAUSE_S = 0.5
 #: How long a table remembers the id of a journaled delta it applied. A journal entry is folded within a minute
 #: of any later flush; one older than this is dropped unapplied (with an error), since its id may be forgotten.
 APPLIED_KEEP_S = 7 * 24 * 3600
+#: Ids of plain (not journaled) writes a table keeps: they matter only while their own writer retries.
+_RECENT_WRITES = 64
+_WRITE_PREFIX = "w"
+
+
+def _remember(applied: Mapping[str, int], tag: str) -> dict[str, int]:
+    """``applied`` with ``tag`` added: journal ids for ``APPLIED_KEEP_S``, plain write ids the newest few."""
+    now = int(time.time())
+    writes = sorted(((t, k) for k, t in applied.items() if k.startswith(_WRITE_PREFIX)), reverse=True)
+    kept = {k: t for k, t in applied.items() if not k.startswith(_WRITE_PREFIX) and now - t < APPLIED_KEEP_S}
+    kept.update({k: t for t, k in writes[: _RECENT_WRITES - 1]})
+    kept[tag] = now
+    return kept
 
 
 def encode_stats(stats: CorpusStats, applied: Mapping[str, int] | None = None) -> bytes:
@@ -69,7 +82,7 @@ def encode_stats(stats: CorpusStats, applied: Mapping[str, int] | None = None) -
         measured=np.int64(stats.measured),
         ids=ids,
         counts=counts,
-        applied=np.array([k for k, _ in done], dtype="<U32"),
+        applied=np.array([k for k, _ in done], dtype="<U40"),
         applied_at=np.array([t for _, t in done], dtype=np.int64),
     )
     return buffer.getvalue()
@@ -131,17 +144,18 @@ class TermStatsStore:
 
     def apply(self, shard: int, delta: CorpusStats, scope: str = "", *, entry_id: str | None = None) -> bool:
         """Add ``delta`` to the shard's table; ``False`` if every attempt lost a race. ``entry_id``: the delta's
-        journal id, recorded in the table so that a second copy of it adds nothing."""
+        journal id, recorded in the table so that a second copy of it adds nothing.
+
+        A delta without one still gets an id for this call: a conditional write whose response was lost and
+        that the SDK retried lands once and then reads as a lost race, and the next attempt must find it there
+        rather than add it again (the table keeps the last ``_RECENT_WRITES`` such ids)."""
+        tag = entry_id or f"{_WRITE_PREFIX}{uuid.uuid4().hex[:16]}"
 
         def added(stats: CorpusStats, applied: dict[str, int]) -> tuple[CorpusStats, dict[str, int]] | None:
-            if entry_id is not None:
-                if entry_id in applied:
-                    return None
-                now = int(time.time())
-                applied = {k: t for k, t in applied.items() if now - t < APPLIED_KEEP_S}
-                applied[entry_id] = now
+            if tag in applied:
+                return None
             stats.add(delta, clamp=False)
-            return stats, applied
+            return stats, _remember(applied, tag)
 
         return self._swap(shard, scope, added)
 
