@@ -159,6 +159,29 @@ def test_a_write_that_landed_but_read_as_a_lost_race_is_not_added_again(tmp_path
     assert len(module._decode_table(found.data)[1]) == module._RECENT_WRITES
 
 
+def test_an_attempt_that_raised_after_its_write_landed_is_not_counted_again_from_the_journal(tmp_path: Path) -> None:
+    class RaisesAfterWriting(FileArtifactStore):
+        once = True
+
+        def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
+            landed = super().put(name, data, expected_etag=expected_etag)
+            if RaisesAfterWriting.once:
+                RaisesAfterWriting.once = False
+                raise TimeoutError("injected: the response was lost")
+            return landed
+
+    table = TermStatsStore(RaisesAfterWriting(tmp_path), ["s0"])
+    journal = MemoryJournal()
+    tracker = TermStatsTracker(lambda: table, lambda: journal)
+    tracker.record(0, added=[Bm25Encoder().document(TEXTS[0])], removed=[])
+    with pytest.raises(RuntimeError, match="TimeoutError"):
+        tracker.flush(0)
+    assert len(journal.entries()) == 1
+    TermStatsTracker(lambda: table, lambda: journal).fold()
+    tracker.flush(0)
+    assert table.load(0) == _delta(TEXTS[0]) and journal.entries() == []
+
+
 def test_a_delta_round_trips_through_the_table_format() -> None:
     delta = _delta(TEXTS[3])
     delta.count([Bm25Encoder().document(TEXTS[0])], -1)

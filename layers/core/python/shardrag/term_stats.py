@@ -58,6 +58,11 @@ _RECENT_WRITES = 64
 _WRITE_PREFIX = "w"
 
 
+def new_write_id() -> str:
+    """An id for one plain write (see :meth:`TermStatsStore.apply`)."""
+    return f"{_WRITE_PREFIX}{uuid.uuid4().hex[:16]}"
+
+
 def _remember(applied: Mapping[str, int], tag: str) -> dict[str, int]:
     """``applied`` with ``tag`` added: journal ids for ``APPLIED_KEEP_S``, plain write ids the newest few."""
     now = int(time.time())
@@ -149,7 +154,7 @@ class TermStatsStore:
         A delta without one still gets an id for this call: a conditional write whose response was lost and
         that the SDK retried lands once and then reads as a lost race, and the next attempt must find it there
         rather than add it again (the table keeps the last ``_RECENT_WRITES`` such ids)."""
-        tag = entry_id or f"{_WRITE_PREFIX}{uuid.uuid4().hex[:16]}"
+        tag = entry_id or new_write_id()
 
         def added(stats: CorpusStats, applied: dict[str, int]) -> tuple[CorpusStats, dict[str, int]] | None:
             if tag in applied:
@@ -252,9 +257,12 @@ class TermStatsTracker:
         for (_, scope), delta in fresh.items():
             if not delta:
                 continue
-            error = self._try_apply(shard, scope, delta, None)
+            # The journal entry keeps the failed attempt's id: an attempt that failed after its write landed is
+            # then found in the table, not added again (while the table still keeps plain write ids).
+            tag = new_write_id()
+            error = self._try_apply(shard, scope, delta, tag)
             if error is not None:
-                self._keep(JournalEntry(uuid.uuid4().hex, shard, scope, delta, time.time()))
+                self._keep(JournalEntry(tag, shard, scope, delta, time.time()))
                 failures.append(error)
         for entry in kept:
             if self._try_apply(shard, entry.scope, entry.delta, entry.entry_id) is None:
