@@ -55,7 +55,9 @@ class WorkerCrash(BaseException):
 
 
 class FaultPlan:
-    """Counts steps; fails the ``at``-th one from now (transient or crash), once."""
+    """Counts steps; fails the ``at``-th one from now, once: ``transient`` (the call fails), ``crash`` (the worker
+    dies before the call) or ``lost`` (the call lands and its response is lost: an error after the effect; only
+    where the step's caller supports it, elsewhere it is ``transient``)."""
 
     def __init__(self) -> None:
         self.steps = 0
@@ -71,22 +73,26 @@ class FaultPlan:
     def disarm(self) -> None:
         self._at = None
 
-    def step(self, name: str, transient: Callable[[], BaseException]) -> None:
+    def step(self, name: str, transient: Callable[[], BaseException], *, can_lose: bool = False) -> bool:
+        """Count a step; raise its fault if it is the armed one. ``True``: perform the call, then raise
+        ``transient()`` (a lost response), for a caller that passed ``can_lose``."""
         self.steps += 1
         if self._at is None or not name.startswith(self._only):
-            return
+            return False
         if self._kind == "crash" and name.startswith("stats."):
             # A term-statistics update is the tail of one shard write (the rows are written, the table not yet):
             # a worker killed there loses that write's delta, the one case the accounting does not cover (README,
             # "Integrity"; `shardrag rebuild-term-stats` recounts). Crashes land between calls, never inside one.
-            return
+            return False
         self._seen += 1
         if self._seen < self._at:
-            return
+            return False
         self._at = None
         self.fired.append(f"{self._kind}@{name}")
         if self._kind == "crash":
             raise WorkerCrash(name)
+        if self._kind == "lost" and can_lose:
+            return True
         raise transient()
 
 
@@ -157,8 +163,12 @@ class FaultyArtifacts(FileArtifactStore):
         return super().get(name)
 
     def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
-        self._plan.step("stats.put", lambda: OSError("injected: artefact write"))
-        return super().put(name, data, expected_etag=expected_etag)
+        error = lambda: OSError("injected: artefact write")  # noqa: E731
+        lost = self._plan.step("stats.put", error, can_lose=True)
+        landed = super().put(name, data, expected_etag=expected_etag)
+        if lost:
+            raise error()
+        return landed
 
 
 class Clock:

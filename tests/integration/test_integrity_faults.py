@@ -66,14 +66,18 @@ def _large_text(paragraphs: int = 300, tag: str = "") -> bytes:
 
 # -- found by the long model search (250 x 40, seed 1204277...): a statistics delta outlived only in memory ---------
 @pytest.mark.parametrize("crash_at", ["store.", "ddb.", "s3."])
-def test_a_delta_whose_flush_failed_is_counted_although_the_worker_then_dies(make: Any, crash_at: str) -> None:
-    """The rows are written, the table's update fails, and the worker dies before its next flush: the retry reads
-    the rows back as stored and counts nothing, so only the journal can carry the delta over."""
+@pytest.mark.parametrize("failure", ["transient", "lost"])
+def test_a_delta_whose_flush_failed_is_counted_although_the_worker_then_dies(
+    make: Any, failure: str, crash_at: str
+) -> None:
+    """The rows are written, the table's update fails (or lands and its response is lost), and the worker dies
+    before its next flush: the retry reads the rows back as stored and counts nothing, so only the journal can
+    carry the delta over, and only its id keeps a landed one from counting twice."""
     system = make(per_tenant=True)
     system.put("acme/bulk.jsonl", b'{"_id": "n1", "text": "Tides."}\n{"_id": "n2", "text": "Bees."}')
-    system.plan.arm(1, "transient", only="stats.put")
+    system.plan.arm(1, failure, only="stats.put")
     assert system.deliver(keep=True) == "retry"
-    assert system.plan.fired == ["transient@stats.put"]
+    assert system.plan.fired == [f"{failure}@stats.put"]
     system.plan.arm(1, "crash", only=crash_at)
     assert system.deliver() == "crash"
     system.drain()
