@@ -113,7 +113,10 @@ def cmd_term_stats(args: argparse.Namespace) -> int:
         from shardrag.term_stats import rebuild_term_stats
 
         counted = rebuild_term_stats(
-            services.shard_stores(), services.term_stats_store(), per_tenant=services.stats_per_tenant()
+            services.shard_stores(),
+            services.term_stats_store(),
+            per_tenant=services.stats_per_tenant(),
+            journal=services.stats_journal(),
         )
         print(json.dumps({"chunks_per_shard": {str(k): v for k, v in counted.items()}}, indent=2))
         return 0

@@ -242,7 +242,10 @@ class LocalRuntime:
         from shardrag.term_stats import rebuild_term_stats
 
         counted = rebuild_term_stats(
-            services.shard_stores(), services.term_stats_store(), per_tenant=services.stats_per_tenant()
+            services.shard_stores(),
+            services.term_stats_store(),
+            per_tenant=services.stats_per_tenant(),
+            journal=services.stats_journal(),
         )
         services.corpus_stats.cache_clear()
         return {"chunks_per_shard": {str(k): v for k, v in counted.items()}}

@@ -37,6 +37,7 @@ from shardrag.ingestion import (
     notification,
     table_definition,
 )
+from shardrag.ingestion.registry import DynamoDbDeltaJournal
 from shardrag.ingestion.service import FreshDocuments
 from shardrag.records import EmbeddedChunk, StoredTerms
 from shardrag.store.accounting import TermAccountingStore
@@ -55,7 +56,9 @@ class WorkerCrash(BaseException):
 
 
 class FaultPlan:
-    """Counts steps; fails the ``at``-th one from now (transient or crash), once."""
+    """Counts steps; fails the ``at``-th one from now, once: ``transient`` (the call fails), ``crash`` (the worker
+    dies before the call) or ``lost`` (the call lands and its response is lost: an error after the effect; only
+    where the step's caller supports it, elsewhere it is ``transient``)."""
 
     def __init__(self) -> None:
         self.steps = 0
@@ -71,22 +74,26 @@ class FaultPlan:
     def disarm(self) -> None:
         self._at = None
 
-    def step(self, name: str, transient: Callable[[], BaseException]) -> None:
+    def step(self, name: str, transient: Callable[[], BaseException], *, can_lose: bool = False) -> bool:
+        """Count a step; raise its fault if it is the armed one. ``True``: perform the call, then raise
+        ``transient()`` (a lost response), for a caller that passed ``can_lose``."""
         self.steps += 1
         if self._at is None or not name.startswith(self._only):
-            return
+            return False
         if self._kind == "crash" and name.startswith("stats."):
             # A term-statistics update is the tail of one shard write (the rows are written, the table not yet):
             # a worker killed there loses that write's delta, the one case the accounting does not cover (README,
             # "Integrity"; `shardrag rebuild-term-stats` recounts). Crashes land between calls, never inside one.
-            return
+            return False
         self._seen += 1
         if self._seen < self._at:
-            return
+            return False
         self._at = None
         self.fired.append(f"{self._kind}@{name}")
         if self._kind == "crash":
             raise WorkerCrash(name)
+        if self._kind == "lost" and can_lose:
+            return True
         raise transient()
 
 
@@ -157,8 +164,12 @@ class FaultyArtifacts(FileArtifactStore):
         return super().get(name)
 
     def put(self, name: str, data: bytes, *, expected_etag: str | None) -> bool:
-        self._plan.step("stats.put", lambda: OSError("injected: artefact write"))
-        return super().put(name, data, expected_etag=expected_etag)
+        error = lambda: OSError("injected: artefact write")  # noqa: E731
+        lost = self._plan.step("stats.put", error, can_lose=True)
+        landed = super().put(name, data, expected_etag=expected_etag)
+        if lost:
+            raise error()
+        return landed
 
 
 class Clock:
@@ -244,7 +255,11 @@ class IngestSystem:
         *,
         per_tenant: bool = False,
         plan: FaultPlan | None = None,
+        journal: bool = True,
     ) -> None:
+        """``journal``: give the statistics tracker its journal (False: a delta it cannot apply lives only in the
+        worker's memory, as before the journal; kept to show what the journal is for)."""
+        self.journal = journal
         self.shards = shards
         self.settings = settings
         self.per_tenant = per_tenant
@@ -285,7 +300,9 @@ class IngestSystem:
 
     # -- the worker process (rebuilt after a crash: nothing it held in memory survives) -------------------
     def new_process(self) -> None:
-        tracker = TermStatsTracker(lambda: self.stats)
+        # The journal of deltas a flush could not apply lives in the registry table, behind the same faults.
+        journal = DynamoDbDeltaJournal(FaultyClient(self.ddb, "ddb", self.plan), self.table)
+        tracker = TermStatsTracker(lambda: self.stats, lambda: journal if self.journal else None, clock=self.clock)
         self.stores: list[VectorStore] = [
             TermAccountingStore(FaultyStore(m, self.plan, i), shard=i, tracker=tracker, per_tenant=self.per_tenant)
             for i, m in enumerate(self.shards.milvus)

@@ -97,7 +97,7 @@ def test_ingestion_keeps_the_index_true_to_the_bucket(milvus: MilvusShards, tmp_
 
         @rule(
             at=st.integers(1, 40),
-            kind=st.sampled_from(["transient", "crash"]),
+            kind=st.sampled_from(["transient", "crash", "lost"]),
             where=st.sampled_from(["", "store.", "s3.", "ddb.", "stats."]),
         )
         def inject_fault(self, at: int, kind: str, where: str) -> None:

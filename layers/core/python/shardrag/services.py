@@ -46,7 +46,7 @@ from shardrag.search import ShardSearcher
 from shardrag.secrets import read_secret
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.base import VectorStore
-from shardrag.term_stats import CorpusStatsCache, TermStatsStore, TermStatsTracker, stats_name
+from shardrag.term_stats import CorpusStatsCache, DeltaJournal, TermStatsStore, TermStatsTracker, stats_name
 from shardrag.workflow import QueryWorkflow
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class ShardStores:
 
     def __init__(self, settings: Settings, tracker: TermStatsTracker | None = None) -> None:
         self._settings = settings
-        self._tracker = tracker or TermStatsTracker(term_stats_store)
+        self._tracker = tracker or TermStatsTracker(term_stats_store, stats_journal)
         self._endpoints = settings.shard_endpoints()
         self._stores: dict[int, VectorStore] = {}
         self._lock = threading.Lock()
@@ -139,6 +139,19 @@ def artifact_store() -> ArtifactStore:
 def term_stats_store() -> TermStatsStore:
     endpoints = cached_settings().shard_endpoints()
     return TermStatsStore(artifact_store(), [stats_name(ep.collection, i) for i, ep in enumerate(endpoints)])
+
+
+@lru_cache(maxsize=1)
+def stats_journal() -> DeltaJournal | None:
+    """Where a term-statistics delta that could not be applied is kept durably: the registry table, in a process
+    that has one (ingestion, deployed or local); ``None`` elsewhere (such a process never writes rows)."""
+    table = os.environ.get(env.REGISTRY_TABLE)
+    if not table:
+        return None
+    import boto3
+    from shardrag.ingestion.registry import DynamoDbDeltaJournal
+
+    return DynamoDbDeltaJournal(boto3.client("dynamodb"), table)
 
 
 @lru_cache(maxsize=1024)
@@ -479,6 +492,7 @@ def reset_caches() -> None:
         artifact_store,
         centroid_cache,
         term_stats_store,
+        stats_journal,
         corpus_stats,
         _query_encoder,
         embedder,

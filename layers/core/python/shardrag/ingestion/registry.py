@@ -5,6 +5,9 @@ Two kinds of item share the table (partition key ``pk``):
 * ``src#<bucket>/<key>`` — an object: ETag, S3 sequencer, status (``processing`` | ``indexed`` | ``deleted``
   | ``failed``), reason code, document and chunk counts, and while a worker indexes it a lease
   (``owner``, ``lease_until``).
+* ``stats#<id>`` — a BM25 term-statistics delta a worker could not apply (the journal of
+  :class:`~shardrag.term_stats.TermStatsTracker`), listed through the same GSI under ``doc_source``
+  ``#term-stats-journal`` (which no object key can be: every object key holds a "/").
 * ``doc#<doc_id>`` — a document (a file, or one line of a JSON Lines file): the object it came from, its
   version, sequencer, shards (every shard that may hold one of its chunks; items written before centroid
   placement carry only ``shard``), chunk count and status. A GSI on ``doc_source`` lists the documents of an
@@ -48,6 +51,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shardrag.ingestion.errors import Reason, Retryable
 from shardrag.ingestion.events import ObjectEvent
 from shardrag.records import Record
+from shardrag.term_stats import JournalEntry, decode_stats, encode_stats
 
 SourceStatus = Literal["processing", "indexed", "deleted", "failed"]
 DocumentStatus = Literal["writing", "indexed", "deleting", "deleted", "failed"]
@@ -57,6 +61,7 @@ LIVE: frozenset[str] = frozenset({"writing", "indexed", "deleting"})
 #: Items per DynamoDB transaction: the service limit is 100, one of which is the lease check.
 _TRANSACTION_ITEMS = 99
 SOURCE_INDEX = "by_source"
+JOURNAL_SOURCE = "#term-stats-journal"
 _SER = TypeSerializer()
 _DES = TypeDeserializer()
 
@@ -472,3 +477,52 @@ class DynamoDbRegistry:
         """Give the lease back after a transient failure so that the retry (or a newer event) need not wait for
         it to expire; the key stays ``processing`` at this sequencer. A lease already lost needs no release."""
         self._set_lease(event, owner, 0, "release")
+
+
+class DynamoDbDeltaJournal:
+    """The term-statistics journal (:class:`~shardrag.term_stats.DeltaJournal`) in the registry table: another
+    service than the artefact store whose failure puts a delta here, and one every ingest worker can reach."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._db = client
+        self.table_name = table_name
+
+    def put(self, entry: JournalEntry) -> None:
+        self._db.put_item(
+            TableName=self.table_name,
+            Item=_item(
+                {
+                    "pk": f"stats#{entry.entry_id}",
+                    "kind": "stats-delta",
+                    "doc_source": JOURNAL_SOURCE,
+                    "shard": entry.shard,
+                    "scope": entry.scope,
+                    "delta": encode_stats(entry.delta),
+                    "written_at": int(entry.written_at),
+                }
+            ),
+        )
+
+    def entries(self) -> list[JournalEntry]:
+        out: list[JournalEntry] = []
+        for page in self._db.get_paginator("query").paginate(
+            TableName=self.table_name,
+            IndexName=SOURCE_INDEX,
+            KeyConditionExpression="doc_source = :s",
+            ExpressionAttributeValues=_item({":s": JOURNAL_SOURCE}),
+        ):
+            for raw in page.get("Items", []):
+                data = _plain(raw)
+                out.append(
+                    JournalEntry(
+                        entry_id=str(data["pk"]).removeprefix("stats#"),
+                        shard=int(data["shard"]),
+                        scope=str(data.get("scope", "")),
+                        delta=decode_stats(bytes(data["delta"].value)),
+                        written_at=float(data["written_at"]),
+                    )
+                )
+        return out
+
+    def remove(self, entry_id: str) -> None:
+        self._db.delete_item(TableName=self.table_name, Key=_item({"pk": f"stats#{entry_id}"}))
