@@ -144,7 +144,7 @@ class ConvexFuser:
 
     def __init__(
         self,
-        alpha: float = 0.5,
+        alpha: float = 0.6,
         *,
         depth: int = 100,
         normalisation: Normalisation = "zscore",
