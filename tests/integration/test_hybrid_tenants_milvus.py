@@ -60,7 +60,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             make_generator=ExtractiveGenerator,
         )
 
-    yield {"workflow": workflow, "stats": stats, "stores": stores, "indexer": indexer}
+    yield {"workflow": workflow, "stats": stats, "stores": stores, "indexer": indexer, "model": model}
     shards.close()
 
 
@@ -119,3 +119,28 @@ def test_term_statistics_follow_overwrites_and_deletes_on_milvus(system: dict[st
         store.delete_document("acme/bees")
         store.flush()
     assert stats.merged().documents == len(DOCS) - 1
+
+
+def test_a_bm25_hit_shows_the_chunk_of_its_unit_that_holds_the_query_terms(system: dict[str, Any]) -> None:
+    """BM25 scores a document's unit on its first row; the hit must still show the passage that matched (the
+    acceptance check of issue 15 looked for an edited middle paragraph and found only the unit's first chunk)."""
+    stores, model = system["stores"], system["model"]
+    indexer = DocumentIndexer(  # BM25 over lexical units, as shipped (the fixture's indexer scores chunks)
+        chunker=Chunker(size=128, overlap=32, token_spans=model.token_spans),
+        embedder=model,
+        store_for=stores.__getitem__,
+        shard_count=SHARDS,
+        bm25=Bm25Encoder(window=1024),
+    )
+    paragraphs = [f"Paragraph {i} about the slow growth of lichen on granite walls near the coast." for i in range(24)]
+    paragraphs[15] = "The quokka of Rottnest Island smiles at visitors."
+    indexer.run([Document(doc_id="acme/lichen", text="\n\n".join(paragraphs), tenant="acme", version="v1")])
+    try:
+        response = _ask(system["workflow"]("single"), {"question": "quokka Rottnest", "mode": "bm25", "top_k": 3})
+        top = response["hits"][0]
+        assert top["doc_id"] == "acme/lichen" and "quokka" in top["text"], top
+        assert top["position"] > 0  # not the unit's first chunk, which holds paragraph 0
+    finally:
+        for store in stores:
+            store.delete_document("acme/lichen")
+            store.flush()

@@ -30,6 +30,7 @@ from shardrag.config import Settings, cached_settings
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import ConvexFuser, Fuser, RrfFuser, ScoreMergeFuser
 from shardrag.generation.base import Generator
+from shardrag.passages import UnitPassages
 from shardrag.placement import (
     CentroidCache,
     CentroidPlacement,
@@ -365,6 +366,11 @@ def build_query_workflow(
         shard_count=shard_count,
         multi_tenant=settings.tenancy.mode == "multi",
         answers=answers if answers is not None else build_answer_caching(settings),
+        passages=(
+            UnitPassages(stores or shard_stores(), bm25_encoder(settings).tokenizer)
+            if settings.retrieval.bm25.window > 0
+            else None
+        ),
     )
 
 

@@ -23,6 +23,7 @@ from shardrag.errors import BadRequest, Forbidden, WiringError
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import FusedHits, Fuser
 from shardrag.generation.base import Generator
+from shardrag.passages import UnitPassages
 from shardrag.records import (
     MAX_HIT_TEXT_CHARS,
     Answer,
@@ -161,9 +162,12 @@ class QueryWorkflow:
         shard_count: int,
         multi_tenant: bool = False,
         answers: AnswerCaching | None = None,
+        passages: UnitPassages | None = None,
     ) -> None:
-        """``answers``: the answer cache (``None``: off)."""
+        """``answers``: the answer cache (``None``: off). ``passages``: moves ``bm25`` hits onto the chunk of their
+        lexical unit that matches best (``None``: a hit shows the unit's first chunk)."""
         self._answers = answers
+        self._passages = passages
         self._embed = embed
         self._lexical_query = lexical_query
         self._router = router
@@ -302,6 +306,9 @@ class QueryWorkflow:
             lexical=query.mode != "dense",
         )
         lists = (query.mode == "hybrid") + 1
+        if query.mode == "bm25" and query.include_text and self._passages is not None and step.sparse is not None:
+            shown_first = self._passages.run(step.shard, result.lexical[: query.candidates], step.sparse)
+            result = result.model_copy(update={"lexical": shown_first + result.lexical[query.candidates :]})
         if query.include_text:
             tail = max(0, depth - query.candidates) * lists
             budget = hit_text_budget(searched, query.candidates * lists, tail)

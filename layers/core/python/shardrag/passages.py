@@ -1,0 +1,74 @@
+"""The passage a BM25 hit shows.
+
+BM25 scores lexical units (:mod:`shardrag.lexical_units`: a document, or a run of its chunks) and only a unit's
+first row carries the unit's weights, so a BM25 hit is that first chunk, wherever in the unit the query's terms
+are. In ``bm25`` mode that chunk is what the answer cites and generation reads: for a long document, often a
+passage that does not hold the terms at all. :class:`UnitPassages` swaps each shown hit for the chunk of its unit
+(the rows from the hit's position on, at most ``span``) that holds the most of the query's BM25 weight, keeping
+the unit's score; a tie keeps the earlier chunk."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from shardrag.bm25 import Tokenizer, term_ids
+from shardrag.records import MAX_HIT_TEXT_CHARS, Hit, SparseVector
+from shardrag.store.base import VectorStore
+
+log = logging.getLogger(__name__)
+#: BM25's term-frequency saturation for ranking a unit's chunks (bm25s's k1; the lengths are alike).
+_K1 = 1.2
+
+
+class UnitPassages:
+    """Moves BM25 hits onto the chunk of their unit that matches the query best."""
+
+    def __init__(self, store_for: Callable[[int], VectorStore], tokenizer: Tokenizer, *, span: int = 32) -> None:
+        """``span``: how many rows from a unit's first one are read (a unit of the default 1,024 terms spans at
+        most ~20 chunks of 128 tokens; rows past it belong to the document's next unit, no harm to show)."""
+        self._store_for = store_for
+        self._tokenizer = tokenizer
+        self._span = span
+
+    def run(self, shard: int, hits: Sequence[Hit], query: SparseVector) -> list[Hit]:
+        """``hits``, each on its unit's best-matching chunk. A store that fails leaves the hits as they were: the
+        passage is a courtesy, the ranking is already right."""
+        weights = query.as_dict()
+        out: list[Hit] = []
+        taken = {hit.chunk_id for hit in hits}
+        for hit in hits:
+            try:
+                rows = self._store_for(shard).stored_chunks(
+                    hit.doc_id, positions=(hit.position, hit.position + self._span - 1)
+                )
+            except Exception:
+                log.warning(
+                    "shard %d: the passage of %s was not read; the unit's first chunk is shown", shard, hit.doc_id
+                )
+                out.append(hit)
+                continue
+            best, best_score = None, self._score(hit.text, weights)
+            for row in sorted(rows, key=lambda r: r.chunk.position):
+                score = self._score(row.chunk.text, weights)
+                if score > best_score:
+                    best, best_score = row.chunk, score
+            if best is None or best.chunk_id in taken:
+                out.append(hit)  # two units of one document may reach the same chunk: it is shown once
+            else:
+                taken.add(best.chunk_id)
+                out.append(
+                    hit.model_copy(
+                        update={
+                            "chunk_id": best.chunk_id,
+                            "text": best.text[:MAX_HIT_TEXT_CHARS],
+                            "position": best.position,
+                            "metadata": best.metadata,
+                        }
+                    )
+                )
+        return out
+
+    def _score(self, text: str, weights: dict[int, float]) -> float:
+        counts = term_ids(self._tokenizer.terms(text))
+        return sum(w * counts[t] / (counts[t] + _K1) for t, w in weights.items() if counts.get(t))
