@@ -157,3 +157,23 @@ def test_dense_scores_are_the_cosine_similarity_of_unit_vectors(store: VectorSto
     assert [h.chunk_id for h in hits] == sorted(expected, key=lambda c: -expected[c])
     for hit in hits:
         assert hit.score == pytest.approx(expected[hit.chunk_id], abs=1e-5)
+
+
+def test_chunks_at_reads_each_position_range_of_each_document_and_nothing_else(store: VectorStore) -> None:
+    def placed(doc: str, n: int, seed: int) -> list[EmbeddedChunk]:
+        return [
+            item.model_copy(update={"chunk": item.chunk.model_copy(update={"position": i})})
+            for i, item in enumerate(_items(doc, "v1", n, seed))
+        ]
+
+    hostile = 'q" or doc_id != "'
+    store.upsert(placed("a", 6, seed=8) + placed("b", 4, seed=9) + placed(hostile, 2, seed=10))
+    store.flush()
+    found = store.chunks_at([("a", 2, 4), ("b", 3, 9), ('q" or doc_id != "x', 0, 9)])
+    assert sorted((c.doc_id, c.position, c.text) for c in found) == [
+        ("a", 2, "a v1 2"),
+        ("a", 3, "a v1 3"),
+        ("a", 4, "a v1 4"),
+        ("b", 3, "b v1 3"),
+    ]
+    assert store.chunks_at([]) == [] and len(store.chunks_at([(hostile, 0, 0)])) == 1

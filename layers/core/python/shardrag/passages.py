@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from shardrag.bm25 import Tokenizer, term_ids
-from shardrag.records import MAX_HIT_TEXT_CHARS, Hit, SparseVector
+from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, Hit, SparseVector
 from shardrag.store.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -35,38 +35,36 @@ class UnitPassages:
         """``hits``, each on its unit's best-matching chunk. A store that fails leaves the hits as they were: the
         passage is a courtesy, the ranking is already right."""
         weights = query.as_dict()
+        spans = [(hit.doc_id, hit.position, hit.position + self._span - 1) for hit in hits]
+        try:
+            rows = self._store_for(shard).chunks_at(spans) if hits else []
+        except Exception:
+            log.warning("shard %d: passages not read; BM25 hits show their units' first chunks", shard, exc_info=True)
+            return list(hits)
+        by_doc: dict[str, list[Chunk]] = {}
+        for row in sorted(rows, key=lambda r: r.position):
+            by_doc.setdefault(row.doc_id, []).append(row)
         out: list[Hit] = []
         taken = {hit.chunk_id for hit in hits}
-        for hit in hits:
-            try:
-                rows = self._store_for(shard).stored_chunks(
-                    hit.doc_id, positions=(hit.position, hit.position + self._span - 1)
-                )
-            except Exception:
-                log.warning(
-                    "shard %d: the passage of %s was not read; the unit's first chunk is shown", shard, hit.doc_id
-                )
-                out.append(hit)
-                continue
+        for hit, (_, low, high) in zip(hits, spans, strict=True):
             best, best_score = None, self._score(hit.text, weights)
-            for row in sorted(rows, key=lambda r: r.chunk.position):
-                score = self._score(row.chunk.text, weights)
-                if score > best_score:
-                    best, best_score = row.chunk, score
+            for row in by_doc.get(hit.doc_id, []):
+                if low <= row.position <= high and (score := self._score(row.text, weights)) > best_score:
+                    best, best_score = row, score
             if best is None or best.chunk_id in taken:
                 out.append(hit)  # two units of one document may reach the same chunk: it is shown once
-            else:
-                taken.add(best.chunk_id)
-                out.append(
-                    hit.model_copy(
-                        update={
-                            "chunk_id": best.chunk_id,
-                            "text": best.text[:MAX_HIT_TEXT_CHARS],
-                            "position": best.position,
-                            "metadata": best.metadata,
-                        }
-                    )
+                continue
+            taken.add(best.chunk_id)
+            out.append(
+                hit.model_copy(
+                    update={
+                        "chunk_id": best.chunk_id,
+                        "text": best.text[:MAX_HIT_TEXT_CHARS],
+                        "position": best.position,
+                        "metadata": best.metadata,
+                    }
                 )
+            )
         return out
 
     def _score(self, text: str, weights: dict[int, float]) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from shardrag.records import EmbeddedChunk, Hit, SearchRequest, StoredTerms
+from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, StoredTerms
 
 
 @runtime_checkable
@@ -40,6 +40,11 @@ class VectorStore(Protocol):
         """The stored chunks of ``doc_id`` (any version) with their dense vectors, those at ``positions`` (an
         inclusive range) only if given. A chunk whose text or title the store may have cut is left out: its
         vector was not computed from what is stored (re-embedding reuses only what it can verify)."""
+        ...
+
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+        """The stored chunks (no vectors) of each ``(doc_id, first, last)`` position range, inclusive: what a hit
+        may show instead of the row that matched (:mod:`shardrag.passages`)."""
         ...
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:

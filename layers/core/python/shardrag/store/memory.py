@@ -80,6 +80,15 @@ class InMemoryVectorStore:
                 if chunk.doc_id == doc_id and low <= chunk.position <= high
             ]
 
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+        self._check()
+        with self._lock:
+            return [
+                chunk
+                for chunk, _ in self._rows.values()
+                if any(chunk.doc_id == d and low <= chunk.position <= high for d, low, high in spans)
+            ]
+
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         self._check()
         with self._lock:

@@ -261,6 +261,18 @@ class MilvusVectorStore:
                     found.append(item)
         return found
 
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+        if not spans:
+            return []
+        self.ensure_ready()
+        expr = " or ".join(
+            f"({self._doc_filter(d, None)} and position >= {int(low)} and position <= {int(high)})"
+            for d, low, high in spans
+        )
+        limit = min(_QUERY_PAGE, sum(int(high) - int(low) + 1 for _, low, high in spans))
+        rows = self._connect().query(self._collection, filter=expr, output_fields=list(OUTPUT_FIELDS), limit=limit)
+        return [_chunk_from_milvus(row) for row in rows]
+
     def _iterate(self, expr: str, fields: list[str], batch_size: int) -> Iterator[list[EmbeddedChunk]]:
         self.ensure_ready()
         # A query iterator pages by primary key, so it neither skips nor repeats rows while it runs (and has no
@@ -363,7 +375,15 @@ def _sparse_from_milvus(value: Any) -> SparseVector:
 
 
 def _embedded_from_milvus(row: dict[str, Any]) -> EmbeddedChunk:
-    chunk = Chunk(
+    return EmbeddedChunk(
+        chunk=_chunk_from_milvus(row),
+        vector=[float(x) for x in row[DENSE_FIELD]],
+        sparse=_sparse_from_milvus(row[SPARSE_FIELD]),
+    )
+
+
+def _chunk_from_milvus(row: dict[str, Any]) -> Chunk:
+    return Chunk(
         chunk_id=str(row["chunk_id"]),
         doc_id=str(row["doc_id"]),
         text=str(row["text"]),
@@ -374,7 +394,4 @@ def _embedded_from_milvus(row: dict[str, Any]) -> EmbeddedChunk:
         tenant=str(row.get("tenant", "default")),
         metadata=dict(row.get("metadata") or {}),
         external_id=str(row.get("external_id", "")),
-    )
-    return EmbeddedChunk(
-        chunk=chunk, vector=[float(x) for x in row[DENSE_FIELD]], sparse=_sparse_from_milvus(row[SPARSE_FIELD])
     )

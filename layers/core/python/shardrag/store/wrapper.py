@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from shardrag.records import EmbeddedChunk, Hit, SearchRequest, StoredTerms
+from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, StoredTerms
 from shardrag.store.base import VectorStore
 
 
@@ -38,6 +38,9 @@ class StoreWrapper:
 
     def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
         return self._inner.stored_chunks(doc_id, positions=positions)
+
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+        return self._inner.chunks_at(spans)
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         return self._inner.scan(batch_size)
