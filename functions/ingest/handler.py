@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from shardrag import services
+from shardrag.ingestion.errors import Reason, Retryable
 from shardrag.model_source import use_model_archive
 
 logger = Logger(service="shardrag-ingest")
@@ -24,9 +25,18 @@ services.ingest_service()
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
-    outcomes = services.ingest_service().handle_message(
-        record.body, record.message_id, time_left=lambda: lambda_context.get_remaining_time_in_millis() / 1000
-    )
+    try:
+        outcomes = services.ingest_service().handle_message(
+            record.body, record.message_id, time_left=lambda: lambda_context.get_remaining_time_in_millis() / 1000
+        )
+    except Retryable as exc:
+        if exc.reason is Reason.BUSY:
+            # Another worker holds the key and is usually done in seconds: come back soon, not after the
+            # queue's visibility timeout (30 min deployed). Read raw: a test's record may lack both fields.
+            raw = record.raw_event
+            receives = (raw.get("attributes") or {}).get("ApproximateReceiveCount")
+            services.retry_busy_soon(raw.get("receiptHandle"), receives)
+        raise
     for outcome in outcomes:
         logger.info("ingested", extra=outcome.model_dump())
 

@@ -446,6 +446,19 @@ def ingest_service() -> IngestService:
     )
 
 
+def retry_busy_soon(receipt_handle: str | None, receive_count: str | int | None) -> int | None:
+    """Shorten a BUSY ingest record's wait (:mod:`shardrag.ingestion.busy`); ``None`` where there is no queue to
+    ask (the record then waits out the queue's visibility timeout)."""
+    queue_url = os.environ.get(env.INGEST_QUEUE_URL)
+    if not queue_url or not receipt_handle:
+        return None
+    import boto3
+    from shardrag.ingestion.busy import retry_busy_soon as shorten
+
+    # A client per call: this path runs only when a key is busy.
+    return shorten(boto3.client("sqs"), queue_url, receipt_handle, int(receive_count or 1))
+
+
 #: Conversations table name when ``SHARDRAG_CONVERSATIONS_TABLE`` is unset (the local runtime's table).
 DEFAULT_CONVERSATIONS_TABLE = "shardrag-conversations"
 
