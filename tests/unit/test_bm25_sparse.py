@@ -226,7 +226,7 @@ def test_accounting_store_counts_what_is_stored_through_replays_overwrites_and_d
 
 def test_a_flush_that_keeps_losing_races_keeps_its_delta(tmp_path: Path) -> None:
     class Contended(TermStatsStore):
-        def apply(self, shard: int, delta: CorpusStats, scope: str = "", *, entry_id: str | None = None) -> bool:
+        def apply(self, shard: int, delta: CorpusStats, scope: str = "", **ids: str | None) -> bool:
             return False
 
     contended = Contended(FileArtifactStore(tmp_path), ["s"])

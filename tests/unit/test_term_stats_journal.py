@@ -182,6 +182,20 @@ def test_an_attempt_that_raised_after_its_write_landed_is_not_counted_again_from
     assert table.load(0) == _delta(TEXTS[0]) and journal.entries() == []
 
 
+def test_a_journaled_write_id_is_remembered_for_the_keep_window_not_among_the_newest_writes(tmp_path: Path) -> None:
+    """A journal entry keeps its failed attempt's plain write id; once applied through the journal it must
+    outlast any number of later plain writes, or a copy whose removal was lost would be applied again."""
+    from shardrag.term_stats import new_write_id
+
+    table = TermStatsStore(FileArtifactStore(tmp_path), ["s0"])
+    entry_id = new_write_id()
+    assert table.apply(0, _delta(TEXTS[0]), entry_id=entry_id)
+    for _ in range(80):
+        table.apply(0, CorpusStats())
+    assert table.apply(0, _delta(TEXTS[0]), entry_id=entry_id)  # the journal's late copy
+    assert table.load(0) == _delta(TEXTS[0])
+
+
 def test_a_delta_round_trips_through_the_table_format() -> None:
     delta = _delta(TEXTS[3])
     delta.count([Bm25Encoder().document(TEXTS[0])], -1)

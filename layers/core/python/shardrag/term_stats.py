@@ -64,12 +64,19 @@ def new_write_id() -> str:
     return f"{_WRITE_PREFIX}{uuid.uuid4().hex[:16]}"
 
 
+def _durable(entry_id: str) -> str:
+    """How a journaled delta's id is kept in a table: without the plain-write prefix, so that it is kept for
+    ``APPLIED_KEEP_S`` rather than among the newest plain writes."""
+    return entry_id.removeprefix(_WRITE_PREFIX)
+
+
 def _remember(applied: Mapping[str, int], tag: str) -> dict[str, int]:
-    """``applied`` with ``tag`` added: journal ids for ``APPLIED_KEEP_S``, plain write ids the newest few."""
+    """``applied`` with ``tag`` added: journal ids for ``APPLIED_KEEP_S``, plain write ids the newest few (in the
+    order they were added, which the table keeps: many land within one second)."""
     now = int(time.time())
-    writes = sorted(((t, k) for k, t in applied.items() if k.startswith(_WRITE_PREFIX)), reverse=True)
+    writes = [k for k in applied if k.startswith(_WRITE_PREFIX)][-(_RECENT_WRITES - 1) :]
     kept = {k: t for k, t in applied.items() if not k.startswith(_WRITE_PREFIX) and now - t < APPLIED_KEEP_S}
-    kept.update({k: t for t, k in writes[: _RECENT_WRITES - 1]})
+    kept.update({k: applied[k] for k in writes})
     kept[tag] = now
     return kept
 
@@ -78,7 +85,7 @@ def encode_stats(stats: CorpusStats, applied: Mapping[str, int] | None = None) -
     """A table (or a journaled delta) as bytes; ``applied``: journal ids already counted, with when (epoch s)."""
     ids = np.fromiter(sorted(stats.df), dtype=np.uint32, count=len(stats.df))
     counts = np.fromiter((stats.df[int(i)] for i in ids), dtype=np.int64, count=len(ids))
-    done = sorted((applied or {}).items())
+    done = list((applied or {}).items())  # in the order added (see _remember)
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer,
@@ -148,20 +155,33 @@ class TermStatsStore:
             total.add(self.load(shard, scope), clamp=False)
         return total.readable()
 
-    def apply(self, shard: int, delta: CorpusStats, scope: str = "", *, entry_id: str | None = None) -> bool:
+    def apply(
+        self,
+        shard: int,
+        delta: CorpusStats,
+        scope: str = "",
+        *,
+        entry_id: str | None = None,
+        write_id: str | None = None,
+    ) -> bool:
         """Add ``delta`` to the shard's table; ``False`` if every attempt lost a race. ``entry_id``: the delta's
-        journal id, recorded in the table so that a second copy of it adds nothing.
+        journal id, recorded in the table for ``APPLIED_KEEP_S`` so that a second copy of it adds nothing.
 
-        A delta without one still gets an id for this call: a conditional write whose response was lost and
-        that the SDK retried lands once and then reads as a lost race, and the next attempt must find it there
-        rather than add it again (the table keeps the last ``_RECENT_WRITES`` such ids)."""
-        tag = entry_id or new_write_id()
+        A plain write gets an id too (``write_id``, else a fresh one): a conditional write whose response was
+        lost and that the SDK retried lands once and then reads as a lost race, and the next attempt must find it
+        there rather than add it again (the table keeps the last ``_RECENT_WRITES`` such ids). A journal entry
+        keeps its failed attempt's write id, so it is looked for under both."""
+        if entry_id is not None:
+            seen, record = {entry_id, _durable(entry_id)}, _durable(entry_id)
+        else:
+            record = write_id or new_write_id()
+            seen = {record}
 
         def added(stats: CorpusStats, applied: dict[str, int]) -> tuple[CorpusStats, dict[str, int]] | None:
-            if tag in applied:
+            if seen & applied.keys():
                 return None
             stats.add(delta, clamp=False)
-            return stats, _remember(applied, tag)
+            return stats, _remember(applied, record)
 
         return self._swap(shard, scope, added)
 
@@ -261,12 +281,12 @@ class TermStatsTracker:
             # The journal entry keeps the failed attempt's id: an attempt that failed after its write landed is
             # then found in the table, not added again (while the table still keeps plain write ids).
             tag = new_write_id()
-            error = self._try_apply(shard, scope, delta, tag)
+            error = self._try_apply(shard, scope, delta, write_id=tag)
             if error is not None:
                 self._keep(JournalEntry(tag, shard, scope, delta, time.time()))
                 failures.append(error)
         for entry in kept:
-            if self._try_apply(shard, entry.scope, entry.delta, entry.entry_id) is None:
+            if self._try_apply(shard, entry.scope, entry.delta, entry_id=entry.entry_id) is None:
                 self._forget(entry.entry_id)
         if self._fold_due():
             self.fold()
@@ -295,7 +315,7 @@ class TermStatsTracker:
                 logger.error(
                     "term statistics journal: entry %s is too old to apply once; run rebuild-term-stats", entry.entry_id
                 )
-            elif self._try_apply(entry.shard, entry.scope, entry.delta, entry.entry_id) is not None:
+            elif self._try_apply(entry.shard, entry.scope, entry.delta, entry_id=entry.entry_id) is not None:
                 continue
             try:
                 journal.remove(entry.entry_id)
@@ -307,10 +327,12 @@ class TermStatsTracker:
     def _fold_due(self) -> bool:
         return self._folded_at is None or self._clock() - self._folded_at >= self._fold_every_s
 
-    def _try_apply(self, shard: int, scope: str, delta: CorpusStats, entry_id: str | None) -> str | None:
+    def _try_apply(
+        self, shard: int, scope: str, delta: CorpusStats, *, entry_id: str | None = None, write_id: str | None = None
+    ) -> str | None:
         """Apply one delta; the reason it failed, or ``None``."""
         try:
-            if self._store().apply(shard, delta, scope, entry_id=entry_id):
+            if self._store().apply(shard, delta, scope, entry_id=entry_id, write_id=write_id):
                 return None
             return f"{scope or 'all tenants'}: stayed contended"
         except Exception as exc:
