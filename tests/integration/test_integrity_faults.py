@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from moto import mock_aws
+from shardrag.bm25 import Tokenizer, counts_unit, term_id
 from shardrag.config import IngestionSettings
 from shardrag.identity import object_doc_id
 from shardrag.ingestion.registry import LeaseLost
@@ -386,6 +387,57 @@ def test_an_edit_in_an_early_part_is_answerable_before_the_last_part_is_written(
     # Some moment mid-run had the new text in and the old one out; none had neither.
     assert (True, False) in seen[:-2]
     assert (False, False) not in seen
+    _assert_true_to_the_bucket(system)
+
+
+def _lexically_found(system: IngestSystem, word: str) -> bool:
+    """Whether any stored row's BM25 side holds ``word`` (a ``bm25`` query for it would find the document)."""
+    [term] = [term_id(t) for t in Tokenizer().terms(word)]
+    return any(
+        c.sparse is not None and term in c.sparse.indices
+        for store in system.shards.milvus
+        for batch in store.scan()
+        for c in batch
+    )
+
+
+def test_an_edit_inside_a_lexical_unit_stops_matching_its_old_words_before_the_last_part_is_written(
+    make: Any,
+) -> None:
+    # With lexical units a unit's first row carries the weights of the whole unit: an edited paragraph that is not
+    # its unit's first chunk leaves its old words in a row whose own text is unchanged. That row must be swept
+    # once the new version is written past the unit, not after the last part (acceptance L waited a whole first
+    # ingest for the old word to go, in about half its runs: whenever the edited paragraph opened no unit).
+    system = make()
+    paragraphs = _large_text().decode().split("\n\n")
+    edited = 60
+    paragraphs[edited] = f"Paragraph {edited} mentions obsidianold columns."
+    system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
+    system.drain()
+    # The case the test is about: the old word is carried by its unit's first row, a row with other text.
+    [holder] = [
+        c for store in system.shards.milvus for batch in store.scan() for c in batch if "obsidianold" in c.chunk.text
+    ]
+    assert holder.sparse is not None and not counts_unit(holder.sparse)
+    assert _lexically_found(system, "obsidianold")
+    paragraphs[edited] = f"Paragraph {edited} now mentions pentagonal columns."
+    system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
+    seen: list[tuple[bool, bool]] = []
+    original_step = system.plan.step
+
+    def look(name: str, transient: Any, **kwargs: Any) -> bool:
+        lost: bool = original_step(name, transient, **kwargs)
+        if name == "ddb.update_item":  # lease renewals and preemption marks: between parts
+            seen.append((_lexically_found(system, "pentagonal"), _lexically_found(system, "obsidianold")))
+        return lost
+
+    system.plan.step = look  # type: ignore[method-assign]
+    system.drain()
+    system.plan.step = original_step  # type: ignore[method-assign]
+    # Some moment mid-run had the new word in and the old one out; none had neither.
+    assert (True, False) in seen[:-2], seen
+    assert (False, False) not in seen
+    assert not _lexically_found(system, "obsidianold")
     _assert_true_to_the_bucket(system)
 
 

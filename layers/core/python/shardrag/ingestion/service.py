@@ -7,6 +7,7 @@ record documents, remove what the object no longer produces, and release the key
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -145,8 +146,16 @@ class _Replaced(Exception):
 
 
 class _EarlySweep:
-    """An overwrite's rows whose text the new version no longer has anywhere: each is swept once the new version
-    has been written past the row's position (its replacement, if any, is then in)."""
+    """An overwrite's rows that the new version does not keep, each swept as soon as the new version has been
+    written past the row's *due* position, so that a reader never sees the edit's old text for longer than it
+    takes to write up to it, and never a gap:
+
+    * past the row's own position, and past the end of its lexical unit if it is a unit's first row: that row
+      carries the BM25 weights of the whole unit, the words of the chunks after it included, whose new version
+      is then in (an edited chunk inside a unit leaves its old words in that row, whose own text is unchanged);
+    * past every position where the new version has the row's text, if it still has it: a row whose text stays
+      but whose row changes (moved, or reweighed by another mean) goes once its replacement is in.
+    """
 
     def __init__(
         self,
@@ -158,13 +167,19 @@ class _EarlySweep:
         """``prior``: the document's stored rows (with their shards) when the run began."""
         self._stores = stores
         keep = {chunk.chunk_id for plan in plans for chunk in plan.chunks}
-        texts = {text for plan in plans for text in plan.texts}
-        #: Row id -> (position, shards holding it).
+        placed: dict[str, int] = {}
+        for plan in plans:
+            for chunk, text in zip(plan.chunks, plan.texts, strict=True):
+                placed[text] = max(placed.get(text, -1), chunk.position)
+        unit_end = _unit_ends([row for _, row in prior])
+        #: Row id -> (due position, shards holding it).
         self._due: dict[str, tuple[int, list[int]]] = {}
         for shard, row in prior:
             chunk = row.chunk
-            if chunk.chunk_id not in keep and indexer.embedding_text(chunk) not in texts:
-                self._due.setdefault(chunk.chunk_id, (chunk.position, []))[1].append(shard)
+            if chunk.chunk_id in keep:
+                continue
+            due = max(unit_end.get(chunk.chunk_id, chunk.position), placed.get(indexer.embedding_text(chunk), -1))
+            self._due.setdefault(chunk.chunk_id, (due, []))[1].append(shard)
 
     def pending(self, upto: int) -> bool:
         return any(position <= upto for position, _ in self._due.values())
@@ -459,8 +474,8 @@ class IngestService:
 
         While it only adds rows, the run lets a newer version of the object take the key (``preemptible``), and
         it stops by itself once the bucket no longer holds its version: a stale version is not embedded to the
-        end. An overwrite of an object up to ``plan_bytes`` is cut whole first, so that a row whose text the new
-        version no longer has anywhere is swept as soon as the new version is written past its position (checked
+        end. An overwrite of an object up to ``plan_bytes`` is cut whole first, so that a row the new version does not
+        keep is swept as soon as the new version is written past it and its lexical unit (``_EarlySweep``, checked
         after every store write), not after the last part: an edit is answerable once the rows up to it are in."""
         event, version = lease.event, ctx.version
         if current is not None and current.status == "indexed" and current.version == version and not event.reconcile:
@@ -836,6 +851,22 @@ def _lengths(vectors: Iterable[SparseVector | None]) -> tuple[int, int]:
         tokens += (stored_length(vector) or 0) if vector is not None else 0
         units += 1
     return tokens, units
+
+
+def _unit_ends(rows: Sequence[EmbeddedChunk]) -> dict[str, int]:
+    """For each row that opens a lexical unit (it counts in the statistics), the last position its unit may
+    cover: up to the next such row's position. Rows of a superseded run may interleave with the version they
+    replaced; a unit then ends early at worst, never late."""
+    starts = sorted(
+        {(row.chunk.position, row.chunk.chunk_id) for row in rows if row.sparse is None or counts_unit(row.sparse)}
+    )
+    last = max((row.chunk.position for row in rows), default=0)
+    positions = sorted({position for position, _ in starts})
+    ends: dict[str, int] = {}
+    for position, cid in starts:
+        later = bisect.bisect_right(positions, position)
+        ends[cid] = positions[later] - 1 if later < len(positions) else last
+    return ends
 
 
 def _union(*groups: Iterable[int]) -> list[int]:
