@@ -145,9 +145,11 @@ class FaultyStore(StoreWrapper):
         self._step("stored_terms")
         return self._inner.stored_terms(chunk_ids)
 
-    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+    def stored_chunks(
+        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
+    ) -> list[EmbeddedChunk]:
         self._step("stored_chunks")
-        return self._inner.stored_chunks(doc_id, positions=positions)
+        return self._inner.stored_chunks(doc_id, positions=positions, vectors=vectors)
 
     def flush(self) -> None:
         self._step("flush")

@@ -606,7 +606,7 @@ class IngestService:
     def _prior_rows(self, doc_id: str, shards: Iterable[int]) -> list[tuple[int, EmbeddedChunk]]:
         """The document's stored rows with their shards (those whose text the store may have cut are left out:
         they only miss the early sweep and the mean, and the final sweep still sees them)."""
-        return [(shard, row) for shard in shards for row in self._stores(shard).stored_chunks(doc_id)]
+        return [(shard, row) for shard in shards for row in self._stores(shard).stored_chunks(doc_id, vectors=False)]
 
     def _stored_lengths(self, stored: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         """The BM25 length and the number of lexical units that the rows in ``stored`` count (each copy counted,

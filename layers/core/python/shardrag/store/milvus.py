@@ -249,12 +249,15 @@ class MilvusVectorStore:
                 return ids
             offset += _QUERY_PAGE
 
-    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+    def stored_chunks(
+        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
+    ) -> list[EmbeddedChunk]:
         expr = self._doc_filter(doc_id, None)
         if positions is not None:
             expr += f" and position >= {int(positions[0])} and position <= {int(positions[1])}"
         found: list[EmbeddedChunk] = []
-        for batch in self._iterate(expr, [*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD], 1000):
+        fields = [*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD] if vectors else [*OUTPUT_FIELDS, SPARSE_FIELD]
+        for batch in self._iterate(expr, fields, 1000):
             for item in batch:
                 chunk = item.chunk
                 if not (_may_be_cut(chunk.text, self._max_text_bytes) or _may_be_cut(chunk.title, TITLE_MAX)):
@@ -377,7 +380,7 @@ def _sparse_from_milvus(value: Any) -> SparseVector:
 def _embedded_from_milvus(row: dict[str, Any]) -> EmbeddedChunk:
     return EmbeddedChunk(
         chunk=_chunk_from_milvus(row),
-        vector=[float(x) for x in row[DENSE_FIELD]],
+        vector=[float(x) for x in row[DENSE_FIELD]] if DENSE_FIELD in row else [],
         sparse=_sparse_from_milvus(row[SPARSE_FIELD]),
     )
 
