@@ -150,11 +150,13 @@ class _EarlySweep:
     written past the row's *due* position, so that a reader never sees the edit's old text for longer than it
     takes to write up to it, and never a gap:
 
-    * past the row's own position, and past the end of its lexical unit if it is a unit's first row: that row
-      carries the BM25 weights of the whole unit, the words of the chunks after it included, whose new version
-      is then in (an edited chunk inside a unit leaves its old words in that row, whose own text is unchanged);
-    * past every position where the new version has the row's text, if it still has it: a row whose text stays
-      but whose row changes (moved, or reweighed by another mean) goes once its replacement is in.
+    * past the row's own position, and past where the new version has the row's text, if it still has it (a row
+      whose text stays but whose row changes, moved or reweighed by another mean, goes once its replacement is
+      in); a row whose text the new version no longer has, past the chunks that replace it: up to the next text
+      both versions have;
+    * for a unit's first row, the same for every chunk of its unit: that row carries the BM25 weights of the
+      whole unit, the words of the chunks after it included (an edited chunk inside a unit leaves its old words in
+      that row, whose own text is unchanged), and those words must be searchable in the new version first.
     """
 
     def __init__(
@@ -171,15 +173,30 @@ class _EarlySweep:
         for plan in plans:
             for chunk, text in zip(plan.chunks, plan.texts, strict=True):
                 placed[text] = max(placed.get(text, -1), chunk.position)
-        unit_end = _unit_ends([row for _, row in prior])
+        rows = sorted((row for _, row in prior), key=lambda row: row.chunk.position)
+        end = max(placed.values(), default=0)
+        # How far the new version must be written for a row's content to be in again: where the new version has
+        # the row's text, if it still has it; else up to the next text both versions have (the chunks between
+        # two such texts are what the edit made of the old chunks between them).
+        cover: dict[str, int] = {}
+        following = end
+        for row in reversed(rows):
+            at = placed.get(indexer.embedding_text(row.chunk))
+            reach = at if at is not None else following
+            cover[row.chunk.chunk_id] = max(row.chunk.position, reach, cover.get(row.chunk.chunk_id, -1))
+            if at is not None:
+                following = at - 1
+        # ... and for a unit's first row, the text of every chunk of its unit (their words are in its weights).
+        by_position = sorted((row.chunk.position, cover[row.chunk.chunk_id]) for row in rows)
+        positions = [position for position, _ in by_position]
+        for cid, (first, last) in _units(rows).items():
+            span = by_position[bisect.bisect_left(positions, first) : bisect.bisect_right(positions, last)]
+            cover[cid] = max([cover[cid], *(reach for _, reach in span)])
         #: Row id -> (due position, shards holding it).
         self._due: dict[str, tuple[int, list[int]]] = {}
         for shard, row in prior:
-            chunk = row.chunk
-            if chunk.chunk_id in keep:
-                continue
-            due = max(unit_end.get(chunk.chunk_id, chunk.position), placed.get(indexer.embedding_text(chunk), -1))
-            self._due.setdefault(chunk.chunk_id, (due, []))[1].append(shard)
+            if row.chunk.chunk_id not in keep:
+                self._due.setdefault(row.chunk.chunk_id, (cover[row.chunk.chunk_id], []))[1].append(shard)
 
     def pending(self, upto: int) -> bool:
         return any(position <= upto for position, _ in self._due.values())
@@ -853,20 +870,20 @@ def _lengths(vectors: Iterable[SparseVector | None]) -> tuple[int, int]:
     return tokens, units
 
 
-def _unit_ends(rows: Sequence[EmbeddedChunk]) -> dict[str, int]:
-    """For each row that opens a lexical unit (it counts in the statistics), the last position its unit may
-    cover: up to the next such row's position. Rows of a superseded run may interleave with the version they
-    replaced; a unit then ends early at worst, never late."""
+def _units(rows: Sequence[EmbeddedChunk]) -> dict[str, tuple[int, int]]:
+    """For each row that opens a lexical unit (it counts in the statistics), the positions its unit may cover:
+    from its own up to the next such row's. Rows of a superseded run may interleave with the version they
+    replaced; a unit then ends early at worst."""
     starts = sorted(
         {(row.chunk.position, row.chunk.chunk_id) for row in rows if row.sparse is None or counts_unit(row.sparse)}
     )
     last = max((row.chunk.position for row in rows), default=0)
     positions = sorted({position for position, _ in starts})
-    ends: dict[str, int] = {}
+    units: dict[str, tuple[int, int]] = {}
     for position, cid in starts:
         later = bisect.bisect_right(positions, position)
-        ends[cid] = positions[later] - 1 if later < len(positions) else last
-    return ends
+        units[cid] = (position, positions[later] - 1 if later < len(positions) else last)
+    return units
 
 
 def _union(*groups: Iterable[int]) -> list[int]:
