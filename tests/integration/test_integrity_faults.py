@@ -18,6 +18,7 @@ from shardrag.bm25 import Tokenizer, counts_unit, term_id
 from shardrag.config import IngestionSettings
 from shardrag.identity import object_doc_id
 from shardrag.ingestion.registry import LeaseLost
+from shardrag.ingestion.service import VERSION_CHECK_S
 
 from .ingest_harness import FaultPlan, IngestSystem, MilvusShards
 
@@ -304,6 +305,44 @@ def test_a_version_replaced_in_the_bucket_mid_run_stops_and_the_newer_one_takes_
     system.plan.step = original_step  # type: ignore[method-assign]
     assert (outcome.action, outcome.reason) == ("superseded", "replaced")
     assert calls["upsert"] < 8, "the run went on writing a replaced version"
+    system.drain()
+    texts = _texts(system)
+    assert texts and all("second" in t for t in texts)
+    _assert_true_to_the_bucket(system)
+
+
+def test_a_version_replaced_while_its_batch_is_embedded_stops_inside_the_batch(make: Any) -> None:
+    # A write batch takes seconds to embed (128 chunks): the run checks the bucket between the texts it embeds,
+    # not only between batches, so a replaced version stops within a fraction of a second. Locally one poller
+    # runs one invocation at a time, and the edit that replaced it waited for the whole batch (acceptance L).
+    system = make(IngestionSettings(**{**SETTINGS.model_dump(), "write_batch_chunks": 10_000, "part_bytes": 1 << 20}))
+    first = system.put("geology/basalt.txt", _large_text(tag="first"))
+    system.queue.clear()
+    embed = system.embedder.embed
+    embedded: list[int] = []
+    upserts = {"count": 0}
+    original_step = system.plan.step
+
+    def replaced_first(texts: Any) -> Any:
+        if not embedded:
+            system.put("geology/basalt.txt", _large_text(tag="second"))
+            time.sleep(VERSION_CHECK_S + 0.05)
+        embedded.append(len(texts))
+        return embed(texts)
+
+    def count(name: str, transient: Any, **kwargs: Any) -> bool:
+        upserts["count"] += name == "store.upsert"
+        lost: bool = original_step(name, transient, **kwargs)
+        return lost
+
+    system.embedder.embed = replaced_first  # type: ignore[method-assign]
+    system.plan.step = count  # type: ignore[method-assign]
+    outcome = system.service.run(first, owner="first-worker")
+    system.embedder.embed = embed  # type: ignore[method-assign]
+    system.plan.step = original_step  # type: ignore[method-assign]
+    assert embedded and embedded[0] > 100, "the document is one batch"
+    assert (outcome.action, outcome.reason) == ("superseded", "replaced")
+    assert upserts["count"] == 0, "the replaced version's batch was written"
     system.drain()
     texts = _texts(system)
     assert texts and all("second" in t for t in texts)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from shardrag.embedding.onnx import OnnxEmbedder
+from shardrag.embedding.stop import stoppable
 
 pytestmark = pytest.mark.integration
 MODEL = Path(__file__).resolve().parents[2] / "build" / "model"
@@ -40,3 +41,22 @@ def test_a_texts_vector_does_not_depend_on_the_batch_it_falls_in() -> None:
     # The same vectors as the batched embedder up to rounding: only the bytes differ, never the meaning.
     batched = OnnxEmbedder(MODEL, batch_size=16).embed(TEXTS)
     np.testing.assert_allclose(whole, batched, atol=1e-6)
+
+
+def test_embedding_stops_between_model_runs_when_its_owner_says_so() -> None:
+    # What lets ingestion abandon a replaced version inside a write batch (shardrag.embedding.stop).
+    embedder = OnnxEmbedder(MODEL, batch_size=16).reproducible()
+    calls: list[int] = []
+
+    class Replaced(Exception):
+        pass
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise Replaced
+
+    with stoppable(check), pytest.raises(Replaced):
+        embedder.embed(TEXTS)
+    assert len(calls) == 3  # one text per model run: stopped after two of 48
+    assert embedder.embed(TEXTS[:2]).shape == (2, embedder.dimension)  # outside the block, nothing checks

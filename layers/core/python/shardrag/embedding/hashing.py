@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from shardrag.embedding.base import Matrix
+from shardrag.embedding.stop import stop_point
 
 _WORD = re.compile(r"\w+")
 
@@ -31,6 +32,7 @@ class HashingEmbedder:
     def embed(self, texts: Sequence[str]) -> Matrix:
         out = np.zeros((len(texts), self._dimension), dtype=np.float32)
         for row, text in enumerate(texts):
+            stop_point()
             for word in _WORD.findall(text.lower()):
                 digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
                 out[row, int.from_bytes(digest, "big") % self._dimension] += 1.0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from shardrag.embedding.base import Matrix
+from shardrag.embedding.stop import stop_point
 from shardrag.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class OnnxEmbedder:
         order = np.argsort(-lengths, kind="stable")
         size = 1 if self._one_by_one else self.batch_size
         for start in range(0, len(order), size):
+            stop_point()
             rows = order[start : start + size]
             out[rows] = self._run([encodings[i] for i in rows])
         return out

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from shardrag.bm25 import counts_unit, stored_length
 from shardrag.chunking import Chunker, Document
 from shardrag.config import TENANT_PATTERN, IngestionSettings
+from shardrag.embedding.stop import stoppable
 from shardrag.identity import object_doc_id
 from shardrag.indexing import DocumentIndexer, IndexResult, MeanLength, Plan, Reusable
 from shardrag.ingestion.errors import IngestError, Reason, Rejected, Retryable
@@ -33,6 +34,9 @@ from shardrag.store.base import VectorStore
 from shardrag.store.wrapper import StoreWrapper
 
 log = logging.getLogger("shardrag.ingestion")
+
+#: How often a run that writes an object checks that the bucket still holds its version (one S3 HEAD each time).
+VERSION_CHECK_S = 0.5
 
 Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged", "superseded", "continued"]
 
@@ -556,9 +560,11 @@ class IngestService:
             for plan in part:
                 for batch in plan.batches(self._settings.write_batch_chunks):
                     self._check_still_current(lease, ctx)
-                    [result] = self._indexer.write(
-                        batch, flush=False, sweep=False, reuse=reuse, stored={ctx.doc_id: stored}
-                    )
+                    # ... and between the texts it embeds: a batch takes seconds to embed.
+                    with stoppable(lambda: self._check_still_current(lease, ctx)):
+                        [result] = self._indexer.write(
+                            batch, flush=False, sweep=False, reuse=reuse, stored={ctx.doc_id: stored}
+                        )
                     written.add(ctx.doc_id, version, result)
                     keep.extend(result.ids)
                     landed = _union(landed, result.shards)
@@ -608,9 +614,10 @@ class IngestService:
 
     def _check_still_current(self, lease: _Lease, ctx: SourceContext) -> None:
         """Stop (:class:`_Replaced`) if the bucket no longer holds this version: its newer event is on its way,
-        and every chunk embedded for this one from here on would be wasted. At most once a second."""
+        and every chunk embedded for this one from here on would be wasted. At most every
+        ``VERSION_CHECK_S``."""
         now = time.monotonic()
-        if now - lease.checked_at < 1.0:
+        if now - lease.checked_at < VERSION_CHECK_S:
             return
         lease.checked_at = now
         try:
