@@ -313,7 +313,7 @@ def test_a_version_replaced_in_the_bucket_mid_run_stops_and_the_newer_one_takes_
 
 def test_a_version_replaced_while_its_batch_is_embedded_stops_inside_the_batch(make: Any) -> None:
     # A write batch takes seconds to embed (128 chunks): the run checks the bucket between the texts it embeds,
-    # not only between batches, so a replaced version stops within a fraction of a second. Locally one poller
+    # not only between batches, so a replaced version stops within a second. Locally one poller
     # runs one invocation at a time, and the edit that replaced it waited for the whole batch (acceptance L).
     system = make(IngestionSettings(**{**SETTINGS.model_dump(), "write_batch_chunks": 10_000, "part_bytes": 1 << 20}))
     first = system.put("geology/basalt.txt", _large_text(tag="first"))

@@ -2,7 +2,7 @@
 
 Whoever owns the work may install a check for the current context that raises to abandon it; embedders call
 :func:`stop_point` between their model runs. Ingestion uses it to stop embedding a version the bucket no longer
-holds within a fraction of a second, rather than at the end of a write batch (128 chunks, about 1.5 s on 2
+holds within a second, rather than at the end of a write batch (128 chunks, about 1.5 s on 2
 cores): locally one event-source poller runs one invocation at a time, so the edit that replaced the version
 waited for it.
 """
