@@ -15,6 +15,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ class FaultPlan:
         self._kind = "transient"
         self._only: str = ""
         self.fired: list[str] = []
+        self._before: list[Callable[[str], object]] = []
+        self._after: list[Callable[[str], object]] = []
 
     def arm(self, at: int, kind: str = "transient", only: str = "") -> None:
         """Fail the ``at``-th step (1 = the next) whose name starts with ``only``."""
@@ -74,9 +77,28 @@ class FaultPlan:
     def disarm(self) -> None:
         self._at = None
 
+    @contextmanager
+    def watching(self, hook: Callable[[str], object], *, before: bool = False) -> Iterator[None]:
+        """Call ``hook(step name)`` at every step in this block: after the step's fault logic (not at all if a
+        fault fires there), or ``before`` it. A hook may drive the system (upload, deliver, move the clock)."""
+        hooks = self._before if before else self._after
+        hooks.append(hook)
+        try:
+            yield
+        finally:
+            hooks.remove(hook)
+
     def step(self, name: str, transient: Callable[[], BaseException], *, can_lose: bool = False) -> bool:
         """Count a step; raise its fault if it is the armed one. ``True``: perform the call, then raise
         ``transient()`` (a lost response), for a caller that passed ``can_lose``."""
+        for hook in list(self._before):
+            hook(name)
+        lost = self._fault(name, transient, can_lose=can_lose)
+        for hook in list(self._after):
+            hook(name)
+        return lost
+
+    def _fault(self, name: str, transient: Callable[[], BaseException], *, can_lose: bool) -> bool:
         self.steps += 1
         if self._at is None or not name.startswith(self._only):
             return False

@@ -114,22 +114,19 @@ def test_a_large_file_interrupted_at_its_fourth_upsert_ends_complete(make: Any, 
 def test_a_retry_after_a_partial_write_resumes_after_the_parts_already_written(make: Any) -> None:
     system = make()
     upserts = {"n": 0}
-    original_step = system.plan.step
 
-    def count(name: str, transient: Any, **kwargs: Any) -> bool:
+    def count(name: str) -> None:
         upserts["n"] += name == "store.upsert"
-        lost: bool = original_step(name, transient, **kwargs)
-        return lost
 
-    system.plan.step = count  # type: ignore[method-assign]
-    system.put("geology/whole.txt", _large_text(tag="w"))
-    system.drain()
-    parts = upserts["n"]  # one upsert per part (one shard: hash placement)
-    system.put("geology/basalt.txt", _large_text(tag="w"))
-    system.plan.arm(3, "transient", only="store.upsert")
-    assert system.deliver() == "retry"
-    upserts["n"] = 0
-    system.drain()
+    with system.plan.watching(count):
+        system.put("geology/whole.txt", _large_text(tag="w"))
+        system.drain()
+        parts = upserts["n"]  # one upsert per part (one shard: hash placement)
+        system.put("geology/basalt.txt", _large_text(tag="w"))
+        system.plan.arm(3, "transient", only="store.upsert")
+        assert system.deliver() == "retry"
+        upserts["n"] = 0
+        system.drain()
     # Parts 1 and 2 were recorded as written: the retry upserts only from part 3 on.
     assert parts > 3 and upserts["n"] == parts - 2
     _assert_true_to_the_bucket(system)
@@ -223,23 +220,20 @@ def test_a_worker_that_loses_its_lease_stops_and_takes_back_what_it_wrote(make: 
     system = make()
     first = system.put("geology/basalt.txt", _large_text(tag="first"))
     system.queue.clear()  # the first worker is driven by hand below
-    original_step = system.plan.step
     calls = {"update_item": 0}
 
-    def stall(name: str, transient: Any, **kwargs: Any) -> bool:
+    def stall(name: str) -> None:
         # The first worker stalls before renewing its lease for its second part (a slow part, a long GC pause):
         # its lease runs out, a newer version is uploaded, and another worker processes it start to finish.
-        lost: bool = original_step(name, transient, **kwargs)
         if name == "ddb.update_item":
             calls["update_item"] += 1
             if calls["update_item"] == 3:
                 system.put("geology/basalt.txt", _large_text(tag="second"))
                 system.clock.now += SETTINGS.lease_s + 1
                 system.drain()
-        return lost
 
-    system.plan.step = stall  # type: ignore[method-assign]
-    outcome = system.service.run(first, owner="stalled-worker")
+    with system.plan.watching(stall):
+        outcome = system.service.run(first, owner="stalled-worker")
     assert outcome.action == "superseded"
     texts = [r[4] for shard in system.shards.rows().values() for r in shard]
     assert texts and all("second" in t for t in texts), "the first worker's late parts are in the index"
@@ -255,11 +249,9 @@ def test_rows_a_superseded_worker_lands_after_the_new_owner_finished_are_repaire
     system = make()
     first = system.put("geology/basalt.txt", _large_text(tag="first"))
     system.queue.clear()  # the first worker is driven by hand below
-    original_step = system.plan.step
     calls = {"upsert": 0}
 
-    def stall(name: str, transient: Any, **kwargs: Any) -> bool:
-        lost: bool = original_step(name, transient, **kwargs)
+    def stall(name: str) -> None:
         if name == "store.upsert":
             calls["upsert"] += 1
             if calls["upsert"] == 3:
@@ -268,10 +260,9 @@ def test_rows_a_superseded_worker_lands_after_the_new_owner_finished_are_repaire
                 system.put("geology/basalt.txt", _large_text(tag="second"))
                 system.clock.now += SETTINGS.lease_s + 1
                 system.drain()
-        return lost
 
-    system.plan.step = stall  # type: ignore[method-assign]
-    outcome = system.service.run(first, owner="stalled-worker")
+    with system.plan.watching(stall):
+        outcome = system.service.run(first, owner="stalled-worker")
     assert outcome.action == "superseded" and calls["upsert"] >= 3
     texts = [r[4] for shard in system.shards.rows().values() for r in shard]
     assert texts and all("second" in t for t in texts), "the first worker's late rows are in the index"
@@ -288,21 +279,17 @@ def test_a_version_replaced_in_the_bucket_mid_run_stops_and_the_newer_one_takes_
     system = make(IngestionSettings(**{**SETTINGS.model_dump(), "write_batch_chunks": 4}))
     first = system.put("geology/basalt.txt", _large_text(tag="first"))
     system.queue.clear()
-    original_step = system.plan.step
     calls = {"upsert": 0}
 
-    def overwrite_midway(name: str, transient: Any, **kwargs: Any) -> bool:
-        lost: bool = original_step(name, transient, **kwargs)
+    def overwrite_midway(name: str) -> None:
         if name == "store.upsert":
             calls["upsert"] += 1
             if calls["upsert"] == 3:
                 system.put("geology/basalt.txt", _large_text(tag="second"))
-                time.sleep(1.05)  # the run checks the bucket at most once a second
-        return lost
+                time.sleep(VERSION_CHECK_S + 0.05)  # the run checks the bucket at most this often
 
-    system.plan.step = overwrite_midway  # type: ignore[method-assign]
-    outcome = system.service.run(first, owner="first-worker")
-    system.plan.step = original_step  # type: ignore[method-assign]
+    with system.plan.watching(overwrite_midway):
+        outcome = system.service.run(first, owner="first-worker")
     assert (outcome.action, outcome.reason) == ("superseded", "replaced")
     assert calls["upsert"] < 8, "the run went on writing a replaced version"
     system.drain()
@@ -321,7 +308,6 @@ def test_a_version_replaced_while_its_batch_is_embedded_stops_inside_the_batch(m
     embed = system.embedder.embed
     embedded: list[int] = []
     upserts = {"count": 0}
-    original_step = system.plan.step
 
     def replaced_first(texts: Any) -> Any:
         if not embedded:
@@ -330,16 +316,13 @@ def test_a_version_replaced_while_its_batch_is_embedded_stops_inside_the_batch(m
         embedded.append(len(texts))
         return embed(texts)
 
-    def count(name: str, transient: Any, **kwargs: Any) -> bool:
+    def count(name: str) -> None:
         upserts["count"] += name == "store.upsert"
-        lost: bool = original_step(name, transient, **kwargs)
-        return lost
 
     system.embedder.embed = replaced_first  # type: ignore[method-assign]
-    system.plan.step = count  # type: ignore[method-assign]
-    outcome = system.service.run(first, owner="first-worker")
+    with system.plan.watching(count):
+        outcome = system.service.run(first, owner="first-worker")
     system.embedder.embed = embed  # type: ignore[method-assign]
-    system.plan.step = original_step  # type: ignore[method-assign]
     assert embedded and embedded[0] > 100, "the document is one batch"
     assert (outcome.action, outcome.reason) == ("superseded", "replaced")
     assert upserts["count"] == 0, "the replaced version's batch was written"
@@ -356,25 +339,20 @@ def test_a_newer_event_takes_the_key_from_a_run_that_only_adds_rows(make: Any) -
     system = make()
     first = system.put("geology/basalt.txt", _large_text(tag="first"))
     system.queue.clear()
-    original_step = system.plan.step
     calls = {"upsert": 0}
     taken: list[str] = []
 
-    def newer_event_meanwhile(name: str, transient: Any, **kwargs: Any) -> bool:
-        lost: bool = original_step(name, transient, **kwargs)
-        if name == "store.upsert":
+    def newer_event_meanwhile(name: str) -> None:
+        if name == "store.upsert" and not taken:
             calls["upsert"] += 1
             if calls["upsert"] == 2:
                 # No clock moves: the first run's lease is live, only preemptible.
                 system.put("geology/basalt.txt", _large_text(tag="second"))
-                system.plan.step = original_step  # type: ignore[method-assign]
-                taken.append(system.deliver())
-                system.plan.step = newer_event_meanwhile  # type: ignore[method-assign]
-        return lost
+                taken.append("delivering")
+                taken[-1] = system.deliver()
 
-    system.plan.step = newer_event_meanwhile  # type: ignore[method-assign]
-    outcome = system.service.run(first, owner="first-worker")
-    system.plan.step = original_step  # type: ignore[method-assign]
+    with system.plan.watching(newer_event_meanwhile):
+        outcome = system.service.run(first, owner="first-worker")
     assert taken == ["ok"] and outcome.action == "superseded"
     system.drain()
     texts = _texts(system)
@@ -411,18 +389,14 @@ def test_an_edit_in_an_early_part_is_answerable_before_the_last_part_is_written(
     paragraphs[3] = "Paragraph 3 was rewritten: the columns here are pentagonal, a rare case."
     system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
     seen: list[tuple[bool, bool]] = []
-    original_step = system.plan.step
 
-    def look(name: str, transient: Any, **kwargs: Any) -> bool:
-        lost: bool = original_step(name, transient, **kwargs)
+    def look(name: str) -> None:
         if name == "ddb.update_item":  # lease renewals and preemption marks: between parts
             texts = _texts(system)
             seen.append((any("pentagonal" in t for t in texts), any(t.startswith("Paragraph 3 :") for t in texts)))
-        return lost
 
-    system.plan.step = look  # type: ignore[method-assign]
-    system.drain()
-    system.plan.step = original_step  # type: ignore[method-assign]
+    with system.plan.watching(look):
+        system.drain()
     # Some moment mid-run had the new text in and the old one out; none had neither.
     assert (True, False) in seen[:-2]
     assert (False, False) not in seen
@@ -462,17 +436,13 @@ def test_an_edit_inside_a_lexical_unit_stops_matching_its_old_words_before_the_l
     paragraphs[edited] = f"Paragraph {edited} now mentions pentagonal columns."
     system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
     seen: list[tuple[bool, bool]] = []
-    original_step = system.plan.step
 
-    def look(name: str, transient: Any, **kwargs: Any) -> bool:
-        lost: bool = original_step(name, transient, **kwargs)
+    def look(name: str) -> None:
         if name == "ddb.update_item":  # lease renewals and preemption marks: between parts
             seen.append((_lexically_found(system, "pentagonal"), _lexically_found(system, "obsidianold")))
-        return lost
 
-    system.plan.step = look  # type: ignore[method-assign]
-    system.drain()
-    system.plan.step = original_step  # type: ignore[method-assign]
+    with system.plan.watching(look):
+        system.drain()
     # Some moment mid-run had the new word in and the old one out; none had neither.
     assert (True, False) in seen[:-2], seen
     assert (False, False) not in seen

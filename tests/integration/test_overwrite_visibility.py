@@ -13,7 +13,6 @@ import os
 import string
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,9 +107,8 @@ def test_a_reader_never_misses_a_kept_paragraph_and_sees_removed_ones_go(
         assert all(term[w] in terms for w, _ in old)
 
         gaps: list[str] = []
-        original_step = system.plan.step
 
-        def look(name: str, transient: Any, **kwargs: Any) -> bool:
+        def look(name: str) -> None:
             # Only writes change what a reader sees: the index before each write is every state it passes through.
             if name in ("store.upsert", "store.delete_chunks"):
                 terms, texts = _found(system)
@@ -120,13 +118,10 @@ def test_a_reader_never_misses_a_kept_paragraph_and_sees_removed_ones_go(
                         gaps.append(f"{w}: not found lexically before {name}")
                     if f"Paragraph {w} " not in joined:
                         gaps.append(f"{w}: no row holds its text before {name}")
-            lost: bool = original_step(name, transient, **kwargs)
-            return lost
 
-        system.plan.step = look  # type: ignore[method-assign]
-        system.put(KEY, body["new"])
-        system.drain()
-        system.plan.step = original_step  # type: ignore[method-assign]
+        with system.plan.watching(look, before=True):
+            system.put(KEY, body["new"])
+            system.drain()
 
         assert not gaps, gaps[:5]
         terms, texts = _found(system)
