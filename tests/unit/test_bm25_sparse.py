@@ -279,6 +279,43 @@ def test_query_side_cache_rereads_early_for_a_term_it_does_not_know_at_most_ever
     assert cache.get([7]).documents == 2  # known now: no re-read
 
 
+def test_query_side_cache_rereads_for_unknown_terms_less_often_when_reading_is_slow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tables read from S3 take tens of milliseconds: a stream of queries with words nobody uploaded must not spend
+    # more than a tenth of the time re-reading them. Local files take milliseconds: re-read every quarter second.
+    import shardrag.term_stats as module
+
+    now = {"t": 1000.0}
+    monkeypatch.setattr(module.time, "monotonic", lambda: now["t"])
+    loads: list[int] = []
+
+    def slow_load() -> CorpusStats:
+        loads.append(1)
+        now["t"] += 0.08  # the read itself
+        return CorpusStats(documents=len(loads))
+
+    cache = CorpusStatsCache(slow_load, ttl_s=3600, unknown_refresh_s=0.25)
+    cache.get([7])
+    now["t"] += 0.5
+    cache.get([7])
+    assert len(loads) == 1  # 0.58 s since a 0.08 s read: not yet (0.8 s)
+    now["t"] += 0.3
+    cache.get([7])
+    assert len(loads) == 2
+
+    def fast_load() -> CorpusStats:
+        loads.append(1)
+        now["t"] += 0.002
+        return CorpusStats(documents=len(loads))
+
+    fast = CorpusStatsCache(fast_load, ttl_s=3600, unknown_refresh_s=0.25)
+    fast.get([7])
+    now["t"] += 0.3
+    fast.get([7])
+    assert len(loads) == 4
+
+
 def test_rebuild_recounts_a_table_that_lost_a_delta(tmp_path: Path) -> None:
     stats_store = TermStatsStore(FileArtifactStore(tmp_path), [stats_name("c", 0), stats_name("c", 1)])
     inner = [InMemoryVectorStore(shard=i, dimension=4) for i in range(2)]
