@@ -263,6 +263,18 @@ class MilvusShards:
             for i, store in enumerate(self.milvus)
         }
 
+    def searchable(self) -> tuple[set[int], set[str]]:
+        """What a reader can find now, in one scan: the term ids some row's BM25 side holds, and every row's text."""
+        terms: set[int] = set()
+        texts: set[str] = set()
+        for store in self.milvus:
+            for batch in store.scan():
+                for row in batch:
+                    texts.add(row.chunk.text)
+                    if row.sparse is not None:
+                        terms.update(row.sparse.indices)
+        return terms, texts
+
     def close(self) -> None:
         for store in self.milvus:
             store.close()

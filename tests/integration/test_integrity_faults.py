@@ -406,12 +406,7 @@ def test_an_edit_in_an_early_part_is_answerable_before_the_last_part_is_written(
 def _lexically_found(system: IngestSystem, word: str) -> bool:
     """Whether any stored row's BM25 side holds ``word`` (a ``bm25`` query for it would find the document)."""
     [term] = [term_id(t) for t in Tokenizer().terms(word)]
-    return any(
-        c.sparse is not None and term in c.sparse.indices
-        for store in system.shards.milvus
-        for batch in store.scan()
-        for c in batch
-    )
+    return term in system.shards.searchable()[0]
 
 
 def test_an_edit_inside_a_lexical_unit_stops_matching_its_old_words_before_the_last_part_is_written(

@@ -55,19 +55,6 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusShards]:
     opened.close()
 
 
-def _found(system: IngestSystem) -> tuple[set[int], set[str]]:
-    """The term ids some row's BM25 side holds, and every stored row's text."""
-    terms: set[int] = set()
-    texts: set[str] = set()
-    for store in system.shards.milvus:
-        for batch in store.scan():
-            for row in batch:
-                texts.add(row.chunk.text)
-                if row.sparse is not None:
-                    terms.update(row.sparse.indices)
-    return terms, texts
-
-
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -103,7 +90,7 @@ def test_a_reader_never_misses_a_kept_paragraph_and_sees_removed_ones_go(
     with mock_aws(), IngestSystem(shards, tmp_path, SETTINGS, plan=FaultPlan()) as system:
         system.put(KEY, body["old"])
         system.drain()
-        terms, _ = _found(system)
+        terms, _ = system.shards.searchable()
         assert all(term[w] in terms for w, _ in old)
 
         gaps: list[str] = []
@@ -111,7 +98,7 @@ def test_a_reader_never_misses_a_kept_paragraph_and_sees_removed_ones_go(
         def look(name: str) -> None:
             # Only writes change what a reader sees: the index before each write is every state it passes through.
             if name in ("store.upsert", "store.delete_chunks"):
-                terms, texts = _found(system)
+                terms, texts = system.shards.searchable()
                 joined = "\n".join(texts)
                 for w in kept_words:
                     if term[w] not in terms:
@@ -124,7 +111,7 @@ def test_a_reader_never_misses_a_kept_paragraph_and_sees_removed_ones_go(
             system.drain()
 
         assert not gaps, gaps[:5]
-        terms, texts = _found(system)
+        terms, texts = system.shards.searchable()
         assert not any(term[w] in terms or any(f"Paragraph {w} " in t for t in texts) for w in removed)
         assert all(term[w] in terms for w, _ in new)
         assert system.shards.rows() == system.reference_rows()

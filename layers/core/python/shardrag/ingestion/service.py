@@ -37,7 +37,8 @@ log = logging.getLogger("shardrag.ingestion")
 
 #: How often a run that writes an object checks that the bucket still holds its version: at most every
 #: ``VERSION_CHECK_S``, at least every ``VERSION_CHECK_MIN_S``, and otherwise as often as keeps the checks (one
-#: blocking S3 HEAD each: 10-30 ms deployed, a few ms locally) under ``VERSION_CHECK_SHARE`` of the run's time.
+#: blocking S3 HEAD each: 0.9 ms p50 on the local emulation; a network round trip deployed) under
+#: ``VERSION_CHECK_SHARE`` of the run's time.
 VERSION_CHECK_S = 1.0
 VERSION_CHECK_MIN_S = 0.25
 VERSION_CHECK_SHARE = 0.02
@@ -117,7 +118,7 @@ class _Lease:
         self.parts = 0
         #: When the run last checked that the bucket still holds its version (``monotonic``; 0: never).
         self.checked_at = time.monotonic()
-        #: How long the last check took.
+        #: How long the last check took; before the first, what makes the first interval ``VERSION_CHECK_S``.
         self.check_s = VERSION_CHECK_S * VERSION_CHECK_SHARE
 
     def room_for_another_part(self, margin_s: float) -> bool:
