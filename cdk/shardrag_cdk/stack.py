@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import aws_iam as iam
 from constructs import Construct
+from shardrag import env
+from shardrag.visibility import CLOCK_KEY
 
 from shardrag_cdk.access import GeneratorAccess, MilvusSecretsAccess, RerankerAccess
 from shardrag_cdk.answer_cache import AnswerCacheTable
@@ -69,6 +72,7 @@ class ShardRagStack(Stack):
         # Embed: corpus-wide IDF for the BM25 query side; Route: the centroids (routing.mode centroid).
         for reader in ("embed", "route"):
             artifacts.grant_read(query.by_name[reader])
+        self._grant_epochs(ingestion, query)
         fuse_generate = query.by_name["fuse_generate"]
         answers = AnswerCacheTable(self, "AnswerCache") if settings.cache.answers else None
         if answers is not None:
@@ -132,3 +136,19 @@ class ShardRagStack(Stack):
         if store.standalone is not None:
             CfnOutput(self, "MilvusInstance", value=store.standalone.instance.instance_id)
             CfnOutput(self, "MilvusRootSecret", value=store.standalone.root_secret.secret_arn)
+
+    @staticmethod
+    def _grant_epochs(ingestion: Ingestion, query: QueryFunctions) -> None:
+        """The epoch clock (``shardrag.visibility``) is an item of the registry table: the ingest function begins
+        and commits epochs (it reads and writes the table already), Embed reads the snapshot each query sees, and
+        may read that item only."""
+        table = ingestion.registry.table
+        ingestion.ingest.function.add_environment(env.EPOCH_TABLE, table.table_name)
+        embed = query.by_name["embed"].function
+        iam.Grant.add_to_principal(
+            grantee=embed,
+            actions=["dynamodb:GetItem"],
+            resource_arns=[table.table_arn],
+            conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [CLOCK_KEY]}},
+        )
+        embed.add_environment(env.EPOCH_TABLE, table.table_name)

@@ -8,10 +8,11 @@ from typing import Any
 
 from cdk_synthesis import Synthesis
 from shardrag.config import Settings
-from shardrag.env import ANSWER_CACHE_TABLE, ARTIFACTS_BUCKET
+from shardrag.env import ANSWER_CACHE_TABLE, ARTIFACTS_BUCKET, EPOCH_TABLE
 from shardrag.errors import ERROR_STATUS
 from shardrag.ingestion.registry import table_definition
 from shardrag.statemachine import PLACEHOLDER, QUERY_FUNCTIONS
+from shardrag.visibility import CLOCK_KEY
 from shardrag_cdk import api_mapping
 from shardrag_cdk.layout import MAX_LAYERS, STATE_MACHINE_FILE
 
@@ -490,8 +491,9 @@ def test_the_answer_cache_table_exists_where_answers_are_cached_and_each_functio
     if not synth.config.settings.cache.answers:
         # Off (the default): no table, no variable, nothing granted beyond the registry's ingest rights.
         assert others == {} and with_variable == set()
-        # (the chat's answer function reads the registry and writes conversations, never the cache)
-        assert {name for name, actions in dynamodb_actions.items() if actions} <= {"ingest", "answer"}
+        # (the chat's answer function reads the registry and writes conversations, never the cache; Embed reads
+        # the epoch clock's item of the registry)
+        assert {name for name, actions in dynamodb_actions.items() if actions} <= {"ingest", "answer", "embed"}
         return
     [(table_id, table)] = others.items()
     props = table["Properties"]
@@ -511,6 +513,29 @@ def test_the_answer_cache_table_exists_where_answers_are_cached_and_each_functio
         "fuse_generate": {"dynamodb:PutItem"},
         "ingest": {"dynamodb:UpdateItem"},
     }
+
+
+def test_embed_reads_the_epoch_clock_item_of_the_registry_and_ingest_writes_it(synth: Synthesis) -> None:
+    # Every query's snapshot (shardrag.visibility) is read at Embed; the ingest function begins and commits epochs.
+    [registry_id] = [
+        k
+        for k, t in synth.resources("AWS::DynamoDB::Table").items()
+        if "TimeToLiveSpecification" not in t["Properties"]  # the registry (``_tables``)
+    ]
+    variables = {
+        f["Properties"]["Description"].removeprefix("ShardRAG "): f["Properties"]["Environment"]["Variables"]
+        for f in _project_functions(synth).values()
+    }
+    named = {name: v[EPOCH_TABLE] for name, v in variables.items() if EPOCH_TABLE in v}
+    assert set(named) == {"embed", "ingest"}
+    assert all(_refs(value) == {registry_id} for value in named.values())
+    on_registry = [
+        statement for statement in _role_statements(synth)["embed"] if registry_id in _refs(statement["Resource"])
+    ]
+    # The clock's item only: a query function has no business reading documents' records.
+    assert [(_actions(s), s.get("Condition")) for s in on_registry] == [
+        (["dynamodb:GetItem"], {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [CLOCK_KEY]}})
+    ]
 
 
 def test_the_workflow_ends_with_a_cached_answer_when_embed_found_one(synth: Synthesis) -> None:

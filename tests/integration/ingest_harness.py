@@ -40,13 +40,14 @@ from shardrag.ingestion import (
 )
 from shardrag.ingestion.registry import DynamoDbDeltaJournal
 from shardrag.ingestion.service import FreshDocuments
-from shardrag.records import EmbeddedChunk, StoredTerms
+from shardrag.records import EmbeddedChunk, Snapshot, StoredTerms
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.base import VectorStore
 from shardrag.store.memory import InMemoryVectorStore
 from shardrag.store.milvus import MilvusVectorStore
 from shardrag.store.wrapper import StoreWrapper
 from shardrag.term_stats import TermStatsStore, TermStatsTracker, rebuild_term_stats, stats_name
+from shardrag.visibility import DynamoDbEpochClock, EpochClock
 
 ROOT = Path(__file__).resolve().parents[2]
 DIMENSION = 384
@@ -173,6 +174,14 @@ class FaultyStore(StoreWrapper):
         self._step("stored_chunks")
         return self._inner.stored_chunks(doc_id, positions=positions, vectors=vectors)
 
+    def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
+        self._step("row_epochs")
+        return self._inner.row_epochs(doc_id)
+
+    def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
+        self._step("retire")
+        return self._inner.retire(chunk_ids, epoch)
+
     def flush(self) -> None:
         self._step("flush")
         self._inner.flush()
@@ -263,13 +272,16 @@ class MilvusShards:
             for i, store in enumerate(self.milvus)
         }
 
-    def searchable(self) -> tuple[set[int], set[str]]:
-        """What a reader can find now, in one scan: the term ids some row's BM25 side holds, and every row's text."""
+    def searchable(self, snapshot: Snapshot | None = None) -> tuple[set[int], set[str]]:
+        """What a reader can find now, in one scan: the term ids some row's BM25 side holds, and every row's text
+        (of the rows ``snapshot`` sees, if given)."""
         terms: set[int] = set()
         texts: set[str] = set()
         for store in self.milvus:
             for batch in store.scan():
                 for row in batch:
+                    if snapshot is not None and not snapshot.sees(row.chunk.epoch_from, row.chunk.epoch_to):
+                        continue
                     texts.add(row.chunk.text)
                     if row.sparse is not None:
                         terms.update(row.sparse.indices)
@@ -315,7 +327,13 @@ class IngestSystem:
         self.stats = TermStatsStore(
             FaultyArtifacts(self.artifacts_dir, self.plan), [stats_name("c", i) for i in range(len(shards.milvus))]
         )
+        #: The deployed epoch clock, an item of the registry table, behind the same faults.
+        self.epochs = DynamoDbEpochClock(FaultyClient(self.ddb, "ddb", self.plan), self.table)
         self.new_process()
+
+    def snapshot(self) -> Snapshot:
+        """What a query that starts now sees (read past the faults: readers are not under test here)."""
+        return DynamoDbEpochClock(self.ddb, self.table).snapshot()
 
     def __enter__(self) -> IngestSystem:
         """Answer the handler's ``services.ingest_service()`` with this system's (current) service."""
@@ -350,6 +368,7 @@ class IngestSystem:
             DynamoDbRegistry(FaultyClient(self.ddb, "ddb", self.plan), self.table, clock=self.clock),
             S3ObjectSource(FaultyClient(self.s3, "s3", self.plan)),
             requeue=self.send,
+            epochs=self.epochs,
         )
 
     # -- the bucket -------------------------------------------------------------------------------------
@@ -469,6 +488,7 @@ def build_service(
     registry: DynamoDbRegistry,
     objects: S3ObjectSource,
     requeue: Callable[[ObjectEvent], None] | None = None,
+    epochs: EpochClock | None = None,
 ) -> IngestService:
     """The ingest service as ``services.ingest_service`` assembles it, on the given parts."""
     fresh = FreshDocuments(stores.__getitem__)
@@ -490,6 +510,7 @@ def build_service(
         objects=objects,
         fresh=fresh,
         requeue=requeue,
+        clock=epochs,
     )
 
 

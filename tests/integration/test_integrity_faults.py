@@ -378,10 +378,9 @@ def test_a_live_lease_that_is_not_preemptible_keeps_a_newer_event_waiting(make: 
     assert registry.claim(third, owner="c", lease_s=60)[0] is Claim.BUSY
 
 
-def test_an_edit_in_an_early_part_is_answerable_before_the_last_part_is_written(make: Any) -> None:
-    # An overwrite planned whole sweeps a row whose text the new version no longer has as soon as the new version
-    # is written past it: the edited paragraph's old text is gone (and its new text in) while later parts are
-    # still being written, not only after the last.
+def test_an_edit_in_an_early_part_shows_its_old_text_until_the_whole_new_version_is_in(make: Any) -> None:
+    # The new version's rows are written part by part, the edited paragraph's among the first; a query must go
+    # on seeing the old text (and not the new) until the last part is in, then the new text (and not the old).
     system = make()
     paragraphs = _large_text().decode().split("\n\n")
     system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
@@ -389,33 +388,35 @@ def test_an_edit_in_an_early_part_is_answerable_before_the_last_part_is_written(
     paragraphs[3] = "Paragraph 3 was rewritten: the columns here are pentagonal, a rare case."
     system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
     seen: list[tuple[bool, bool]] = []
+    stored_new_early = []
 
     def look(name: str) -> None:
-        if name == "ddb.update_item":  # lease renewals and preemption marks: between parts
-            texts = _texts(system)
+        if name in ("ddb.update_item", "store.upsert", "store.retire", "store.delete_chunks"):
+            _, texts = system.shards.searchable(system.snapshot())
             seen.append((any("pentagonal" in t for t in texts), any(t.startswith("Paragraph 3 :") for t in texts)))
+            stored_new_early.append(any("pentagonal" in t for t in _texts(system)))
 
     with system.plan.watching(look):
         system.drain()
-    # Some moment mid-run had the new text in and the old one out; none had neither.
-    assert (True, False) in seen[:-2]
-    assert (False, False) not in seen
+    switch = seen.index((True, False))
+    assert all(s == (False, True) for s in seen[:switch]) and all(s == (True, False) for s in seen[switch:]), seen
+    # The new text was stored long before queries saw it: parts were still being written.
+    assert stored_new_early.index(True) < switch - 2
     _assert_true_to_the_bucket(system)
 
 
 def _lexically_found(system: IngestSystem, word: str) -> bool:
-    """Whether any stored row's BM25 side holds ``word`` (a ``bm25`` query for it would find the document)."""
+    """Whether a row that a query starting now sees holds ``word`` in its BM25 side (a ``bm25`` query for it
+    would find the document)."""
     [term] = [term_id(t) for t in Tokenizer().terms(word)]
-    return term in system.shards.searchable()[0]
+    return term in system.shards.searchable(system.snapshot())[0]
 
 
-def test_an_edit_inside_a_lexical_unit_stops_matching_its_old_words_before_the_last_part_is_written(
-    make: Any,
-) -> None:
+def test_an_edit_inside_a_lexical_unit_trades_its_old_words_for_the_new_ones_in_one_step(make: Any) -> None:
     # With lexical units a unit's first row carries the weights of the whole unit: an edited paragraph that is not
-    # its unit's first chunk leaves its old words in a row whose own text is unchanged. That row must be swept
-    # once the new version is written past the unit, not after the last part (acceptance L waited a whole first
-    # ingest for the old word to go, in about half its runs: whenever the edited paragraph opened no unit).
+    # its unit's first chunk leaves its old words in a row whose own text is unchanged. A query must find the old
+    # word until the new version is complete and the new word from then on: never both (a mix of versions, what
+    # the early sweep that preceded epochs left for a write batch or two), never neither (a gap).
     system = make()
     paragraphs = _large_text().decode().split("\n\n")
     edited = 60
@@ -431,17 +432,64 @@ def test_an_edit_inside_a_lexical_unit_stops_matching_its_old_words_before_the_l
     paragraphs[edited] = f"Paragraph {edited} now mentions pentagonal columns."
     system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
     seen: list[tuple[bool, bool]] = []
+    stored_both = []
+    terms = {term_id(t) for word in ("pentagonal", "obsidianold") for t in Tokenizer().terms(word)}
 
     def look(name: str) -> None:
-        if name == "ddb.update_item":  # lease renewals and preemption marks: between parts
+        if name in ("ddb.update_item", "store.upsert", "store.retire", "store.delete_chunks"):
             seen.append((_lexically_found(system, "pentagonal"), _lexically_found(system, "obsidianold")))
+            stored_both.append(terms <= system.shards.searchable()[0])
 
     with system.plan.watching(look):
         system.drain()
-    # Some moment mid-run had the new word in and the old one out; none had neither.
-    assert (True, False) in seen[:-2], seen
-    assert (False, False) not in seen
+    # Old, then new, switching once, while the store held both words at some moment: the snapshot hides the mix.
+    assert any(stored_both)
+    assert set(seen) == {(False, True), (True, False)}, seen
+    switch = seen.index((True, False))
+    assert all(s == (False, True) for s in seen[:switch]) and all(s == (True, False) for s in seen[switch:])
     assert not _lexically_found(system, "obsidianold")
+    _assert_true_to_the_bucket(system)
+
+
+@pytest.mark.parametrize("crash_at", ["store.retire", "store.delete_chunks"])
+def test_a_worker_that_dies_before_its_commit_leaves_the_old_version_whole_and_the_retry_commits(
+    make: Any, crash_at: str
+) -> None:
+    # The new rows are written, some old ones stamped retired (or an earlier attempt's leftovers being deleted):
+    # the worker dies before the epoch commits. Queries must go on seeing the old version, whole; the redelivery
+    # adopts the open epoch, and its commit brings the new version in, whole.
+    system = make()
+    old = _large_text(60, "old")
+    system.put("geology/basalt.txt", old)
+    system.drain()
+    paragraphs = old.decode().split("\n\n")
+    paragraphs[10] = "Paragraph 10 was rewritten about pentagonal joints."
+    paragraphs[40] = "Paragraph 40 was rewritten about obsidian flows."
+    del paragraphs[50]
+    system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
+    if crash_at == "store.delete_chunks":
+        # An earlier attempt's rows to delete first: a crash after the writes, before anything is retired.
+        system.plan.arm(1, "crash", only="store.retire")
+        assert system.deliver(0) == "crash"
+        paragraphs[20] = "Paragraph 20 was rewritten too, in a third version."
+        system.queue.clear()
+        system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
+        system.clock.now += SETTINGS.lease_s + 1  # the dead worker's lease runs out
+    system.plan.arm(1, "crash", only=crash_at)
+    assert system.deliver(0) == "crash"
+    [open_epoch] = system.snapshot().open
+    _, texts = system.shards.searchable(system.snapshot())
+    seen = "\n".join(texts)
+    assert "rewritten" not in seen and all(f"Paragraph {i} old:" in seen for i in (10, 20, 40, 50))
+    assert any("rewritten" in t for t in _texts(system))  # stored, unseen
+    system.clock.now += SETTINGS.lease_s + 1
+    system.drain()
+    after = system.snapshot()
+    assert after.open == [] and after.upto == open_epoch  # the retry adopted the epoch and committed it
+    _, texts = system.shards.searchable(after)
+    seen = "\n".join(texts)
+    assert "pentagonal" in seen and "obsidian" in seen and "Paragraph 50 old:" not in seen
+    assert "Paragraph 10 old:" not in seen and "Paragraph 40 old:" not in seen
     _assert_true_to_the_bucket(system)
 
 

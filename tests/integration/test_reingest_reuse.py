@@ -103,8 +103,9 @@ def _fresh_ingest(shards: MilvusShards, tmp_path: Path, body: bytes) -> dict[int
         "transient@upsert",
         "crash@upsert",
         "transient@stored_chunks",
-        "crash@chunk_ids#2",  # the sweep's read, after the edited row is written
-        "crash@delete_chunks",  # the sweep itself
+        "crash@row_epochs#2",  # the commit's read, after the edited row is written
+        "crash@retire",  # old rows being stamped retired, before the commit
+        "crash@delete_chunks",  # the retired rows' deletion, after the commit
     ],
 )
 def test_an_overwrite_with_one_edited_paragraph_reembeds_only_it_and_equals_a_fresh_ingest(

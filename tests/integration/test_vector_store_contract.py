@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from shardrag.config import IndexSettings, ShardEndpoint
-from shardrag.records import Chunk, EmbeddedChunk, SearchRequest, SparseVector
+from shardrag.records import Chunk, EmbeddedChunk, SearchRequest, Snapshot, SparseVector
 from shardrag.store.base import VectorStore
 from shardrag.store.memory import InMemoryVectorStore
 from shardrag.store.milvus import MilvusVectorStore
@@ -196,3 +198,56 @@ def test_stored_chunks_read_without_vectors_are_the_same_rows_without_their_dens
     assert [r.vector for r in light] == [[]] * 5 and all(len(r.vector) == DIM for r in full)
     assert [(r.chunk, r.sparse) for r in light] == [(r.chunk, r.sparse) for r in full]
     assert [r.chunk.position for r in store.stored_chunks("a", positions=(1, 2), vectors=False)] in ([1, 2], [2, 1])
+
+
+def _epoch_rows(stamps: list[tuple[int, int]]) -> list[EmbeddedChunk]:
+    rng = np.random.default_rng(7)
+    return [
+        EmbeddedChunk(
+            chunk=Chunk(chunk_id=f"d::{i}", doc_id="d", text=f"row {i}", position=i, epoch_from=f, epoch_to=t),
+            vector=rng.normal(size=DIM).tolist(),
+            sparse=SparseVector(indices=[5], values=[1.0 + i]),
+        )
+        for i, (f, t) in enumerate(stamps)
+    ]
+
+
+epochs = st.integers(min_value=0, max_value=6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stamps=st.lists(st.tuples(epochs, epochs), min_size=1, max_size=12),
+    upto=epochs,
+    pending=st.sets(st.integers(min_value=1, max_value=6), max_size=3),
+)
+def test_a_snapshot_finds_exactly_the_rows_it_sees_in_every_read(
+    store: VectorStore, stamps: list[tuple[int, int]], upto: int, pending: set[int]
+) -> None:
+    # Snapshot.expr() on the engine against Snapshot.sees() in Python: dense, BM25 and passage reads alike.
+    store.delete_chunks(store.chunk_ids("d"))
+    rows = _epoch_rows(stamps)
+    store.upsert(rows)
+    store.flush()
+    snapshot = Snapshot(upto=upto, open=sorted(pending))
+    expected = {r.chunk.chunk_id for r in rows if snapshot.sees(r.chunk.epoch_from, r.chunk.epoch_to)}
+    request = SearchRequest(vector=rows[0].vector, top_k=50, sparse=SparseVector(indices=[5], values=[1.0]))
+    assert {h.chunk_id for h in store.search(request.model_copy(update={"snapshot": snapshot}))} == expected
+    assert {h.chunk_id for h in store.search_lexical(request.model_copy(update={"snapshot": snapshot}))} == expected
+    assert {c.chunk_id for c in store.chunks_at([("d", 0, 20)], snapshot=snapshot)} == expected
+    assert len(store.search(request)) == len(rows)  # no snapshot: every row
+
+
+def test_retire_stamps_rows_and_leaves_everything_else_as_stored(store: VectorStore) -> None:
+    rows = _epoch_rows([(1, 0), (2, 0), (0, 0)])
+    store.upsert(rows)
+    store.flush()
+    before = {r.chunk.chunk_id: r for r in store.stored_chunks("d")}
+    assert store.retire(["d::0", "d::2", "missing"], 3) == 2
+    assert store.row_epochs("d") == {"d::0": (1, 3), "d::1": (2, 0), "d::2": (0, 3)}
+    after = {r.chunk.chunk_id: r for r in store.stored_chunks("d")}
+    for cid, row in after.items():
+        old = before[cid]
+        assert row.chunk.model_copy(update={"epoch_to": old.chunk.epoch_to}) == old.chunk
+        assert row.sparse == old.sparse and np.allclose(row.vector, old.vector, atol=1e-6)
+    assert store.retire(["d::0"], 0) == 1 and store.row_epochs("d")["d::0"] == (1, 0)

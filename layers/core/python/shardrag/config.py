@@ -226,10 +226,6 @@ class IngestionSettings(_Model):
     #: part takes: 1 MiB of text is about 2,500 chunks at 128/32 tokens, about 30 s at the measured 88.6
     #: chunks/s on 2 cores, so a part always fits in one invocation with room to spare (README, "Integrity").
     part_bytes: int = Field(default=1024 * 1024, ge=4096)
-    #: An overwrite of an object up to this size is cut into chunks whole before any is written (memory: a few
-    #: times the text), so that rows whose text the new version no longer has are swept as soon as the new
-    #: version is written past them, not after the last part; larger ones are swept at the end only.
-    plan_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     #: Chunks written per store call while an object is indexed; between calls the run checks (at most once a
     #: second) that the bucket still holds its version, and stops if a newer upload replaced it.
     write_batch_chunks: int = Field(default=128, ge=1, le=10_000)

@@ -20,6 +20,9 @@ REGISTRY_TABLE: Final = "SHARDRAG_REGISTRY_TABLE"
 #: Name of the DynamoDB table of cached answers and the index version (set only where ``cache.answers`` is on;
 #: unset, answers are cached in memory and the version is a file under ``<data_dir>/index``).
 ANSWER_CACHE_TABLE: Final = "SHARDRAG_ANSWER_CACHE_TABLE"
+#: Name of the DynamoDB table that holds the epoch clock (``shardrag.visibility``; the registry table): set on the
+#: ingest function and on the query functions that read snapshots. Unset: a file under ``<data_dir>/index``.
+EPOCH_TABLE: Final = "SHARDRAG_EPOCH_TABLE"
 #: URL of the ingest queue: the ingest function hands the rest of a large object to a fresh invocation there.
 INGEST_QUEUE_URL: Final = "SHARDRAG_INGEST_QUEUE_URL"
 #: Name of the documents bucket.

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from shardrag.bm25 import Tokenizer, term_ids
-from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, Hit, SparseVector
+from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, Hit, Snapshot, SparseVector
 from shardrag.store.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,14 @@ class UnitPassages:
         self._tokenizer = tokenizer
         self._span = span
 
-    def run(self, shard: int, hits: Sequence[Hit], query: SparseVector) -> list[Hit]:
-        """``hits``, each on its unit's best-matching chunk. A store that fails leaves the hits as they were: the
-        passage is a courtesy, the ranking is already right."""
+    def run(self, shard: int, hits: Sequence[Hit], query: SparseVector, snapshot: Snapshot | None = None) -> list[Hit]:
+        """``hits``, each on its unit's best-matching chunk among the rows ``snapshot`` sees (the query's: a
+        passage of another version must not stand in for the hit). A store that fails leaves the hits as they
+        were: the passage is a courtesy, the ranking is already right."""
         weights = query.as_dict()
         spans = [(hit.doc_id, hit.position, hit.position + self._span - 1) for hit in hits]
         try:
-            rows = self._store_for(shard).chunks_at(spans) if hits else []
+            rows = self._store_for(shard).chunks_at(spans, snapshot=snapshot) if hits else []
         except Exception:
             log.warning("shard %d: passages not read; BM25 hits show their units' first chunks", shard, exc_info=True)
             return list(hits)

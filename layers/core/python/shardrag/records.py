@@ -55,6 +55,33 @@ class Chunk(Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: The id users know the document by: the object key, or a bulk line's own ``_id`` (empty: ``doc_id``).
     external_id: str = ""
+    #: The epoch that wrote the row and the one that retired it (0: live); what a query sees (``Snapshot``).
+    epoch_from: int = 0
+    epoch_to: int = 0
+
+
+class Snapshot(Record):
+    """What one query sees (``shardrag.visibility``): every epoch up to ``upto`` except those in ``open`` (begun,
+    not committed)."""
+
+    upto: int = 0
+    open: list[int] = Field(default_factory=list)
+
+    def committed(self, epoch: int) -> bool:
+        return epoch <= self.upto and epoch not in self.open
+
+    def sees(self, epoch_from: int, epoch_to: int) -> bool:
+        """Whether a row written at ``epoch_from`` and retired at ``epoch_to`` (0: live) is visible."""
+        return self.committed(epoch_from) and not (epoch_to and self.committed(epoch_to))
+
+    def expr(self) -> str:
+        """The same rule as a Milvus boolean expression over the rows' ``epoch_from`` and ``epoch_to``."""
+        pending = ", ".join(str(int(e)) for e in sorted(self.open))
+        written = f"epoch_from <= {int(self.upto)}" + (f" and epoch_from not in [{pending}]" if pending else "")
+        unretired = f"epoch_to == 0 or epoch_to > {int(self.upto)}" + (
+            f" or epoch_to in [{pending}]" if pending else ""
+        )
+        return f"({written} and ({unretired}))"
 
 
 class StoredTerms(NamedTuple):
@@ -127,6 +154,8 @@ class SearchRequest(Record):
     sparse: SparseVector | None = None
     #: Client-side deadline of one store call in seconds (``None``: none). A store that misses it is busy.
     timeout_s: float | None = None
+    #: The query's snapshot: only the rows it sees are searched (``None``: every row).
+    snapshot: Snapshot | None = None
 
 
 class ShardResult(Record):

@@ -48,6 +48,7 @@ from shardrag.secrets import read_secret
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.base import VectorStore
 from shardrag.term_stats import CorpusStatsCache, DeltaJournal, TermStatsStore, TermStatsTracker, stats_name
+from shardrag.visibility import DynamoDbEpochClock, EpochClock, FileEpochClock
 from shardrag.workflow import QueryWorkflow
 
 if TYPE_CHECKING:
@@ -274,6 +275,24 @@ def build_index_version(settings: Settings) -> IndexVersion:
     return FileIndexVersion(Path(settings.data_dir) / "index" / "index-version")
 
 
+@lru_cache(maxsize=1)
+def epoch_clock() -> EpochClock:
+    """The epochs that make overwrites atomic to queries (``shardrag.visibility``)."""
+    return build_epoch_clock(cached_settings())
+
+
+def build_epoch_clock(settings: Settings) -> EpochClock:
+    """An item of the registry table where the stack names it to the function (``SHARDRAG_EPOCH_TABLE``: the
+    ingest function writes it, the query functions read it), else a file beside the shards that the local
+    runtime's processes share."""
+    table = os.environ.get(env.EPOCH_TABLE)
+    if table:
+        import boto3
+
+        return DynamoDbEpochClock(boto3.client("dynamodb"), table)
+    return FileEpochClock(Path(settings.data_dir) / "index" / "epochs.json")
+
+
 def index_changed() -> None:
     """Advance the index version where answers are cached (ingestion and rebalancing call this)."""
     if cached_settings().cache.answers:
@@ -344,9 +363,11 @@ def build_query_workflow(
     make_reranker: Callable[[], Reranker] = reranker,
     centroids: CentroidCache | None = None,
     answers: AnswerCaching | None = None,
+    clock: EpochClock | None = None,
 ) -> QueryWorkflow:
     """``centroids``: the centroid artefact cache for ``routing.mode: centroid`` (default: this process's).
-    ``answers``: the answer cache (default: as ``settings.cache`` says)."""
+    ``answers``: the answer cache (default: as ``settings.cache`` says). ``clock``: the epochs each query takes
+    its snapshot of (default: :func:`build_epoch_clock`)."""
     shard_count = settings.store.shard_count
     return QueryWorkflow(
         embed=embed,
@@ -371,6 +392,7 @@ def build_query_workflow(
             if settings.retrieval.bm25.window > 0
             else None
         ),
+        snapshot=(clock if clock is not None else build_epoch_clock(settings)).snapshot,
     )
 
 
@@ -443,6 +465,7 @@ def ingest_service() -> IngestService:
         table_name=os.environ.get(env.REGISTRY_TABLE, DEFAULT_REGISTRY_TABLE),
         requeue=sqs_requeue(boto3.client("sqs"), queue_url) if queue_url else None,
         on_change=index_changed if settings.cache.answers else None,
+        clock=epoch_clock(),
     )
 
 
@@ -517,6 +540,7 @@ def reset_caches() -> None:
         embedder,
         query_embeddings,
         index_version,
+        epoch_clock,
         generator,
         reranker,
         ingest_service,

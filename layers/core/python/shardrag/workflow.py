@@ -32,6 +32,7 @@ from shardrag.records import (
     RoutePlan,
     SearchRequest,
     ShardResult,
+    Snapshot,
     SparseVector,
     whole_chunk_ids,
 )
@@ -79,6 +80,9 @@ class ResolvedQuery(Record):
     filter_expr: str = ""
     #: The answer-cache key read at Embed (the index version included); empty when answers are not cached.
     cache_key: str = ""
+    #: What every search and passage read of this query sees, read once at Embed (``shardrag.visibility``):
+    #: one version of each document, whatever commits while the shards are searched. ``None``: every row.
+    snapshot: Snapshot | None = None
 
 
 class Caller(Record):
@@ -163,9 +167,12 @@ class QueryWorkflow:
         multi_tenant: bool = False,
         answers: AnswerCaching | None = None,
         passages: UnitPassages | None = None,
+        snapshot: Callable[[], Snapshot] | None = None,
     ) -> None:
         """``answers``: the answer cache (``None``: off). ``passages``: moves ``bm25`` hits onto the chunk of their
-        lexical unit that matches best (``None``: a hit shows the unit's first chunk)."""
+        lexical unit that matches best (``None``: a hit shows the unit's first chunk). ``snapshot``: the epoch
+        clock's current snapshot, read once per query (``None``: queries see every row)."""
+        self._snapshot = snapshot
         self._answers = answers
         self._passages = passages
         self._embed = embed
@@ -255,6 +262,9 @@ class QueryWorkflow:
                     "cached": {**cached, "cache": "hit", "timings_ms": timings},
                 }
             query = query.model_copy(update={"cache_key": key})
+        if self._snapshot is not None:
+            # After the cache key: the index version already keys answers, the snapshot only filters rows.
+            query = query.model_copy(update={"snapshot": self._snapshot()})
         vector = self._embed(query.question)
         sparse = None
         if query.mode != "dense":
@@ -301,13 +311,16 @@ class QueryWorkflow:
                 top_k=depth,
                 filter_expr=query.filter_expr,
                 sparse=step.sparse,
+                snapshot=query.snapshot,
             ),
             dense=query.mode != "bm25",
             lexical=query.mode != "dense",
         )
         lists = (query.mode == "hybrid") + 1
         if query.mode == "bm25" and query.include_text and self._passages is not None and step.sparse is not None:
-            shown_first = self._passages.run(step.shard, result.lexical[: query.candidates], step.sparse)
+            shown_first = self._passages.run(
+                step.shard, result.lexical[: query.candidates], step.sparse, query.snapshot
+            )
             result = result.model_copy(update={"lexical": shown_first + result.lexical[query.candidates :]})
         if query.include_text:
             tail = max(0, depth - query.candidates) * lists

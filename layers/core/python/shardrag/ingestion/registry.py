@@ -152,6 +152,9 @@ class DocumentState(Record):
     #: recorded so that a resumed write weighs the rest alike (``repr`` of the float: DynamoDB numbers come back
     #: as integers here; empty: not yet fixed).
     lexical_mean: str = ""
+    #: ``writing``: the epoch its rows are written under, open until the version is complete
+    #: (``shardrag.visibility``); a later run on the document adopts it while it is open. 0 once indexed.
+    epoch: int = 0
 
     @property
     def live(self) -> bool:

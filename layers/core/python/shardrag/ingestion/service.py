@@ -7,7 +7,6 @@ record documents, remove what the object no longer produces, and release the key
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import re
@@ -28,10 +27,11 @@ from shardrag.ingestion.events import ObjectEvent, notification, parse_notificat
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry, LeaseLost
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
-from shardrag.records import EmbeddedChunk, Record, SparseVector
+from shardrag.records import Record, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
 from shardrag.store.wrapper import StoreWrapper
+from shardrag.visibility import EpochClock, MemoryEpochClock
 
 log = logging.getLogger("shardrag.ingestion")
 
@@ -156,74 +156,6 @@ class _Replaced(Exception):
     """The bucket no longer holds the version being indexed: a newer event for the key will index what it holds."""
 
 
-class _EarlySweep:
-    """An overwrite's rows that the new version does not keep, each swept as soon as the new version has been
-    written past the row's *due* position, so that a reader never sees the edit's old text for longer than it
-    takes to write up to it, and never a gap:
-
-    * past the row's own position, and past where the new version has the row's text, if it still has it (a row
-      whose text stays but whose row changes, moved or reweighed by another mean, goes once its replacement is
-      in); a row whose text the new version no longer has, past the chunks that replace it: up to the next text
-      both versions have;
-    * for a unit's first row, the same for every chunk of its unit: that row carries the BM25 weights of the
-      whole unit, the words of the chunks after it included (an edited chunk inside a unit leaves its old words in
-      that row, whose own text is unchanged), and those words must be searchable in the new version first.
-    """
-
-    def __init__(
-        self,
-        stores: Callable[[int], VectorStore],
-        indexer: DocumentIndexer,
-        prior: Sequence[tuple[int, EmbeddedChunk]],
-        plans: Sequence[Plan],
-    ) -> None:
-        """``prior``: the document's stored rows (with their shards) when the run began."""
-        self._stores = stores
-        keep = {chunk.chunk_id for plan in plans for chunk in plan.chunks}
-        placed: dict[str, int] = {}
-        for plan in plans:
-            for chunk, text in zip(plan.chunks, plan.texts, strict=True):
-                placed[text] = max(placed.get(text, -1), chunk.position)
-        rows = sorted((row for _, row in prior), key=lambda row: row.chunk.position)
-        end = max(placed.values(), default=0)
-        # How far the new version must be written for a row's content to be in again: where the new version has
-        # the row's text, if it still has it; else up to the next text both versions have (the chunks between
-        # two such texts are what the edit made of the old chunks between them).
-        cover: dict[str, int] = {}
-        following = end
-        for row in reversed(rows):
-            at = placed.get(indexer.embedding_text(row.chunk))
-            reach = at if at is not None else following
-            cover[row.chunk.chunk_id] = max(row.chunk.position, reach, cover.get(row.chunk.chunk_id, -1))
-            if at is not None:
-                following = at - 1
-        # ... and for a unit's first row, the text of every chunk of its unit (their words are in its weights).
-        by_position = sorted((row.chunk.position, cover[row.chunk.chunk_id]) for row in rows)
-        positions = [position for position, _ in by_position]
-        for cid, (first, last) in _units(rows).items():
-            span = by_position[bisect.bisect_left(positions, first) : bisect.bisect_right(positions, last)]
-            cover[cid] = max([cover[cid], *(reach for _, reach in span)])
-        #: Row id -> (due position, shards holding it).
-        self._due: dict[str, tuple[int, list[int]]] = {}
-        for shard, row in prior:
-            if row.chunk.chunk_id not in keep:
-                self._due.setdefault(row.chunk.chunk_id, (cover[row.chunk.chunk_id], []))[1].append(shard)
-
-    def pending(self, upto: int) -> bool:
-        return any(position <= upto for position, _ in self._due.values())
-
-    def run(self, upto: int) -> None:
-        """Sweep the due rows at positions up to ``upto``."""
-        by_shard: dict[int, list[str]] = {}
-        for cid, (position, shards) in list(self._due.items()):
-            if position <= upto:
-                for shard in shards:
-                    by_shard.setdefault(shard, []).append(cid)
-                del self._due[cid]
-        for shard, ids in sorted(by_shard.items()):
-            self._stores(shard).delete_chunks(ids)
-
-
 class _Continue(Exception):
     """This invocation's time is nearly up: the rest of the object goes to a fresh invocation."""
 
@@ -244,13 +176,16 @@ class IngestService:
         fresh: FreshDocuments | None = None,
         requeue: Callable[[ObjectEvent], None] | None = None,
         on_change: Callable[[], object] | None = None,
+        clock: EpochClock | None = None,
     ) -> None:
-        """``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a speed-up only).
-        ``requeue``: sends an event back to the ingest queue; with it, a large object whose parts would not fit
-        in the invocation's remaining time is continued by a fresh invocation. ``on_change``: called before an
-        event may change the index and again once it is done (or gave up): the index version that answer caches
-        key on (``shardrag.caching``)."""
+        """``clock``: the epochs queries read their snapshots from (``shardrag.visibility``; default: one in this
+        process's memory). ``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a
+        speed-up only). ``requeue``: sends an event back to the ingest queue; with it, a large object whose
+        parts would not fit in the invocation's remaining time is continued by a fresh invocation.
+        ``on_change``: called before an event may change the index and again once it is done (or gave up): the
+        index version that answer caches key on (``shardrag.caching``)."""
         self._settings = settings
+        self._clock: EpochClock = clock if clock is not None else MemoryEpochClock()
         self._on_change = on_change
         self._requeue = requeue
         self._fresh = fresh
@@ -494,17 +429,21 @@ class IngestService:
         written: _Written,
         size: int,
     ) -> DocumentState | None:
-        """One document read in parts: recorded ``writing`` before its first chunk, each part's progress
-        recorded after it, every row the new version does not have swept after the last part, and only then
-        ``indexed``. Rows already stored exactly as this version would write them are kept, not rewritten: an
-        overwrite with one paragraph edited writes that paragraph's chunks, a retry or a continuation of the same
-        version writes only what the interrupted attempt had not. ``None``: already indexed at this version.
+        """One document read in parts, as one epoch (``shardrag.visibility``): recorded ``writing`` (with its
+        epoch) before its first chunk, each part's progress recorded after it; the rows it writes carry the epoch,
+        which keeps them from every query until the commit; after the last part, the earlier version's rows that
+        this one does not keep are stamped retired at the epoch, the epoch is committed (from then on queries see
+        the new version and not the old, in one step) and the retired rows are deleted; only then ``indexed``.
+        Rows already stored exactly as this version would write them, and seen by queries, are kept, not
+        rewritten: an overwrite with one paragraph edited writes that paragraph's chunks, a retry or a
+        continuation of the same version writes only what the interrupted attempt had not. ``None``: already
+        indexed at this version.
 
-        While it only adds rows, the run lets a newer version of the object take the key (``preemptible``), and
-        it stops by itself once the bucket no longer holds its version: a stale version is not embedded to the
-        end. An overwrite of an object up to ``plan_bytes`` is cut whole first, so that a row the new version does not
-        keep is swept as soon as the new version is written past it and its lexical unit (``_EarlySweep``, checked
-        after every store write), not after the last part: an edit is answerable once the rows up to it are in."""
+        A run whose document is still ``writing`` under an open epoch (a retry, a continuation, a newer version
+        that took over the key) adopts that epoch: whatever the earlier attempt wrote stays unseen until this run
+        commits, and what this run does not keep of it is deleted before. While it only adds rows, the run lets a
+        newer version of the object take the key (``preemptible``), and it stops by itself once the bucket no
+        longer holds its version: a stale version is not embedded to the end."""
         event, version = lease.event, ctx.version
         if current is not None and current.status == "indexed" and current.version == version and not event.reconcile:
             return None
@@ -512,21 +451,23 @@ class IngestService:
         live = current is not None and current.live
         before = current.held_shards() if current is not None and live else []
         shards = _union(before, self._indexer.may_hold(ctx.doc_id))
-        # The rows stored now, by id. Read once: rows that land after this (a superseded run's) are left to
-        # the sweep, which reads the store again.
-        stored = self._stored_rows(ctx.doc_id, shards) if live else {}
-        resume = current is not None and current.status == "writing" and current.version == version
+        snapshot = self._clock.snapshot()
+        adopt = current is not None and current.status == "writing" and current.epoch in snapshot.open
+        epoch = current.epoch if adopt and current is not None else self._clock.begin()
+        # The rows stored now, by id, with their epochs. Read once: rows that land after this (a superseded
+        # run's) are left to the settling after the last part, which reads the store again.
+        found = self._row_epochs(ctx.doc_id, shards) if live else {}
+        # Kept as they are: rows queries see now (the committed version), and this epoch's own.
+        stored = {
+            cid: where for cid, (first, last, where) in found.items() if first == epoch or snapshot.sees(first, last)
+        }
+        resume = adopt and current is not None and current.version == version
         resume = resume and current is not None and current.plan == plan_id and bool(current.lexical_mean)
-        # An overwrite planned whole reads the document's rows once: for the mean below and the early sweep.
-        planned_whole = bool(stored) and size <= self._settings.plan_bytes
-        prior = self._prior_rows(ctx.doc_id, shards) if planned_whole else []
         if resume and current is not None:
             mean = MeanLength(float(current.lexical_mean))
-        elif planned_whole:
-            # Weighed against the corpus without any row of this document: what a fresh ingest would see.
-            mean = MeanLength(replacing=_lengths(row.sparse for _, row in prior))
         else:
-            mean = MeanLength(replacing=self._stored_lengths(stored))
+            # Weighed against the corpus without any row of this document: what a fresh ingest would see.
+            mean = MeanLength(replacing=self._stored_lengths({cid: where for cid, (_, _, where) in found.items()}))
         state = DocumentState(
             doc_id=ctx.doc_id,
             external_id=ctx.key,
@@ -542,22 +483,18 @@ class IngestService:
             lexical_mean=repr(mean.value) if mean.value else "",
             parts_done=current.parts_done if resume and current is not None else 0,
             chunk_count=current.chunk_count if resume and current is not None else 0,
+            epoch=epoch,
         )
-        # Write-ahead: from here on the registry says where this document's chunks may be.
+        # Write-ahead: from here on the registry says where this document's chunks may be, and under which epoch.
         self.registry.put_documents([state], lease=lease.fence)
-        reuse = self._reusable(current) if stored else None
-        parts: Iterable[list[Plan]] = self._planned_parts(parser, stream, ctx, report, mean)
-        early: _EarlySweep | None = None
-        if planned_whole:
-            whole = list(parts)
-            parts = whole
-            early = _EarlySweep(self._stores, self._indexer, prior, [p for part in whole for p in part])
+        reuse = self._reusable(current) if found else None
+        parts = self._planned_parts(parser, stream, ctx, report, mean, epoch)
         self.registry.preemptible(event, owner=lease.owner, allowed=True)
         landed: list[int] = list(state.shards) if state.parts_done else []
         keep: list[str] = []
         for index, part in enumerate(parts):
             if index < state.parts_done:
-                # Written by an earlier attempt at this version (same cut, same mean: the same rows).
+                # Written by an earlier attempt at this version (same cut, same mean, same epoch: the same rows).
                 keep.extend(chunk.chunk_id for plan in part for chunk in plan.chunks)
                 continue
             if not lease.room_for_another_part(self._settings.continue_margin_s):
@@ -575,11 +512,6 @@ class IngestService:
                     written.add(ctx.doc_id, version, result)
                     keep.extend(result.ids)
                     landed = _union(landed, result.shards)
-                    if early is not None and early.pending(len(keep) - 1):
-                        # Never deleting while a newer version may take the key: it could keep these very rows.
-                        self.registry.preemptible(event, owner=lease.owner, allowed=False)
-                        early.run(len(keep) - 1)
-                        self.registry.preemptible(event, owner=lease.owner, allowed=True)
             update: dict[str, Any] = {"parts_done": index + 1, "chunk_count": len(keep)}
             update["lexical_mean"] = repr(mean.value) if mean.value else ""
             update["shards"] = _union(state.shards, landed)
@@ -589,7 +521,7 @@ class IngestService:
             lease.parts += 1
             lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
         self.registry.preemptible(event, owner=lease.owner, allowed=False)
-        self._sweep(ctx.doc_id, set(keep), state.shards, fresh=not live)
+        self._commit(ctx.doc_id, set(keep), state.shards, epoch, fresh=not live)
         # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
         # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
         for shard in sorted(state.shards):
@@ -601,20 +533,75 @@ class IngestService:
                 "shard": (landed or state.shards)[0],
                 "parts_done": 0,  # progress means something only while writing
                 "plan": "",
+                "epoch": 0,
             }
         )
         self.registry.put_documents([final], lease=lease.fence)
         return final
 
+    def _commit(self, doc_id: str, keep: set[str], shards: Iterable[int], epoch: int, *, fresh: bool) -> None:
+        """Make ``epoch`` the version queries see of ``doc_id`` in one step, then delete what it replaced. The
+        store is read again now, after this run's writes:
+
+        * a kept row that an earlier attempt stamped retired is made live again (it stays seen throughout);
+        * a row queries see now and this version does not keep is stamped retired at ``epoch`` (still seen);
+        * a row nobody sees (an interrupted attempt's, this epoch's own that the version no longer has, one an
+          earlier commit retired) is deleted: before the commit, or it would be seen from then on;
+        * the epoch is committed, and the rows it retired are deleted.
+
+        A document the registry never recorded as live has no rows but this run's (the write-ahead record precedes
+        them), so the read, a filtered scan on Milvus Lite, is skipped."""
+        if fresh:
+            self._clock.commit(epoch)
+            return
+        now = self._clock.snapshot()
+        revive: dict[int, list[str]] = {}
+        retire: dict[int, list[str]] = {}
+        gone: dict[int, list[str]] = {}
+        junk: dict[int, list[str]] = {}
+        for cid, (first, last, where) in self._row_epochs(doc_id, shards).items():
+            seen = now.sees(first, last)
+            targets: list[dict[int, list[str]]] = []
+            if cid in keep:
+                if first != epoch and last and seen:
+                    targets = [revive]
+                elif first != epoch and not seen:
+                    # Seen when this run began, retired by someone else since: never deleted here.
+                    log.warning("%s: kept row %s is no longer seen (epochs %d-%d)", doc_id, cid, first, last)
+            elif first != epoch and seen:
+                targets = [gone] if last == epoch else [retire, gone]
+            else:
+                targets = [junk]
+            for target in targets:
+                for shard in where:
+                    target.setdefault(shard, []).append(cid)
+        for shard, ids in sorted(revive.items()):
+            self._stores(shard).retire(ids, 0)
+        for shard, ids in sorted(junk.items()):
+            self._stores(shard).delete_chunks(ids)
+        for shard, ids in sorted(retire.items()):
+            self._stores(shard).retire(ids, epoch)
+        self._clock.commit(epoch)
+        for shard, ids in sorted(gone.items()):
+            self._stores(shard).delete_chunks(ids)
+
     def _planned_parts(
-        self, parser: Parser, stream: ByteStream, ctx: SourceContext, report: ParseReport, mean: MeanLength
+        self,
+        parser: Parser,
+        stream: ByteStream,
+        ctx: SourceContext,
+        report: ParseReport,
+        mean: MeanLength,
+        epoch: int,
     ) -> Iterator[list[Plan]]:
-        """The object's parts, each cut into chunks with their row ids, numbered across parts."""
+        """The object's parts, each cut into chunks with their row ids, numbered across parts, written at
+        ``epoch`` (not part of a row's id: the same content under another epoch is the same row)."""
         count = 0
         for part in self._parts(parser, stream, ctx, report):
             plans = []
             for piece in part:
                 plan = self._indexer.plan([piece.model_copy(update={"first_chunk": count})], mean=mean)
+                plan.chunks = [chunk.model_copy(update={"epoch_from": epoch}) for chunk in plan.chunks]
                 count += len(plan.chunks)
                 plans.append(plan)
             yield plans
@@ -637,11 +624,6 @@ class IngestService:
         if info.etag != ctx.version:
             raise _Replaced
 
-    def _prior_rows(self, doc_id: str, shards: Iterable[int]) -> list[tuple[int, EmbeddedChunk]]:
-        """The document's stored rows with their shards (those whose text the store may have cut are left out:
-        they only miss the early sweep and the mean, and the final sweep still sees them)."""
-        return [(shard, row) for shard in shards for row in self._stores(shard).stored_chunks(doc_id, vectors=False)]
-
     def _stored_lengths(self, stored: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         """The BM25 length and the number of lexical units that the rows in ``stored`` count (each copy counted,
         as the statistics do)."""
@@ -653,12 +635,13 @@ class IngestService:
             terms.sparse for shard, ids in by_shard.items() for terms in self._stores(shard).stored_terms(ids).values()
         )
 
-    def _stored_rows(self, doc_id: str, shards: Iterable[int]) -> dict[str, list[int]]:
-        """The ids of ``doc_id``'s stored rows, with the shards that hold each."""
-        rows: dict[str, list[int]] = {}
+    def _row_epochs(self, doc_id: str, shards: Iterable[int]) -> dict[str, tuple[int, int, list[int]]]:
+        """The ids of ``doc_id``'s stored rows, with the epochs that wrote and retired them (a row's copies on
+        several shards are written and stamped together) and the shards that hold each."""
+        rows: dict[str, tuple[int, int, list[int]]] = {}
         for shard in shards:
-            for cid in self._stores(shard).chunk_ids(doc_id):
-                rows.setdefault(cid, []).append(shard)
+            for cid, (first, last) in self._stores(shard).row_epochs(doc_id).items():
+                rows.setdefault(cid, (first, last, []))[2].append(shard)
         return rows
 
     def _reusable(self, before: DocumentState | None) -> dict[str, Reusable] | None:
@@ -668,19 +651,6 @@ class IngestService:
         if not model or before is None or not before.live or before.model != model:
             return None
         return {before.doc_id: Reusable(shards=before.held_shards())}
-
-    def _sweep(self, doc_id: str, keep: set[str], shards: Iterable[int], *, fresh: bool) -> None:
-        """Remove every row of ``doc_id`` that is not one of ``keep``: earlier versions, and anything an
-        interrupted attempt or a superseded run wrote. The store is read now, after this run's writes. A
-        document the registry never recorded as live has no rows (the write-ahead record precedes them), so its
-        sweep, a filtered scan on Milvus Lite, is skipped."""
-        if fresh:
-            return
-        for shard in shards:
-            store = self._stores(shard)
-            stale = [cid for cid in store.chunk_ids(doc_id) if cid not in keep]
-            if stale:
-                store.delete_chunks(stale)
 
     def _index_lines(
         self,
@@ -887,22 +857,6 @@ def _lengths(vectors: Iterable[SparseVector | None]) -> tuple[int, int]:
     return tokens, units
 
 
-def _units(rows: Sequence[EmbeddedChunk]) -> dict[str, tuple[int, int]]:
-    """For each row that opens a lexical unit (it counts in the statistics), the positions its unit may cover:
-    from its own up to the next such row's. Rows of a superseded run may interleave with the version they
-    replaced; a unit then ends early at worst."""
-    starts = sorted(
-        {(row.chunk.position, row.chunk.chunk_id) for row in rows if row.sparse is None or counts_unit(row.sparse)}
-    )
-    last = max((row.chunk.position for row in rows), default=0)
-    positions = sorted({position for position, _ in starts})
-    units: dict[str, tuple[int, int]] = {}
-    for position, cid in starts:
-        later = bisect.bisect_right(positions, position)
-        units[cid] = (position, positions[later] - 1 if later < len(positions) else last)
-    return units
-
-
 def _union(*groups: Iterable[int]) -> list[int]:
     return list(dict.fromkeys(shard for group in groups for shard in group))
 
@@ -928,6 +882,7 @@ def build_ingest_service(
     fresh: FreshDocuments | None = None,
     requeue: Callable[[ObjectEvent], None] | None = None,
     on_change: Callable[[], object] | None = None,
+    clock: EpochClock | None = None,
 ) -> IngestService:
     """An :class:`IngestService` on boto3 clients (the handler's cached factory and the tests use this)."""
     from shardrag.ingestion.source import S3ObjectSource
@@ -942,4 +897,5 @@ def build_ingest_service(
         fresh=fresh,
         requeue=requeue,
         on_change=on_change,
+        clock=clock,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, StoredTerms
+from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, Snapshot, StoredTerms
 
 
 @runtime_checkable
@@ -46,9 +46,18 @@ class VectorStore(Protocol):
         text, position and BM25 side only."""
         ...
 
-    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:
         """The stored chunks (no vectors) of each ``(doc_id, first, last)`` position range, inclusive: what a hit
-        may show instead of the row that matched (:mod:`shardrag.passages`)."""
+        may show instead of the row that matched (:mod:`shardrag.passages`); only those ``snapshot`` sees."""
+        ...
+
+    def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
+        """Each stored row of ``doc_id`` (any version, cut or not) with the epochs that wrote and retired it."""
+        ...
+
+    def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
+        """Stamp those of ``chunk_ids`` that exist as retired at ``epoch`` (0: live again), the rows otherwise as
+        stored (``shardrag.visibility``); returns how many were stamped."""
         ...
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:

@@ -8,12 +8,21 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from shardrag.bm25 import EMPTY_MARKER
-from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector, StoredTerms
+from shardrag.records import (
+    MAX_HIT_TEXT_CHARS,
+    Chunk,
+    EmbeddedChunk,
+    Hit,
+    SearchRequest,
+    Snapshot,
+    SparseVector,
+    StoredTerms,
+)
 
 
 class InMemoryVectorStore:
     """Brute-force cosine search over unit-normalised vectors. Filters are not supported (``filter_expr``
-    must be empty) because evaluating Milvus expressions is Milvus's job."""
+    must be empty) because evaluating Milvus expressions is Milvus's job; a snapshot is (``Snapshot.sees``)."""
 
     def __init__(self, *, shard: int = 0, dimension: int = 384) -> None:
         self._shard = shard
@@ -84,14 +93,33 @@ class InMemoryVectorStore:
                 if chunk.doc_id == doc_id and low <= chunk.position <= high
             ]
 
-    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:
         self._check()
         with self._lock:
             return [
                 chunk
                 for chunk, _ in self._rows.values()
                 if any(chunk.doc_id == d and low <= chunk.position <= high for d, low, high in spans)
+                and _sees(snapshot, chunk)
             ]
+
+    def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
+        self._check()
+        with self._lock:
+            return {
+                cid: (chunk.epoch_from, chunk.epoch_to)
+                for cid, (chunk, _) in self._rows.items()
+                if chunk.doc_id == doc_id
+            }
+
+    def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
+        self._check()
+        with self._lock:
+            found = [cid for cid in chunk_ids if cid in self._rows]
+            for cid in found:
+                chunk, vector = self._rows[cid]
+                self._rows[cid] = (chunk.model_copy(update={"epoch_to": int(epoch)}), vector)
+            return len(found)
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         self._check()
@@ -114,6 +142,7 @@ class InMemoryVectorStore:
             scored = [
                 (sum(query.get(i, 0.0) * v for i, v in zip(vec.indices, vec.values, strict=True)), cid)
                 for cid, vec in self._sparse.items()
+                if _sees(request.snapshot, self._rows[cid][0])
             ]
             rows = dict(self._rows)
         ranked = sorted(((score, cid) for score, cid in scored if score > 0), key=lambda p: (-p[0], p[1]))
@@ -138,7 +167,7 @@ class InMemoryVectorStore:
         if request.filter_expr:
             raise NotImplementedError("InMemoryVectorStore does not evaluate filter expressions")
         with self._lock:
-            rows = list(self._rows.values())
+            rows = [row for row in self._rows.values() if _sees(request.snapshot, row[0])]
         if not rows:
             return []
         query = np.asarray(request.vector, dtype=np.float32)
@@ -156,3 +185,7 @@ class InMemoryVectorStore:
 
     def close(self) -> None:
         pass
+
+
+def _sees(snapshot: Snapshot | None, chunk: Chunk) -> bool:
+    return snapshot is None or snapshot.sees(chunk.epoch_from, chunk.epoch_to)

@@ -14,7 +14,16 @@ from pymilvus import MilvusClient
 from shardrag.bm25 import EMPTY_MARKER
 from shardrag.config import IndexSettings, ShardEndpoint
 from shardrag.errors import ConfigurationError
-from shardrag.records import MAX_HIT_TEXT_CHARS, Chunk, EmbeddedChunk, Hit, SearchRequest, SparseVector, StoredTerms
+from shardrag.records import (
+    MAX_HIT_TEXT_CHARS,
+    Chunk,
+    EmbeddedChunk,
+    Hit,
+    SearchRequest,
+    Snapshot,
+    SparseVector,
+    StoredTerms,
+)
 from shardrag.store.literals import escape_string
 from shardrag.store.schema import (
     DENSE_FIELD,
@@ -189,6 +198,8 @@ class MilvusVectorStore:
             "version": chunk.version,
             "metadata": chunk.metadata,
             "external_id": chunk.external_id,
+            "epoch_from": chunk.epoch_from,
+            "epoch_to": chunk.epoch_to,
             DENSE_FIELD: unit(item.vector),
             SPARSE_FIELD: (item.sparse or EMPTY_MARKER).as_dict(),
         }
@@ -249,6 +260,47 @@ class MilvusVectorStore:
                 return ids
             offset += _QUERY_PAGE
 
+    def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
+        self.ensure_ready()
+        client = self._connect()
+        found: dict[str, tuple[int, int]] = {}
+        offset = 0
+        while True:
+            rows = client.query(
+                self._collection,
+                filter=self._doc_filter(doc_id, None),
+                output_fields=["chunk_id", "epoch_from", "epoch_to"],
+                limit=_QUERY_PAGE,
+                offset=offset,
+            )
+            found.update({str(r["chunk_id"]): (int(r["epoch_from"]), int(r["epoch_to"])) for r in rows})
+            if len(rows) < _QUERY_PAGE:
+                return found
+            offset += _QUERY_PAGE
+
+    def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
+        if not chunk_ids:
+            return 0
+        self.ensure_ready()
+        client = self._connect()
+        ids = list(chunk_ids)
+        done = 0
+        for start in range(0, len(ids), _QUERY_PAGE):
+            # The stored row as it is (not through ``Chunk``, which a cut text would not round-trip), re-stamped.
+            rows = client.get(
+                self._collection,
+                ids=ids[start : start + _QUERY_PAGE],
+                output_fields=[f.name for f in build_schema(self._dimension, self._max_text_bytes).fields],
+            )
+            stamped = [{**row, "epoch_to": int(epoch)} for row in rows]
+            for row in stamped:
+                row[SPARSE_FIELD] = {int(k): float(v) for k, v in row[SPARSE_FIELD].items()}
+                row[DENSE_FIELD] = [float(x) for x in row[DENSE_FIELD]]
+            if stamped:
+                client.upsert(self._collection, stamped)
+            done += len(stamped)
+        return done
+
     def stored_chunks(
         self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
     ) -> list[EmbeddedChunk]:
@@ -264,7 +316,7 @@ class MilvusVectorStore:
                     found.append(item)
         return found
 
-    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:
         if not spans:
             return []
         self.ensure_ready()
@@ -272,6 +324,8 @@ class MilvusVectorStore:
             f"({self._doc_filter(d, None)} and position >= {int(low)} and position <= {int(high)})"
             for d, low, high in spans
         )
+        if snapshot is not None:
+            expr = f"({expr}) and {snapshot.expr()}"
         limit = min(_QUERY_PAGE, sum(int(high) - int(low) + 1 for _, low, high in spans))
         rows = self._connect().query(self._collection, filter=expr, output_fields=list(OUTPUT_FIELDS), limit=limit)
         return [_chunk_from_milvus(row) for row in rows]
@@ -308,7 +362,7 @@ class MilvusVectorStore:
                 data=[query],
                 anns_field=field,
                 limit=request.top_k,
-                filter=request.filter_expr,
+                filter=_visible(request),
                 output_fields=list(OUTPUT_FIELDS),
                 search_params={"metric_type": metric, "params": params},
                 # Also bounds pymilvus's reconnect retries, so that a stopped shard fails within it too.
@@ -357,6 +411,15 @@ class MilvusVectorStore:
 _RECONNECT_CODES = frozenset({2, 101})
 
 
+def _visible(request: SearchRequest) -> str:
+    """The request's filter, restricted to the rows its snapshot sees."""
+    if request.snapshot is None:
+        return request.filter_expr
+    if not request.filter_expr:
+        return request.snapshot.expr()
+    return f"({request.filter_expr}) and {request.snapshot.expr()}"
+
+
 def _needs_reconnect(exc: BaseException) -> bool:
     code = getattr(exc, "code", None)
     if callable(code):  # a raw grpc.RpcError
@@ -397,4 +460,6 @@ def _chunk_from_milvus(row: dict[str, Any]) -> Chunk:
         tenant=str(row.get("tenant", "default")),
         metadata=dict(row.get("metadata") or {}),
         external_id=str(row.get("external_id", "")),
+        epoch_from=int(row.get("epoch_from", 0)),
+        epoch_to=int(row.get("epoch_to", 0)),
     )

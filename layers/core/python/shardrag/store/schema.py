@@ -3,7 +3,7 @@
 Designed for the later retrieval features so that they extend it rather than rewrite it: ``tenant`` is the
 partition key (tenant scoping), ``sparse`` holds BM25 beside the dense vector (hybrid), ``metadata`` is JSON
 (filters on declared fields), ``source`` supports prefix filters, and ``version`` lets an overwrite write new
-chunks before it deletes the stale ones.
+chunks before it deletes the stale ones, and ``epoch_from``/``epoch_to`` make that overwrite atomic to readers.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ OUTPUT_FIELDS: Final = (
     "tenant",
     "metadata",
     "external_id",
+    "epoch_from",
+    "epoch_to",
 )
 
 _ID_MAX: Final = 512
@@ -47,6 +49,9 @@ def build_schema(dimension: int, max_text_bytes: int) -> Any:
     schema.add_field("version", DataType.VARCHAR, max_length=128)
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("external_id", DataType.VARCHAR, max_length=EXTERNAL_ID_MAX)
+    # What a query sees (``shardrag.visibility``): the epoch that wrote the row, and the one that retired it.
+    schema.add_field("epoch_from", DataType.INT64)
+    schema.add_field("epoch_to", DataType.INT64)
     schema.add_field(DENSE_FIELD, DataType.FLOAT_VECTOR, dim=dimension)
     schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
     return schema

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, StoredTerms
+from shardrag.records import Chunk, EmbeddedChunk, Hit, SearchRequest, Snapshot, StoredTerms
 from shardrag.store.base import VectorStore
 
 
@@ -41,8 +41,14 @@ class StoreWrapper:
     ) -> list[EmbeddedChunk]:
         return self._inner.stored_chunks(doc_id, positions=positions, vectors=vectors)
 
-    def chunks_at(self, spans: Sequence[tuple[str, int, int]]) -> list[Chunk]:
-        return self._inner.chunks_at(spans)
+    def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:
+        return self._inner.chunks_at(spans, snapshot=snapshot)
+
+    def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
+        return self._inner.row_epochs(doc_id)
+
+    def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
+        return self._inner.retire(chunk_ids, epoch)
 
     def scan(self, batch_size: int = 1000) -> Iterator[list[EmbeddedChunk]]:
         return self._inner.scan(batch_size)
