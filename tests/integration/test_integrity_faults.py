@@ -493,6 +493,44 @@ def test_a_worker_that_dies_before_its_commit_leaves_the_old_version_whole_and_t
     _assert_true_to_the_bucket(system)
 
 
+def test_a_bulk_file_overwrite_shows_each_document_in_one_version_at_every_moment(make: Any) -> None:
+    # A JSON Lines file is written batch by batch, each batch one epoch: a query sees each document of a batch
+    # before the batch's commit or after it, never both versions of it, never neither.
+    system = make(IngestionSettings(**{**SETTINGS.model_dump(), "jsonl_batch_documents": 4}))
+
+    def body(notes: dict[str, str]) -> bytes:
+        return "\n".join(json.dumps({"_id": k, "text": v}) for k, v in notes.items()).encode()
+
+    old = {f"n{i}": f"Note {i} holds version old of basalt column {i} and its joints." for i in range(12)}
+    system.put("bulk/notes.jsonl", body(old))
+    system.drain()
+    new = dict(old)
+    for i in (1, 3, 6, 7, 9):
+        new[f"n{i}"] = f"Note {i} holds version new of basalt column {i} and its joints."
+    system.put("bulk/notes.jsonl", body(new))
+    both_stored = []
+    wrong: list[str] = []
+
+    def look(name: str) -> None:
+        if name not in ("ddb.update_item", "store.upsert", "store.retire", "store.delete_chunks"):
+            return
+        _, texts = system.shards.searchable(system.snapshot())
+        stored = _texts(system)
+        for i in range(12):
+            versions = {v for v in ("old", "new") if any(f"Note {i} holds version {v} " in t for t in texts)}
+            if len(versions) != 1:
+                wrong.append(f"before {name}: note {i} seen as {sorted(versions)}")
+            both_stored.append(all(any(f"Note {i} holds version {v} " in t for t in stored) for v in ("old", "new")))
+
+    with system.plan.watching(look):
+        system.drain()
+    assert not wrong, wrong[:5]
+    assert any(both_stored)  # the store held both versions of some note at some moment: the snapshot hid one
+    _, texts = system.shards.searchable(system.snapshot())
+    assert all(any(text in t for t in texts) for text in new.values())
+    _assert_true_to_the_bucket(system)
+
+
 def test_a_redelivery_while_the_first_delivery_still_works_is_not_the_leases_owner(make: Any) -> None:
     # SQS keeps a message's id across deliveries: an owner token made of it alone let a redelivery (visibility
     # timeout shorter than the work) pass as the running worker and write beside it.

@@ -155,6 +155,7 @@ class DocumentIndexer:
         reuse: Mapping[str, Reusable] | None = None,
         stored: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
         mean: MeanLength | None = None,
+        epoch: int = 0,
     ) -> list[IndexResult]:
         """Index ``documents``; ``previous``: the shards the registry recorded for a document's earlier version,
         swept for its stale chunks together with the new ones (a document missing from it is swept wherever the
@@ -163,18 +164,25 @@ class DocumentIndexer:
         per document, earlier chunks whose vectors are taken for new chunks with the same embedded text.
         ``stored``: per document, the row ids already stored and their shards; a chunk whose row is among them
         is kept as it is. ``mean``: the mean unit length that one document's batches share (fixed by the first);
-        default: each batch measures its own."""
+        default: each batch measures its own. ``epoch``: the epoch the rows are written under
+        (``shardrag.visibility``)."""
         return self.write(
-            self.plan(documents, mean=mean), flush=flush, previous=previous, sweep=sweep, reuse=reuse, stored=stored
+            self.plan(documents, mean=mean, epoch=epoch),
+            flush=flush,
+            previous=previous,
+            sweep=sweep,
+            reuse=reuse,
+            stored=stored,
         )
 
     def embedding_text(self, chunk: Chunk) -> str:
         """What the model embeds for ``chunk`` (its title prefixed when configured)."""
         return self._chunker.embedding_text(chunk)
 
-    def plan(self, documents: Sequence[Document], *, mean: MeanLength | None = None) -> Plan:
+    def plan(self, documents: Sequence[Document], *, mean: MeanLength | None = None, epoch: int = 0) -> Plan:
         """Chunk ``documents`` and compute each chunk's BM25 side and row id: everything but the dense vectors,
-        which :meth:`write` computes for the rows not stored yet."""
+        which :meth:`write` computes for the rows not stored yet. The rows are written under ``epoch``, which is
+        not part of their ids (the same content under another epoch is the same row)."""
         cut = [(doc, self._chunker.run(doc)) for doc in documents]
         chunks = [chunk for _, doc_chunks in cut for chunk in doc_chunks]
         texts = [self._chunker.embedding_text(chunk) for chunk in chunks]
@@ -197,7 +205,7 @@ class DocumentIndexer:
             for chunk, text, vector in zip(chunks, texts, sparse, strict=True)
         ]
         chunks = [
-            chunk.model_copy(update={"chunk_id": cid, "version": cid.rpartition(SEPARATOR)[2]})
+            chunk.model_copy(update={"chunk_id": cid, "version": cid.rpartition(SEPARATOR)[2], "epoch_from": epoch})
             for chunk, cid in zip(chunks, ids, strict=True)
         ]
         return Plan([(doc, len(doc_chunks)) for doc, doc_chunks in cut], chunks, texts, sparse)

@@ -27,7 +27,7 @@ from shardrag.ingestion.events import ObjectEvent, notification, parse_notificat
 from shardrag.ingestion.parsers import ByteStream, GunzipStream, Parser, ParseReport, ParserRegistry, SourceContext
 from shardrag.ingestion.registry import Claim, DocumentState, DynamoDbRegistry, LeaseLost
 from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSource
-from shardrag.records import Record, SparseVector
+from shardrag.records import Record, Snapshot, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
 from shardrag.store.wrapper import StoreWrapper
@@ -540,21 +540,24 @@ class IngestService:
         return final
 
     def _commit(self, doc_id: str, keep: set[str], shards: Iterable[int], epoch: int, *, fresh: bool) -> None:
-        """Make ``epoch`` the version queries see of ``doc_id`` in one step, then delete what it replaced. The
-        store is read again now, after this run's writes:
+        """Make ``epoch`` the version queries see of ``doc_id`` in one step (:meth:`_settle`, then the commit),
+        then delete what it replaced. A document the registry never recorded as live has no rows but this run's
+        (the write-ahead record precedes them), so the read, a filtered scan on Milvus Lite, is skipped."""
+        gone = {} if fresh else self._settle(doc_id, keep, shards, epoch, self._clock.snapshot())
+        self._clock.commit(epoch)
+        for shard, ids in sorted(gone.items()):
+            self._stores(shard).delete_chunks(ids)
+
+    def _settle(
+        self, doc_id: str, keep: set[str], shards: Iterable[int], epoch: int, now: Snapshot
+    ) -> dict[int, list[str]]:
+        """Ready ``doc_id``'s rows for the commit of ``epoch``, with the store read again now, after this run's
+        writes; returns, per shard, the rows to delete once the epoch is committed:
 
         * a kept row that an earlier attempt stamped retired is made live again (it stays seen throughout);
         * a row queries see now and this version does not keep is stamped retired at ``epoch`` (still seen);
         * a row nobody sees (an interrupted attempt's, this epoch's own that the version no longer has, one an
-          earlier commit retired) is deleted: before the commit, or it would be seen from then on;
-        * the epoch is committed, and the rows it retired are deleted.
-
-        A document the registry never recorded as live has no rows but this run's (the write-ahead record precedes
-        them), so the read, a filtered scan on Milvus Lite, is skipped."""
-        if fresh:
-            self._clock.commit(epoch)
-            return
-        now = self._clock.snapshot()
+          earlier commit retired) is deleted now: it would be seen after the commit."""
         revive: dict[int, list[str]] = {}
         retire: dict[int, list[str]] = {}
         gone: dict[int, list[str]] = {}
@@ -581,9 +584,7 @@ class IngestService:
             self._stores(shard).delete_chunks(ids)
         for shard, ids in sorted(retire.items()):
             self._stores(shard).retire(ids, epoch)
-        self._clock.commit(epoch)
-        for shard, ids in sorted(gone.items()):
-            self._stores(shard).delete_chunks(ids)
+        return gone
 
     def _planned_parts(
         self,
@@ -595,13 +596,12 @@ class IngestService:
         epoch: int,
     ) -> Iterator[list[Plan]]:
         """The object's parts, each cut into chunks with their row ids, numbered across parts, written at
-        ``epoch`` (not part of a row's id: the same content under another epoch is the same row)."""
+        ``epoch``."""
         count = 0
         for part in self._parts(parser, stream, ctx, report):
             plans = []
             for piece in part:
-                plan = self._indexer.plan([piece.model_copy(update={"first_chunk": count})], mean=mean)
-                plan.chunks = [chunk.model_copy(update={"epoch_from": epoch}) for chunk in plan.chunks]
+                plan = self._indexer.plan([piece.model_copy(update={"first_chunk": count})], mean=mean, epoch=epoch)
                 count += len(plan.chunks)
                 plans.append(plan)
             yield plans
@@ -708,15 +708,32 @@ class IngestService:
             )
 
         previous = {doc_id: s.held_shards() for doc_id, s in existing.items() if s.live}
-        # Write-ahead, as for objects: no chunk exists before a record of where it may be.
+        if not todo:
+            self.registry.put_documents(unchanged, lease=lease.fence)
+            return unchanged
+        # One epoch for the batch (``shardrag.visibility``): queries see each of its documents before or after,
+        # never a mix. A retry of the same batch adopts the epoch its interrupted attempt left open.
+        snapshot = self._clock.snapshot()
+        left = {existing[d.doc_id].epoch if d.doc_id in existing else 0 for d in todo}
+        adopt = len(left) == 1 and next(iter(left)) in snapshot.open
+        adopt = adopt and all(existing[d.doc_id].status == "writing" for d in todo)
+        epoch = next(iter(left)) if adopt else self._clock.begin()
+        shards = {d.doc_id: _union(previous.get(d.doc_id, []), self._indexer.may_hold(d.doc_id)) for d in todo}
+        # Write-ahead, as for objects: no chunk exists before a record of where it may be, and under which epoch.
         self.registry.put_documents(
-            [
-                state(d, status="writing", shards=_union(previous.get(d.doc_id, []), self._indexer.may_hold(d.doc_id)))
-                for d in todo
-            ],
-            lease=lease.fence,
+            [state(d, status="writing", shards=shards[d.doc_id], epoch=epoch) for d in todo], lease=lease.fence
         )
         fresh = [d.doc_id for d in todo if d.doc_id not in previous]
+        # Kept as they are: rows queries see now, and this epoch's own (a document never live has none).
+        stored = {
+            doc_id: {
+                cid: where
+                for cid, (first, last, where) in self._row_epochs(doc_id, shards[doc_id]).items()
+                if first == epoch or snapshot.sees(first, last)
+            }
+            for doc_id in previous
+            if doc_id in shards
+        }
         reuse = {
             doc_id: source
             for doc_id, before in existing.items()
@@ -726,10 +743,22 @@ class IngestService:
         if self._fresh is not None:
             self._fresh.mark(fresh)
         try:
-            results = self._indexer.run(todo, flush=False, previous=previous, reuse=reuse) if todo else []
+            results = self._indexer.run(
+                todo, flush=False, previous=previous, sweep=False, reuse=reuse, stored=stored, epoch=epoch
+            )
         finally:
             if self._fresh is not None:
                 self._fresh.unmark(fresh)
+        now = self._clock.snapshot()
+        gone: dict[int, list[str]] = {}
+        for doc, result in zip(todo, results, strict=True):
+            if doc.doc_id in previous:
+                where = _union(shards[doc.doc_id], result.shards)
+                for shard, ids in self._settle(doc.doc_id, set(result.ids), where, epoch, now).items():
+                    gone.setdefault(shard, []).extend(ids)
+        self._clock.commit(epoch)
+        for shard, ids in sorted(gone.items()):
+            self._stores(shard).delete_chunks(ids)
         states = list(unchanged)
         for doc, result in zip(todo, results, strict=True):
             written.add(doc.doc_id, doc.version, result)
