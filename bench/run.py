@@ -37,6 +37,8 @@ RUNS: dict[str, list[str]] = {
     # 2,900 paragraphs, the issue's at 1,000), and the answer cache's hit against its miss.
     "reuse": ["-m", "bench.reuse", "--paragraphs", "1000,2900"],
     "cache": ["-m", "bench.cache", "--docs", "500", "--queries", "100"],
+    # Issue 15: what a query's snapshot filter (atomic overwrites) costs a shard search, and the snapshot read.
+    "visibility": ["-m", "bench.visibility"],
 }
 
 
