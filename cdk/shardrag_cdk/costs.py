@@ -6,8 +6,9 @@ hard-codes a price. ``python -m shardrag_cdk.costs`` prints the README's table (
 Idle is what runs with no traffic: the store (instance, volumes, cluster, load balancer), the network (interface
 endpoints, NAT gateways, the host's public IPv4 address) and the secrets. Per million queries is API Gateway, the
 EXPRESS workflow's executions, the Lambda requests and GB-seconds of one query (Embed, Route, one ShardSearch per
-shard, FuseAndGenerate), the Bedrock tokens, the logs and, where the answer cache is on, its DynamoDB requests
-counted as if every query missed (an upper bound: a hit skips the put, the shard searches and generation). Not
+shard, FuseAndGenerate), Embed's read of the epoch clock (``shardrag.visibility``: one strongly consistent DynamoDB
+read), the Bedrock tokens, the logs and, where the answer cache is on, its DynamoDB requests counted as if every
+query missed (an upper bound: a hit skips the put, the shard searches and generation). Not
 counted: S3 and DynamoDB requests of ingestion, data transfer, and the external cluster itself.
 """
 
@@ -135,6 +136,8 @@ def _per_million_queries(config: EnvironmentConfig, prices: Prices) -> float:
         if generator.model_id.startswith(("us.", "eu.", "apac.", "jp.", "au.", "ca.")):
             per_query *= prices.price("bedrock_geo_profile_factor")
         cost += per_query * million
+    # Embed reads the snapshot every query sees: one strongly consistent read of an item under 4 KB, one unit.
+    cost += prices.price("dynamodb_read_request_million")
     log_gb = float(prices.assumptions["log_kb_per_query"]) * million / 1024 / 1024
     cost += log_gb * prices.price("cloudwatch_logs_gb")
     if config.settings.cache.answers:
