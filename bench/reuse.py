@@ -55,7 +55,14 @@ def _until(predicate: Callable[[], bool], limit_s: float = 1800) -> float:
 
 
 def _rows(stores: Sequence[Any], doc_id: str) -> list[Any]:
-    return sorted((row for store in stores for row in store.stored_chunks(doc_id)), key=lambda r: r.chunk.position)
+    """The document's rows a query sees now (rows an overwrite retired stay stored for ``retire_grace_s``)."""
+    from shardrag import services
+
+    seen = services.epoch_clock().snapshot()
+    rows = (row for store in stores for row in store.stored_chunks(doc_id))
+    return sorted(
+        (row for row in rows if seen.sees(row.chunk.epoch_from, row.chunk.epoch_to)), key=lambda r: r.chunk.position
+    )
 
 
 def _compare(a: list[Any], b: list[Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from shardrag.ingestion import (
     table_definition,
 )
 from shardrag.ingestion.registry import DynamoDbDeltaJournal
-from shardrag.ingestion.service import FreshDocuments
+from shardrag.ingestion.service import Requeue
 from shardrag.records import EmbeddedChunk, Snapshot, StoredTerms
 from shardrag.store.accounting import TermAccountingStore
 from shardrag.store.base import VectorStore
@@ -178,6 +178,10 @@ class FaultyStore(StoreWrapper):
         self._step("row_epochs")
         return self._inner.row_epochs(doc_id)
 
+    def retired_at(self, epoch: int) -> list[str]:
+        self._step("retired_at")
+        return self._inner.retired_at(epoch)
+
     def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
         self._step("retire")
         return self._inner.retire(chunk_ids, epoch)
@@ -309,6 +313,9 @@ class IngestSystem:
         worker's memory, as before the journal; kept to show what the journal is for)."""
         self.journal = journal
         self.shards = shards
+        if "retire_grace_s" not in settings.model_fields_set:
+            # Retired rows deleted at the commit unless a test asks for the grace (and its delayed messages).
+            settings = settings.model_copy(update={"retire_grace_s": 0})
         self.settings = settings
         self.per_tenant = per_tenant
         self.plan = plan or FaultPlan()
@@ -395,7 +402,9 @@ class IngestSystem:
         self.send(event)
         return event
 
-    def send(self, event: ObjectEvent) -> None:
+    def send(self, event: ObjectEvent, *, delay_s: int = 0) -> None:
+        """Queue ``event`` (a delay is not modelled: the service checks a retired-row deletion's due time itself,
+        by the registry's clock, which ``drain`` moves on when a delivery asks for a retry)."""
         self.queue.append((str(uuid.uuid4()), json.dumps(notification([event]))))
 
     # -- delivery through the real handler --------------------------------------------------------------
@@ -487,15 +496,14 @@ def build_service(
     embedder: HashingEmbedder,
     registry: DynamoDbRegistry,
     objects: S3ObjectSource,
-    requeue: Callable[[ObjectEvent], None] | None = None,
+    requeue: Requeue | None = None,
     epochs: EpochClock | None = None,
 ) -> IngestService:
     """The ingest service as ``services.ingest_service`` assembles it, on the given parts."""
-    fresh = FreshDocuments(stores.__getitem__)
     indexer = DocumentIndexer(
         chunker=Chunker(size=settings.chunk_size, overlap=settings.chunk_overlap, token_spans=word_spans),
         embedder=embedder,
-        store_for=fresh,
+        store_for=stores.__getitem__,
         shard_count=len(stores),
         # The shipped BM25: chunks share their document's (or a run of chunks') lexical unit, counted once.
         bm25=Bm25Encoder(k1=SHIPPED_BM25.k1, b=SHIPPED_BM25.b, window=SHIPPED_BM25.window),
@@ -508,7 +516,6 @@ def build_service(
         shard_count=len(stores),
         registry=registry,
         objects=objects,
-        fresh=fresh,
         requeue=requeue,
         clock=epochs,
     )

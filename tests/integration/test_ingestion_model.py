@@ -30,7 +30,14 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("SHARDRAG_MODEL_EXAMPLES", "12"))
 STEPS = int(os.environ.get("SHARDRAG_MODEL_STEPS", "24"))
 SETTINGS = IngestionSettings(
-    chunk_size=32, chunk_overlap=8, part_bytes=4096, lease_s=60, tenant_source="key_prefix", jsonl_batch_documents=2
+    chunk_size=32,
+    chunk_overlap=8,
+    part_bytes=4096,
+    lease_s=60,
+    tenant_source="key_prefix",
+    jsonl_batch_documents=2,
+    # Retired rows deleted by delayed messages, interleaved with the other events (due once the clock moves on).
+    retire_grace_s=30,
 )
 
 TEXT_KEYS = [

@@ -531,6 +531,35 @@ def test_a_bulk_file_overwrite_shows_each_document_in_one_version_at_every_momen
     _assert_true_to_the_bucket(system)
 
 
+def test_a_query_that_read_its_snapshot_before_a_commit_still_finds_the_old_rows_until_the_grace_ends(
+    make: Any,
+) -> None:
+    # A query reads its snapshot at Embed and searches the shards after: the rows an overwrite retired must still
+    # be there for it, so they are deleted by a message delayed by retire_grace_s, which the service refuses to
+    # act on before the grace ends.
+    system = make(IngestionSettings(**{**SETTINGS.model_dump(), "retire_grace_s": 60}))
+    old = _large_text(40, "old")
+    system.put("geology/basalt.txt", old)
+    system.drain()
+    paragraphs = old.decode().split("\n\n")
+    paragraphs[12] = "Paragraph 12 was rewritten about pentagonal joints."
+    before = system.snapshot()  # a query in flight across the commit
+    system.put("geology/basalt.txt", "\n\n".join(paragraphs).encode())
+    assert system.deliver(0) == "ok"
+    [(_, sweep)] = system.queue  # the delayed deletion of the retired rows
+    assert '"retired": ' in sweep
+    _, texts = system.shards.searchable(before)
+    assert "Paragraph 12 old:" in "\n".join(texts) and "pentagonal" not in "\n".join(texts)
+    _, texts = system.shards.searchable(system.snapshot())
+    assert "Paragraph 12 old:" not in "\n".join(texts) and "pentagonal" in "\n".join(texts)
+    assert system.deliver(0) == "retry"  # due only once the grace has passed
+    assert "Paragraph 12 old:" in "\n".join(_texts(system))
+    system.clock.now += 61
+    assert system.deliver(0) == "ok" and not system.queue
+    assert "Paragraph 12 old:" not in "\n".join(_texts(system))
+    _assert_true_to_the_bucket(system)
+
+
 def test_a_redelivery_while_the_first_delivery_still_works_is_not_the_leases_owner(make: Any) -> None:
     # SQS keeps a message's id across deliveries: an owner token made of it alone let a redelivery (visibility
     # timeout shorter than the work) pass as the running worker and write beside it.

@@ -20,13 +20,16 @@ from hypothesis import strategies as st
 from moto import mock_aws
 from shardrag.bm25 import Tokenizer, term_id
 from shardrag.config import IngestionSettings
+from shardrag.records import Snapshot
 
 from .ingest_harness import FaultPlan, IngestSystem, MilvusShards
 
 pytestmark = pytest.mark.integration
 SHARDS = 4
 # Small parts and write batches: many moments per overwrite, several parts per document.
-SETTINGS = IngestionSettings(chunk_size=32, chunk_overlap=8, part_bytes=4096, lease_s=60, write_batch_chunks=4)
+SETTINGS = IngestionSettings(
+    chunk_size=32, chunk_overlap=8, part_bytes=4096, lease_s=60, write_batch_chunks=4, retire_grace_s=60
+)
 KEY = "geology/basalt.txt"
 EXAMPLES = int(os.environ.get("SHARDRAG_VISIBILITY_EXAMPLES", "12"))
 
@@ -97,19 +100,27 @@ def test_a_query_sees_the_old_version_whole_then_the_new_one_whole(
         every = sorted(old_words | new_words)
         seen: list[str] = []
         wrong: list[str] = []
+        # A query that read its snapshot before the upload and searches at any later moment (within the grace).
+        in_flight = system.snapshot()
+
+        def version(snapshot: Snapshot) -> tuple[str, str]:
+            terms, texts = system.shards.searchable(snapshot)
+            joined = "\n".join(texts)
+            by_text = {w for w in every if f"Paragraph {w} " in joined}
+            by_word = {w for w in every if term[w] in terms}
+            found = "old" if by_text == by_word == old_words else "new" if by_text == by_word == new_words else ""
+            return found, f"text {sorted(by_text ^ old_words)}, words {sorted(by_word ^ old_words)}"
 
         def look(name: str) -> None:
             # Only writes change what a reader sees: the index before each write is every state it passes through.
             if name not in ("store.upsert", "store.delete_chunks", "store.retire", "ddb.update_item"):
                 return
-            terms, texts = system.shards.searchable(system.snapshot())
-            joined = "\n".join(texts)
-            by_text = {w for w in every if f"Paragraph {w} " in joined}
-            by_word = {w for w in every if term[w] in terms}
-            version = "old" if by_text == by_word == old_words else "new" if by_text == by_word == new_words else ""
-            if not version or (version == "old" and "new" in seen and old_words != new_words):
-                wrong.append(f"before {name}: text {sorted(by_text ^ old_words)}, words {sorted(by_word ^ old_words)}")
-            seen.append(version)
+            now, diff = version(system.snapshot())
+            if not now or (now == "old" and "new" in seen and old_words != new_words):
+                wrong.append(f"before {name}: {diff}")
+            seen.append(now)
+            if version(in_flight)[0] != "old":
+                wrong.append(f"before {name}: the query in flight lost the old version: {version(in_flight)[1]}")
 
         with system.plan.watching(look, before=True):
             system.put(KEY, body["new"])

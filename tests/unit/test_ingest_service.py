@@ -27,7 +27,6 @@ from shardrag.ingestion import (
     notification,
     table_definition,
 )
-from shardrag.ingestion.service import FreshDocuments
 from shardrag.sharding import shard_for
 from shardrag.store.memory import InMemoryVectorStore
 
@@ -46,12 +45,10 @@ class World:
         ddb.create_table(**table_definition(TABLE))
         self.stores = [InMemoryVectorStore(shard=i, dimension=embedder.dimension) for i in range(SHARDS)]
         self.settings = settings or IngestionSettings(chunk_size=16, chunk_overlap=4, part_bytes=4096)
-        # Written through FreshDocuments as in the deployed function, so its sweep skipping is covered too.
-        fresh = FreshDocuments(self.stores.__getitem__)
         indexer = DocumentIndexer(
             chunker=Chunker(size=self.settings.chunk_size, overlap=self.settings.chunk_overlap, token_spans=word_spans),
             embedder=embedder,
-            store_for=fresh,
+            store_for=self.stores.__getitem__,
             shard_count=SHARDS,
         )
         self.registry = DynamoDbRegistry(ddb, TABLE)
@@ -62,7 +59,6 @@ class World:
             shard_count=SHARDS,
             registry=self.registry,
             objects=S3ObjectSource(self.s3),
-            fresh=fresh,
         )
         self._seq = itertools.count(1)
         self.events: list[ObjectEvent] = []

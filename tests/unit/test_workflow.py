@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+import shardrag.workflow as workflow_module
 from shardrag.bm25 import Bm25Encoder, CorpusStats
 from shardrag.chunking import Chunker, Document
 from shardrag.config import Settings
-from shardrag.errors import BadRequest, Forbidden, ShardSearchFailed, ShardsUnavailable, WiringError
+from shardrag.errors import BadRequest, Forbidden, ShardBusy, ShardSearchFailed, ShardsUnavailable, WiringError
 from shardrag.generation.extractive import ExtractiveGenerator
 from shardrag.indexing import DocumentIndexer
 from shardrag.rerank import RerankFailed
 from shardrag.services import build_query_workflow
 from shardrag.store.memory import InMemoryVectorStore
+from shardrag.visibility import MemoryEpochClock
 from shardrag.workflow import IDS_ONLY_MAX_HITS, PAYLOAD_HIT_BUDGET_BYTES, Caller, QueryWorkflow, hit_text_budget
 
 DOCS = {
@@ -347,3 +349,39 @@ def test_chunk_ids_cross_the_state_machine_without_their_doc_id_and_come_back_wh
     assert parsed.shards[0].hits[0] == hit
     assert parsed.shards[0].lexical[0].chunk_id == "legacy-id"
     assert whole_chunk_ids("not a list") == "not a list"
+
+
+def test_each_query_reads_one_snapshot_and_a_shard_refuses_one_older_than_the_retired_rows_grace(
+    setup, hashing_embedder, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # Rows an overwrite retired are deleted ``retire_grace_s`` after its commit: a search with an older snapshot
+    # could miss them, so it is shed (ShardBusy: 429, retry) rather than answered with a gap.
+    _, stores = setup
+    clock = MemoryEpochClock()
+    for _ in range(3):
+        clock.commit(clock.begin())
+    pending = clock.begin()
+    settings = Settings(
+        store={"shard_count": 3, "dimension": hashing_embedder.dimension}, ingestion={"retire_grace_s": 40}
+    )
+    workflow = build_query_workflow(
+        settings,
+        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
+        lexical=lambda text: None,  # type: ignore[arg-type,return-value]
+        stores=stores.__getitem__,
+        clock=clock,
+    )
+    now = {"t": 1_900_000_000.0}
+    monkeypatch.setattr(workflow_module.time, "time", lambda: now["t"])
+    embedded = workflow.embed({"request": {"question": "waggle dance", "mode": "dense", "generate": False}})
+    snapshot = embedded["request"]["snapshot"]
+    assert snapshot == {"upto": pending, "open": [pending], "taken_at": now["t"]}
+    steps = [
+        {"shard": shard, "request": embedded["request"], "vector": embedded["vector"], "sparse": None}
+        for shard in range(3)
+    ]
+    now["t"] += 29.0  # three quarters of the grace: still served
+    assert any(workflow.search(step)["hits"] for step in steps)
+    now["t"] += 2.0
+    with pytest.raises(ShardBusy, match="snapshot is 31 s old"):
+        workflow.search(steps[0])

@@ -229,6 +229,11 @@ class IngestionSettings(_Model):
     #: Chunks written per store call while an object is indexed; between calls the run checks (at most once a
     #: second) that the bucket still holds its version, and stops if a newer upload replaced it.
     write_batch_chunks: int = Field(default=128, ge=1, le=10_000)
+    #: Rows an overwrite retired are deleted this long after its commit (``shardrag.visibility``): a query that read
+    #: its snapshot before the commit still finds them, and queries refuse a snapshot older than three quarters of
+    #: it (429: retry). 0: deleted at once (a query in flight across the commit may then miss the changed rows).
+    #: Deployed, the deletion is an ingest message delayed by SQS (at most 900 s).
+    retire_grace_s: int = Field(default=60, ge=0, le=900)
     #: JSON Lines documents embedded together (one indexer call, one registry batch).
     jsonl_batch_documents: int = Field(default=256, ge=1, le=10_000)
     #: Decompressed ``.gz`` output: absolute cap and cap relative to the compressed size (bomb guard).

@@ -66,6 +66,9 @@ class Snapshot(Record):
 
     upto: int = 0
     open: list[int] = Field(default_factory=list)
+    #: When the query read it (seconds since the epoch; 0: not stamped): rows it sees are kept for
+    #: ``ingestion.retire_grace_s`` after the commit that retired them, so a query refuses an older snapshot.
+    taken_at: float = 0.0
 
     def committed(self, epoch: int) -> bool:
         return epoch <= self.upto and epoch not in self.open

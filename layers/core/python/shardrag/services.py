@@ -393,6 +393,7 @@ def build_query_workflow(
             else None
         ),
         snapshot=(clock if clock is not None else build_epoch_clock(settings)).snapshot,
+        snapshot_max_age_s=settings.ingestion.retire_grace_s * 0.75 if settings.ingestion.retire_grace_s else None,
     )
 
 
@@ -449,15 +450,13 @@ def build_indexer(
 def ingest_service() -> IngestService:
     """The ingest function's service, built once per container (boto3 clients honour ``AWS_ENDPOINT_URL``)."""
     import boto3
-    from shardrag.ingestion.service import FreshDocuments, build_ingest_service, sqs_requeue
+    from shardrag.ingestion.service import build_ingest_service, sqs_requeue
 
     settings = cached_settings()
-    fresh = FreshDocuments(shard_stores())
     queue_url = os.environ.get(env.INGEST_QUEUE_URL)
     return build_ingest_service(
         settings.ingestion,
-        indexer=build_indexer(settings, stores=fresh),
-        fresh=fresh,
+        indexer=build_indexer(settings),
         stores=shard_stores(),
         shard_count=settings.store.shard_count,
         s3_client=boto3.client("s3"),

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BeforeValidator, Field, ValidationError
 from shardrag.caching.answers import AnswerCaching
 from shardrag.config import TENANT_PATTERN
-from shardrag.errors import BadRequest, Forbidden, WiringError
+from shardrag.errors import BadRequest, Forbidden, ShardBusy, WiringError
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import FusedHits, Fuser
 from shardrag.generation.base import Generator
@@ -168,11 +168,15 @@ class QueryWorkflow:
         answers: AnswerCaching | None = None,
         passages: UnitPassages | None = None,
         snapshot: Callable[[], Snapshot] | None = None,
+        snapshot_max_age_s: float | None = None,
     ) -> None:
         """``answers``: the answer cache (``None``: off). ``passages``: moves ``bm25`` hits onto the chunk of their
         lexical unit that matches best (``None``: a hit shows the unit's first chunk). ``snapshot``: the epoch
-        clock's current snapshot, read once per query (``None``: queries see every row)."""
+        clock's current snapshot, read once per query (``None``: queries see every row). ``snapshot_max_age_s``:
+        a shard search refuses a snapshot older than this (:class:`ShardBusy`, a 429): rows it may see are deleted
+        ``ingestion.retire_grace_s`` after the commit that retired them."""
         self._snapshot = snapshot
+        self._snapshot_max_age_s = snapshot_max_age_s
         self._answers = answers
         self._passages = passages
         self._embed = embed
@@ -264,7 +268,8 @@ class QueryWorkflow:
             query = query.model_copy(update={"cache_key": key})
         if self._snapshot is not None:
             # After the cache key: the index version already keys answers, the snapshot only filters rows.
-            query = query.model_copy(update={"snapshot": self._snapshot()})
+            taken = self._snapshot().model_copy(update={"taken_at": time.time()})
+            query = query.model_copy(update={"snapshot": taken})
         vector = self._embed(query.question)
         sparse = None
         if query.mode != "dense":
@@ -297,6 +302,11 @@ class QueryWorkflow:
     def search(self, payload: Any) -> dict[str, Any]:
         step = _parse(SearchInput, payload)
         query = step.request
+        if query.snapshot is not None and self._snapshot_max_age_s is not None:
+            age = time.time() - query.snapshot.taken_at
+            if age > self._snapshot_max_age_s:
+                # Rows this snapshot sees may be deleted by now: an answer could miss them. Retry afresh.
+                raise ShardBusy(f"the query's snapshot is {age:.0f} s old (limit {self._snapshot_max_age_s:.0f} s)")
         searched = len(step.searched) if step.searched else self._shard_count
         depth = max(query.depth, query.candidates)
         if query.mode == "hybrid" and searched < self._shard_count:

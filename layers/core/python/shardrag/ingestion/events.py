@@ -45,6 +45,10 @@ class ObjectEvent(Record):
     reconcile: bool = False
     #: Set by the ingest function itself: the rest of a large object, handed to a fresh invocation.
     continuation: bool = False
+    #: Set by the ingest function itself: delete the rows retired at this epoch, committed at
+    #: ``committed_at_ms``, once ``ingestion.retire_grace_s`` has passed (``shardrag.visibility``).
+    retired: int = 0
+    committed_at_ms: int = 0
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -80,6 +84,8 @@ def _record_to_event(record: Mapping[str, Any]) -> ObjectEvent | None:
         event_time=str(record.get("eventTime", "")),
         reconcile=bool(marker.get("reconcile", False)),
         continuation=bool(marker.get("continuation", False)),
+        retired=int(marker.get("retired", 0) or 0),
+        committed_at_ms=int(marker.get("committed_at_ms", 0) or 0),
     )
 
 
@@ -125,7 +131,12 @@ def notification(events: list[ObjectEvent]) -> dict[str, Any]:
                     "bucket": {"name": e.bucket, "arn": f"arn:aws:s3:::{e.bucket}"},
                     "object": {"key": quote_plus(e.key), "size": e.size, "eTag": e.etag, "sequencer": e.sequencer},
                 },
-                "shardrag": {"reconcile": e.reconcile, "continuation": e.continuation},
+                "shardrag": {
+                    "reconcile": e.reconcile,
+                    "continuation": e.continuation,
+                    "retired": e.retired,
+                    "committed_at_ms": e.committed_at_ms,
+                },
             }
         )
     return {"Records": records}

@@ -197,6 +197,10 @@ class DynamoDbRegistry:
         self.table_name = table_name
         self._clock = clock
 
+    def now_ms(self) -> int:
+        """The registry's time (its clock: injected in tests), in milliseconds."""
+        return self._now_ms()
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from shardrag.bm25 import counts_unit, stored_length
 from shardrag.chunking import Chunker, Document
@@ -30,7 +29,6 @@ from shardrag.ingestion.source import Blob, ObjectInfo, ObjectMissing, ObjectSou
 from shardrag.records import Record, Snapshot, SparseVector
 from shardrag.sharding import shard_for
 from shardrag.store.base import VectorStore
-from shardrag.store.wrapper import StoreWrapper
 from shardrag.visibility import EpochClock, MemoryEpochClock
 
 log = logging.getLogger("shardrag.ingestion")
@@ -43,7 +41,13 @@ VERSION_CHECK_S = 1.0
 VERSION_CHECK_MIN_S = 0.25
 VERSION_CHECK_SHARE = 0.02
 
-Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged", "superseded", "continued"]
+Action = Literal["indexed", "deleted", "failed", "stale", "duplicate", "unchanged", "superseded", "continued", "swept"]
+
+
+class Requeue(Protocol):
+    """Sends an event back to the ingest queue, visible after ``delay_s`` seconds."""
+
+    def __call__(self, event: ObjectEvent, *, delay_s: int = 0) -> None: ...
 
 
 class IngestOutcome(Record):
@@ -62,48 +66,6 @@ class IngestOutcome(Record):
     reused: int = 0
     #: Chunks whose rows were already stored exactly as this run would write them (neither embedded nor written).
     kept: int = 0
-
-
-class FreshDocuments:
-    """Shard stores for the indexer that skip the stale-row sweep of documents never indexed before.
-
-    :class:`~shardrag.indexing.DocumentIndexer` looks for a document's stale rows after every upsert. For a
-    document the registry has never recorded as indexed there is nothing to find, and on Milvus Lite each sweep
-    is a filtered scan of the whole shard: measured on SciFact, the sweeps alone halved bulk-load throughput.
-    """
-
-    def __init__(self, stores: Callable[[int], VectorStore]) -> None:
-        self._stores = stores
-        self._fresh: set[str] = set()
-        self._lock = threading.Lock()
-
-    def mark(self, doc_ids: Iterable[str]) -> None:
-        with self._lock:
-            self._fresh.update(doc_ids)
-
-    def unmark(self, doc_ids: Iterable[str]) -> None:
-        with self._lock:
-            self._fresh.difference_update(doc_ids)
-
-    def is_fresh(self, doc_id: str) -> bool:
-        return doc_id in self._fresh
-
-    def __call__(self, shard: int) -> VectorStore:
-        return _SweepSkipping(self._stores(shard), self)
-
-
-class _SweepSkipping(StoreWrapper):
-    """A :class:`VectorStore` that answers a fresh document's stored-row lookups (its stale sweep) with nothing
-    and delegates everything else."""
-
-    def __init__(self, inner: VectorStore, fresh: FreshDocuments) -> None:
-        super().__init__(inner)
-        self._fresh = fresh
-
-    def chunk_ids(self, doc_id: str, *, keep_version: str | None = None) -> list[str]:
-        if self._fresh.is_fresh(doc_id):
-            return []
-        return self._inner.chunk_ids(doc_id, keep_version=keep_version)
 
 
 class _Lease:
@@ -173,22 +135,20 @@ class IngestService:
         registry: DynamoDbRegistry,
         objects: ObjectSource,
         parsers: ParserRegistry | None = None,
-        fresh: FreshDocuments | None = None,
-        requeue: Callable[[ObjectEvent], None] | None = None,
+        requeue: Requeue | None = None,
         on_change: Callable[[], object] | None = None,
         clock: EpochClock | None = None,
     ) -> None:
         """``clock``: the epochs queries read their snapshots from (``shardrag.visibility``; default: one in this
-        process's memory). ``fresh``: the :class:`FreshDocuments` that ``indexer`` writes through, if any (a
-        speed-up only). ``requeue``: sends an event back to the ingest queue; with it, a large object whose
-        parts would not fit in the invocation's remaining time is continued by a fresh invocation.
+        process's memory). ``requeue``: sends an event back to the ingest queue; with it, a large object whose
+        parts would not fit in the invocation's remaining time is continued by a fresh invocation, and the rows an
+        overwrite retired are deleted by a message delayed by ``retire_grace_s`` (without it: at once).
         ``on_change``: called before an event may change the index and again once it is done (or gave up): the
         index version that answer caches key on (``shardrag.caching``)."""
         self._settings = settings
         self._clock: EpochClock = clock if clock is not None else MemoryEpochClock()
         self._on_change = on_change
         self._requeue = requeue
-        self._fresh = fresh
         self._indexer = indexer
         self._stores = stores
         self._shard_count = shard_count
@@ -226,6 +186,8 @@ class IngestService:
 
     def run(self, event: ObjectEvent, *, owner: str, time_left: Callable[[], float] | None = None) -> IngestOutcome:
         """Apply one event. Permanent problems are recorded and returned; transient ones raise :class:`Retryable`."""
+        if event.retired:
+            return self._sweep_retired(event)
         claim, _ = self.registry.claim(event, owner=owner, lease_s=self._settings.lease_s)
         if claim is Claim.STALE or claim is Claim.DUPLICATE:
             return IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action=claim.value)
@@ -521,7 +483,7 @@ class IngestService:
             lease.parts += 1
             lease.slowest_part_s = max(lease.slowest_part_s, time.monotonic() - started)
         self.registry.preemptible(event, owner=lease.owner, allowed=False)
-        self._commit(ctx.doc_id, set(keep), state.shards, epoch, fresh=not live)
+        self._commit(event, ctx.doc_id, set(keep), state.shards, epoch, fresh=not live)
         # One flush per object, not per part: on Milvus Lite every flush seals a segment, and the background
         # work on many small segments competed with the embedder for the CPU (bulk load at half speed).
         for shard in sorted(state.shards):
@@ -539,14 +501,59 @@ class IngestService:
         self.registry.put_documents([final], lease=lease.fence)
         return final
 
-    def _commit(self, doc_id: str, keep: set[str], shards: Iterable[int], epoch: int, *, fresh: bool) -> None:
+    def _commit(
+        self, event: ObjectEvent, doc_id: str, keep: set[str], shards: Iterable[int], epoch: int, *, fresh: bool
+    ) -> None:
         """Make ``epoch`` the version queries see of ``doc_id`` in one step (:meth:`_settle`, then the commit),
-        then delete what it replaced. A document the registry never recorded as live has no rows but this run's
-        (the write-ahead record precedes them), so the read, a filtered scan on Milvus Lite, is skipped."""
+        then have what it replaced deleted. A document the registry never recorded as live has no rows but this
+        run's (the write-ahead record precedes them), so the read, a filtered scan on Milvus Lite, is skipped."""
         gone = {} if fresh else self._settle(doc_id, keep, shards, epoch, self._clock.snapshot())
         self._clock.commit(epoch)
+        self._delete_retired(event, epoch, gone)
+
+    def _delete_retired(self, event: ObjectEvent, epoch: int, gone: Mapping[int, Sequence[str]]) -> None:
+        """Delete the rows ``epoch`` retired once no query can still read a snapshot from before its commit:
+        through a message delayed by ``retire_grace_s`` where there is a queue, else (or if the message cannot be
+        sent) now."""
+        if not any(gone.values()):
+            return
+        grace = self._settings.retire_grace_s
+        if self._requeue is not None and grace > 0:
+            sweep = ObjectEvent(
+                kind="created",
+                bucket=event.bucket,
+                key=event.key,
+                retired=epoch,
+                committed_at_ms=self.registry.now_ms(),
+            )
+            try:
+                self._requeue(sweep, delay_s=grace)
+                return
+            except Exception:
+                log.warning(
+                    "could not queue the deletion of epoch %d's retired rows; deleting now", epoch, exc_info=True
+                )
         for shard, ids in sorted(gone.items()):
-            self._stores(shard).delete_chunks(ids)
+            if ids:
+                self._stores(shard).delete_chunks(ids)
+
+    def _sweep_retired(self, event: ObjectEvent) -> IngestOutcome:
+        """Delete every row stamped retired at ``event.retired`` (committed: nobody sees them, and no run keeps or
+        revives a row its snapshot does not see), once ``retire_grace_s`` has passed since the commit. Needs no
+        lease: a concurrent run on the key never keeps these rows."""
+        due_ms = event.committed_at_ms + self._settings.retire_grace_s * 1000
+        if self.registry.now_ms() < due_ms:
+            raise Retryable(
+                Reason.BUSY, f"epoch {event.retired}'s retired rows are due in {due_ms - self.registry.now_ms()} ms"
+            )
+        removed = 0
+        for shard in range(self._shard_count):
+            store = self._stores(shard)
+            ids = store.retired_at(event.retired)
+            if ids:
+                removed += store.delete_chunks(ids)
+                store.flush()
+        return IngestOutcome(source_key=event.source_key, sequencer=event.sequencer, action="swept", chunks=removed)
 
     def _settle(
         self, doc_id: str, keep: set[str], shards: Iterable[int], epoch: int, now: Snapshot
@@ -723,7 +730,6 @@ class IngestService:
         self.registry.put_documents(
             [state(d, status="writing", shards=shards[d.doc_id], epoch=epoch) for d in todo], lease=lease.fence
         )
-        fresh = [d.doc_id for d in todo if d.doc_id not in previous]
         # Kept as they are: rows queries see now, and this epoch's own (a document never live has none).
         stored = {
             doc_id: {
@@ -740,15 +746,9 @@ class IngestService:
             if (found := self._reusable(before)) is not None
             for source in found.values()
         }
-        if self._fresh is not None:
-            self._fresh.mark(fresh)
-        try:
-            results = self._indexer.run(
-                todo, flush=False, previous=previous, sweep=False, reuse=reuse, stored=stored, epoch=epoch
-            )
-        finally:
-            if self._fresh is not None:
-                self._fresh.unmark(fresh)
+        results = self._indexer.run(
+            todo, flush=False, previous=previous, sweep=False, reuse=reuse, stored=stored, epoch=epoch
+        )
         now = self._clock.snapshot()
         gone: dict[int, list[str]] = {}
         for doc, result in zip(todo, results, strict=True):
@@ -757,8 +757,7 @@ class IngestService:
                 for shard, ids in self._settle(doc.doc_id, set(result.ids), where, epoch, now).items():
                     gone.setdefault(shard, []).extend(ids)
         self._clock.commit(epoch)
-        for shard, ids in sorted(gone.items()):
-            self._stores(shard).delete_chunks(ids)
+        self._delete_retired(event, epoch, gone)
         states = list(unchanged)
         for doc, result in zip(todo, results, strict=True):
             written.add(doc.doc_id, doc.version, result)
@@ -890,11 +889,13 @@ def _union(*groups: Iterable[int]) -> list[int]:
     return list(dict.fromkeys(shard for group in groups for shard in group))
 
 
-def sqs_requeue(client: Any, queue_url: str) -> Callable[[ObjectEvent], None]:
+def sqs_requeue(client: Any, queue_url: str) -> Requeue:
     """Send an event back to the ingest queue as an S3 notification body (what the handler consumes)."""
 
-    def send(event: ObjectEvent) -> None:
-        client.send_message(QueueUrl=queue_url, MessageBody=json.dumps(notification([event])))
+    def send(event: ObjectEvent, *, delay_s: int = 0) -> None:
+        client.send_message(
+            QueueUrl=queue_url, MessageBody=json.dumps(notification([event])), DelaySeconds=max(0, min(900, delay_s))
+        )
 
     return send
 
@@ -908,8 +909,7 @@ def build_ingest_service(
     s3_client: Any,
     dynamodb_client: Any,
     table_name: str,
-    fresh: FreshDocuments | None = None,
-    requeue: Callable[[ObjectEvent], None] | None = None,
+    requeue: Requeue | None = None,
     on_change: Callable[[], object] | None = None,
     clock: EpochClock | None = None,
 ) -> IngestService:
@@ -923,7 +923,6 @@ def build_ingest_service(
         shard_count=shard_count,
         registry=DynamoDbRegistry(dynamodb_client, table_name),
         objects=S3ObjectSource(s3_client),
-        fresh=fresh,
         requeue=requeue,
         on_change=on_change,
         clock=clock,

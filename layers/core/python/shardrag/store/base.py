@@ -55,6 +55,10 @@ class VectorStore(Protocol):
         """Each stored row of ``doc_id`` (any version, cut or not) with the epochs that wrote and retired it."""
         ...
 
+    def retired_at(self, epoch: int) -> list[str]:
+        """Ids of the rows (any document) stamped retired at ``epoch``."""
+        ...
+
     def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
         """Stamp those of ``chunk_ids`` that exist as retired at ``epoch`` (0: live again), the rows otherwise as
         stored (``shardrag.visibility``); returns how many were stamped."""

@@ -112,6 +112,11 @@ class InMemoryVectorStore:
                 if chunk.doc_id == doc_id
             }
 
+    def retired_at(self, epoch: int) -> list[str]:
+        self._check()
+        with self._lock:
+            return [cid for cid, (chunk, _) in self._rows.items() if epoch and chunk.epoch_to == epoch]
+
     def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
         self._check()
         with self._lock:

@@ -278,6 +278,9 @@ class MilvusVectorStore:
                 return found
             offset += _QUERY_PAGE
 
+    def retired_at(self, epoch: int) -> list[str]:
+        return self._query_ids(f"epoch_to == {int(epoch)}") if epoch else []
+
     def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
         if not chunk_ids:
             return 0

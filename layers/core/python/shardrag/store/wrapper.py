@@ -47,6 +47,9 @@ class StoreWrapper:
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         return self._inner.row_epochs(doc_id)
 
+    def retired_at(self, epoch: int) -> list[str]:
+        return self._inner.retired_at(epoch)
+
     def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
         return self._inner.retire(chunk_ids, epoch)
 
