@@ -68,18 +68,22 @@ def _normalised(scores: np.ndarray, top: np.ndarray) -> dict[int, float]:
     return {int(i): (float(scores[i]) - low) / span if span > 0 else 1.0 for i in top}
 
 
-def main() -> None:
-    import bm25s
-    import Stemmer
-
+def load() -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, int]], list[str], list[str]]:
+    """The dev split: corpus, questions, judgments, the judged query ids and the document ids."""
     corpus = [json.loads(line) for line in (DATA / "corpus.jsonl").open()]
     questions = {row["_id"]: row["text"] for row in map(json.loads, (DATA / "queries.jsonl").open())}
     judged: dict[str, dict[str, int]] = {}
     for line in list((DATA / "qrels" / "dev.tsv").open())[1:]:
         query, doc, grade = line.rstrip("\n").split("\t")
         judged.setdefault(query, {})[doc] = int(grade)
-    query_ids = [q for q in questions if q in judged]
-    ids = [doc["_id"] for doc in corpus]
+    return corpus, questions, judged, [q for q in questions if q in judged], [doc["_id"] for doc in corpus]
+
+
+def main() -> None:
+    import bm25s
+    import Stemmer
+
+    corpus, questions, judged, query_ids, ids = load()
     vectors, owner, asked = _dense(corpus, [questions[q] for q in query_ids])
 
     stemmer = Stemmer.Stemmer("english")

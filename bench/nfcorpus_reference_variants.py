@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.nfcorpus_reference import CACHE, DATA, ROOT, _dense, _ndcg10
+from bench.nfcorpus_reference import CACHE, ROOT, _dense, _ndcg10, load
 
 WHOLE = ROOT / "build" / "nfcorpus-whole-doc.npy"
 
@@ -45,14 +45,7 @@ def main() -> None:
     import bm25s
     import Stemmer
 
-    corpus = [json.loads(line) for line in (DATA / "corpus.jsonl").open()]
-    questions = {row["_id"]: row["text"] for row in map(json.loads, (DATA / "queries.jsonl").open())}
-    judged: dict[str, dict[str, int]] = {}
-    for line in list((DATA / "qrels" / "dev.tsv").open())[1:]:
-        query, doc, grade = line.rstrip("\n").split("\t")
-        judged.setdefault(query, {})[doc] = int(grade)
-    query_ids = [q for q in questions if q in judged]
-    ids = [doc["_id"] for doc in corpus]
+    corpus, questions, judged, query_ids, ids = load()
     n_docs = len(ids)
     assert CACHE.is_file()
     vectors, owner, asked = _dense(corpus, [questions[q] for q in query_ids])
