@@ -1,8 +1,9 @@
 """The ingest service: one S3 object event in, the index and the registry brought in line with the bucket.
 
 Stages, in order: claim the key in the registry (order safety, leases), read the object in parts, parse,
-index through :class:`~shardrag.indexing.DocumentIndexer` (new chunks upserted before stale ones are removed),
-record documents, remove what the object no longer produces, and release the key with its final status.
+index through :class:`~shardrag.indexing.DocumentIndexer` under one epoch (``shardrag.visibility``: new rows unseen
+until the commit, replaced rows retired at it and deleted ``retire_grace_s`` later), record documents, remove what
+the object no longer produces, and release the key with its final status.
 """
 
 from __future__ import annotations
