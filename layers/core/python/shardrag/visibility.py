@@ -18,7 +18,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import threading
+import time
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -144,7 +146,10 @@ class DynamoDbEpochClock:
         return self._get().snapshot()
 
     def begin(self) -> int:
-        for _ in range(self._attempts):
+        for attempt in range(self._attempts):
+            if attempt:
+                # Writers that collided retry at spread-out moments, not in lockstep.
+                time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
             last = self._get().last
             epoch = last + 1
             try:
