@@ -3,6 +3,7 @@ embedder, artefacts on a temporary folder)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from shardrag.ingestion.registry import DocumentState
 from shardrag.placement import CentroidCache, CentroidPlacement, CentroidStore, centroids_name
 from shardrag.services import build_centroid_cache, build_placement, build_query_workflow
 from shardrag.store.memory import InMemoryVectorStore
+from shardrag.store.wrapper import StoreWrapper
+from shardrag.visibility import MemoryEpochClock
 from shardrag.workflow import QueryWorkflow
 
 SHARDS = 3
@@ -209,13 +212,37 @@ def test_ingestion_overwrites_and_deletes_reach_every_replica(hashing_embedder: 
             placement=build_placement(system.settings, system.cache),
         )
         registry = DynamoDbRegistry(ddb, "registry")
+        clock = MemoryEpochClock()
+        moments: list[Callable[[], None]] = []
+
+        class Watched(StoreWrapper):
+            """A shard that lets the test look at the index before each of its writes."""
+
+            def _look(self) -> None:
+                for look in moments:
+                    look()
+
+            def delete_chunks(self, chunk_ids: Sequence[str]) -> int:
+                self._look()
+                return self._inner.delete_chunks(chunk_ids)
+
+            def delete_document(self, doc_id: str, *, keep_version: str | None = None) -> int:
+                self._look()
+                return self._inner.delete_document(doc_id, keep_version=keep_version)
+
+            def retire(self, chunk_ids: Sequence[str], epoch: int) -> int:
+                self._look()
+                return self._inner.retire(chunk_ids, epoch)
+
+        watched = [Watched(store) for store in system.stores]
         service = IngestService(
             settings,
             indexer=system.indexer,
-            stores=system.stores.__getitem__,
+            stores=watched.__getitem__,
             shard_count=SHARDS,
             registry=registry,
             objects=S3ObjectSource(s3),
+            clock=clock,
         )
         sequence = iter(range(1, 100))
 
@@ -254,8 +281,21 @@ def test_ingestion_overwrites_and_deletes_reach_every_replica(hashing_embedder: 
         after = registry.get_documents([bees])[bees]
         assert len(on(bees)) >= 1 and all(len(v) == 1 for v in on(bees).values())
         assert set(on(bees)) == set(after.shards)
-        # AND a delete removes it from every replica
+        # AND a delete removes it from every replica, in one step for a query (all its rows seen, then none)
+        rows = sum(1 for s in system.stores for c, _ in s._rows.values() if c.doc_id == bees)
+        seen: list[int] = []
+        moments.append(
+            lambda: seen.append(
+                sum(
+                    1
+                    for s in system.stores
+                    for c, _ in s._rows.values()
+                    if c.doc_id == bees and clock.snapshot().sees(c.epoch_from, c.epoch_to)
+                )
+            )
+        )
         service.run(event("removed", "bees-1.txt"), owner="w")
+        assert rows > 1 and set(seen) == {rows, 0} and seen == sorted(seen, reverse=True), seen
         assert on(bees) == {}
         assert registry.get_documents([bees])[bees].status == "deleted"
 

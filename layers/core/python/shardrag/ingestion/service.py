@@ -837,25 +837,52 @@ class IngestService:
         )
 
     def _drop_documents(self, lease: _Lease, documents: list[DocumentState]) -> int:
-        """Remove the chunks of ``documents`` (those this object produced) and leave tombstones."""
+        """Remove the chunks of ``documents`` (those this object produced) and leave tombstones. A document on one
+        shard goes with one delete request; one whose rows span shards (centroid placement) goes in one step to
+        readers: its rows are retired at one epoch, committed once all are stamped, and deleted after the grace."""
         event = lease.event
         live = [d for d in documents if d.live and d.source_key == event.source_key]
-        # Intent first: a crash while chunks are being removed must leave a record that says so.
+        # Every shard the registry recorded (replicas included); the hash shard for items that predate it.
+        shards_of = {d.doc_id: d.held_shards() if d.shards else [shard_for(d.doc_id, self._shard_count)] for d in live}
+        spread = {d.doc_id for d in live if len(shards_of[d.doc_id]) > 1}
+        epoch = 0
+        if spread:
+            snapshot = self._clock.snapshot()
+            left = {d.epoch for d in live if d.doc_id in spread and d.status == "deleting"}
+            adopt = len(left) == 1 and next(iter(left)) in snapshot.open
+            adopt = adopt and all(d.status == "deleting" for d in live if d.doc_id in spread)
+            epoch = next(iter(left)) if adopt else self._clock.begin()
+        # Intent first: a crash while chunks are being removed must leave a record that says so (and the epoch a
+        # retry adopts).
         self.registry.put_documents(
             [
-                d.model_copy(update={"status": "deleting", "sequencer": event.sequencer})
+                d.model_copy(
+                    update={
+                        "status": "deleting",
+                        "sequencer": event.sequencer,
+                        "epoch": epoch if d.doc_id in spread else d.epoch,
+                    }
+                )
                 for d in live
-                if d.status != "deleting"
+                if d.status != "deleting" or (d.doc_id in spread and d.epoch != epoch)
             ],
             lease=lease.fence,
         )
         touched: set[int] = set()
+        gone: dict[int, list[str]] = {}
+        now = self._clock.snapshot() if spread else None
         for doc in live:
-            # Every shard the registry recorded (replicas included); the hash shard for items that predate it.
-            shards = doc.held_shards() if doc.shards else [shard_for(doc.doc_id, self._shard_count)]
+            shards = shards_of[doc.doc_id]
+            touched.update(shards)
+            if now is not None and doc.doc_id in spread:
+                for shard, ids in self._settle(doc.doc_id, set(), shards, epoch, now).items():
+                    gone.setdefault(shard, []).extend(ids)
+                continue
             for shard in shards:
                 self._stores(shard).delete_document(doc.doc_id)
-                touched.add(shard)
+        if spread:
+            self._clock.commit(epoch)
+            self._delete_retired(event, epoch, gone)
         if event.reconcile:
             # A repair also removes rows of documents already deleted: a superseded run may have landed some.
             for doc in documents:
