@@ -314,6 +314,15 @@ def variants(grid: str = "first") -> list[tuple[str, Callable[[Corpus, Query], t
     return out
 
 
+def load_corpora(k1: float, b: float) -> dict[str, Corpus]:
+    """Every development corpus from the cache, scored with BM25 at ``k1`` / ``b`` over the shipped window."""
+    embedder = OnnxEmbedder(ROOT / "build" / "model", threads=1)
+    return {
+        name: Corpus(Scorer(load_corpus(name, folder, split, embedder), Bm25Settings().window), k1, b)
+        for name, folder, split in CORPORA
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fusion_variants_study")
     parser.add_argument("--out", type=Path, default=RESULTS / "fusion_variants_study.json")
@@ -323,12 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default="first", help="which set of variants")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    embedder = OnnxEmbedder(ROOT / "build" / "model", threads=1)
-    corpora: dict[str, Corpus] = {}
+    corpora = load_corpora(args.k1, args.b)
     references: dict[str, float] = {}
-    for name, folder, split in CORPORA:
-        scorer = Scorer(load_corpus(name, folder, split, embedder), Bm25Settings().window)
-        corpora[name] = Corpus(scorer, args.k1, args.b)
+    for name, corpus in corpora.items():
+        scorer = corpus.scorer
         bm25s = Bm25Retriever()
         bm25s.index(scorer.corpus.dataset.corpus)
         references[name] = reference_fusion(scorer, bm25s)["reference_fusion"]
@@ -491,11 +498,7 @@ def sp_normalize_rows(matrix: Any) -> Any:
 
 def prf_grid() -> None:
     k1, b = Bm25Settings().k1, Bm25Settings().b
-    embedder = OnnxEmbedder(ROOT / "build" / "model", threads=1)
-    corpora: dict[str, Corpus] = {}
-    for name, folder, split in CORPORA:
-        scorer = Scorer(load_corpus(name, folder, split, embedder), Bm25Settings().window)
-        corpora[name] = Corpus(scorer, k1, b)
+    corpora = load_corpora(k1, b)
     fusions = [
         ("a0.6", convex()),
         ("a0.55", convex(0.55)),
@@ -554,11 +557,7 @@ def shipped_feedback(corpus: Corpus, documents: int, weight: float, alpha: float
 
 def prf_shipped() -> None:
     k1, b = Bm25Settings().k1, Bm25Settings().b
-    embedder = OnnxEmbedder(ROOT / "build" / "model", threads=1)
-    corpora: dict[str, Corpus] = {}
-    for name, folder, split in CORPORA:
-        scorer = Scorer(load_corpus(name, folder, split, embedder), Bm25Settings().window)
-        corpora[name] = Corpus(scorer, k1, b)
+    corpora = load_corpora(k1, b)
     for documents in (1, 2, 3):
         for weight in (0.5, 0.7, 1.0, 1.5):
             values = {n: round(shipped_feedback(c, documents, weight), 4) for n, c in corpora.items()}
@@ -571,11 +570,7 @@ def prf_shipped() -> None:
 
 def prf_main() -> None:
     k1, b = Bm25Settings().k1, Bm25Settings().b
-    embedder = OnnxEmbedder(ROOT / "build" / "model", threads=1)
-    corpora: dict[str, Corpus] = {}
-    for name, folder, split in CORPORA:
-        scorer = Scorer(load_corpus(name, folder, split, embedder), Bm25Settings().window)
-        corpora[name] = Corpus(scorer, k1, b)
+    corpora = load_corpora(k1, b)
     settings = []
     for source in ("fused", "dense"):
         for m in (3, 10):

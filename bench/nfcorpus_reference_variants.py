@@ -41,6 +41,20 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     return (values - values.min()) / span if span > 0 else np.ones_like(values)
 
 
+def _scaled(scores: np.ndarray, top: np.ndarray, *, own: bool) -> np.ndarray:
+    """Every document's score min-max scaled by the top list's min and max: a document outside the list keeps
+    its own scaled score (``own``) or scores 0."""
+    out = np.zeros(len(scores))
+    if not len(top):
+        return out
+    values = scores[top]
+    low, span = values.min(), values.max() - values.min()
+    if own:
+        return (scores - low) / span if span > 0 else np.ones(len(scores))
+    out[top] = (values - low) / span if span > 0 else 1.0
+    return out
+
+
 def main() -> None:
     import bm25s
     import Stemmer
@@ -91,31 +105,16 @@ def main() -> None:
             ltop_matched = matched[np.argsort(-lex[matched], kind="stable")[:100]]
             for lcut, ltop in (("all", ltop_all), ("matched", ltop_matched)):
                 for missing in ("zero", "own"):
-                    dn = np.zeros(n_docs)
-                    ln = np.zeros(n_docs)
-                    dvals = dscore[dtop]
-                    dlow, dspan = dvals.min(), dvals.max() - dvals.min()
-                    if missing == "zero":
-                        dn[dtop] = (dvals - dlow) / dspan if dspan > 0 else 1.0
-                    else:
-                        dn = (dscore - dlow) / dspan if dspan > 0 else np.ones(n_docs)
-                    if len(ltop):
-                        lvals = lex[ltop]
-                        llow, lspan = lvals.min(), lvals.max() - lvals.min()
-                        if missing == "zero":
-                            ln[ltop] = (lvals - llow) / lspan if lspan > 0 else 1.0
-                        else:
-                            ln = (lex - llow) / lspan if lspan > 0 else np.ones(n_docs)
+                    dn = _scaled(dscore, dtop, own=missing == "own")
+                    ln = _scaled(lex, ltop, own=missing == "own")
                     union = np.union1d(dtop, ltop)
                     for w in (0.5, 0.6):
                         fused = w * dn[union] + (1 - w) * ln[union]
                         key = f"{dname}|{lname}|{lcut}|{missing}|w{w}"
                         # Ties: stable by corpus order, and trec_eval's (score desc, doc id desc).
                         record(key + "|stable", list(union[np.argsort(-fused, kind="stable")]), n)
-                        order = sorted(range(len(union)), key=lambda i: (-fused[i], ids[union[i]]), reverse=False)
                         rev = sorted(range(len(union)), key=lambda i: (fused[i], ids[union[i]]), reverse=True)
                         record(key + "|iddesc", [int(union[i]) for i in rev], n)
-                        del order
         if n % 50 == 0:
             print(f"query {n}", flush=True)
     table = {k: round(float(np.mean(v)), 4) for k, v in results.items()}

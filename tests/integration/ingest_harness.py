@@ -168,11 +168,9 @@ class FaultyStore(StoreWrapper):
         self._step("stored_terms")
         return self._inner.stored_terms(chunk_ids)
 
-    def stored_chunks(
-        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
-    ) -> list[EmbeddedChunk]:
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
         self._step("stored_chunks")
-        return self._inner.stored_chunks(doc_id, positions=positions, vectors=vectors)
+        return self._inner.stored_chunks(doc_id, positions=positions)
 
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         self._step("row_epochs")

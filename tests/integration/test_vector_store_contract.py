@@ -181,25 +181,6 @@ def test_chunks_at_reads_each_position_range_of_each_document_and_nothing_else(s
     assert store.chunks_at([]) == [] and len(store.chunks_at([(hostile, 0, 0)])) == 1
 
 
-def test_stored_chunks_read_without_vectors_are_the_same_rows_without_their_dense_side(store: VectorStore) -> None:
-    items = [
-        item.model_copy(
-            update={
-                "chunk": item.chunk.model_copy(update={"position": i}),
-                "sparse": SparseVector(indices=[1, 5 + i], values=[2.0, 0.5]),
-            }
-        )
-        for i, item in enumerate(_items("a", "v1", 5, seed=11))
-    ]
-    store.upsert(items + _items("b", "v1", 2, seed=12))
-    store.flush()
-    full = sorted(store.stored_chunks("a"), key=lambda r: r.chunk.position)
-    light = sorted(store.stored_chunks("a", vectors=False), key=lambda r: r.chunk.position)
-    assert [r.vector for r in light] == [[]] * 5 and all(len(r.vector) == DIM for r in full)
-    assert [(r.chunk, r.sparse) for r in light] == [(r.chunk, r.sparse) for r in full]
-    assert [r.chunk.position for r in store.stored_chunks("a", positions=(1, 2), vectors=False)] in ([1, 2], [2, 1])
-
-
 def _epoch_rows(stamps: list[tuple[int, int]]) -> list[EmbeddedChunk]:
     rng = np.random.default_rng(7)
     return [

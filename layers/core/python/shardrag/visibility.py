@@ -15,15 +15,14 @@ on the same document adopts the epoch (``DocumentState.epoch``) and closes it.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
 import threading
 import time
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
+from shardrag import shared_file
 from shardrag.records import Snapshot
 
 #: The clock's item in the registry table (documents are ``doc#``, objects ``src#``: no collision).
@@ -86,31 +85,27 @@ class FileEpochClock:
     def __init__(self, path: Path | str) -> None:
         self._path = Path(path)
 
-    def _read(self) -> _State:
-        try:
-            data = json.loads(self._path.read_text() or "{}")
-        except FileNotFoundError:
-            return _State()
+    @staticmethod
+    def _parse(text: str | None) -> _State:
+        data = json.loads(text or "{}")
         return _State(int(data.get("last", 0)), {int(e) for e in data.get("open", [])})
 
     def snapshot(self) -> Snapshot:
-        return self._read().snapshot()
+        return self._parse(shared_file.read_text(self._path)).snapshot()
 
     def _change(self, epoch: int | None) -> int:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._path.with_name(self._path.name + ".lock").open("a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state = self._read()
-            if epoch is None:
+        def change(text: str | None) -> tuple[str, int]:
+            state = self._parse(text)
+            done = epoch
+            if done is None:
                 state.last += 1
-                epoch = state.last
-                state.open.add(epoch)
+                done = state.last
+                state.open.add(done)
             else:
-                state.open.discard(epoch)
-            temporary = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"last": state.last, "open": sorted(state.open)}))
-            temporary.replace(self._path)
-            return epoch
+                state.open.discard(done)
+            return json.dumps({"last": state.last, "open": sorted(state.open)}), done
+
+        return shared_file.rewrite(self._path, change)
 
     def begin(self) -> int:
         return self._change(None)

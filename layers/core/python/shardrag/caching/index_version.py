@@ -8,11 +8,11 @@ runs is therefore keyed by a version that no query reads after the change.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from shardrag import shared_file
 
 #: The counter's item in the answer-cache table (answers are ``answer#<key>``: the two can never collide).
 VERSION_KEY = "index-version"
@@ -53,21 +53,14 @@ class FileIndexVersion:
         self._path = Path(path)
 
     def current(self) -> int:
-        try:
-            return int(self._path.read_text() or 0)
-        except FileNotFoundError:
-            return 0
+        return int(shared_file.read_text(self._path) or 0)
 
     def advance(self) -> int:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._path.with_name(self._path.name + ".lock").open("a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            value = self.current() + 1
-            temporary = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
-            temporary.write_text(str(value))
-            # A reader sees the old file or the new one, never a half-written one.
-            temporary.replace(self._path)
-            return value
+        def bump(text: str | None) -> tuple[str, int]:
+            value = int(text or 0) + 1
+            return str(value), value
+
+        return shared_file.rewrite(self._path, bump)
 
 
 class DynamoDbIndexVersion:

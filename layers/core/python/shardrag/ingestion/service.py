@@ -747,9 +747,7 @@ class IngestService:
             if (found := self._reusable(before)) is not None
             for source in found.values()
         }
-        results = self._indexer.run(
-            todo, flush=False, previous=previous, sweep=False, reuse=reuse, stored=stored, epoch=epoch
-        )
+        results = self._indexer.run(todo, flush=False, sweep=False, reuse=reuse, stored=stored, epoch=epoch)
         now = self._clock.snapshot()
         gone: dict[int, list[str]] = {}
         for doc, result in zip(todo, results, strict=True):

@@ -36,14 +36,10 @@ class VectorStore(Protocol):
         """The stored BM25 vectors (with tenants) of those of ``chunk_ids`` that exist (term statistics)."""
         ...
 
-    def stored_chunks(
-        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
-    ) -> list[EmbeddedChunk]:
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
         """The stored chunks of ``doc_id`` (any version) with their dense vectors, those at ``positions`` (an
         inclusive range) only if given. A chunk whose text or title the store may have cut is left out: its
-        vector was not computed from what is stored (re-embedding reuses only what it can verify). ``vectors``
-        False: the dense vectors are not read (each row's ``vector`` is empty), for callers that need the rows'
-        text, position and BM25 side only."""
+        vector was not computed from what is stored (re-embedding reuses only what it can verify)."""
         ...
 
     def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:

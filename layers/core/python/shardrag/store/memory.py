@@ -79,16 +79,12 @@ class InMemoryVectorStore:
                 if cid in self._sparse
             }
 
-    def stored_chunks(
-        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
-    ) -> list[EmbeddedChunk]:
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
         self._check()
         low, high = positions if positions is not None else (0, 2**31)
         with self._lock:
             return [
-                EmbeddedChunk(
-                    chunk=chunk, vector=[float(x) for x in vector] if vectors else [], sparse=self._sparse[cid]
-                )
+                EmbeddedChunk(chunk=chunk, vector=[float(x) for x in vector], sparse=self._sparse[cid])
                 for cid, (chunk, vector) in self._rows.items()
                 if chunk.doc_id == doc_id and low <= chunk.position <= high
             ]

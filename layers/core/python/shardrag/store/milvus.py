@@ -247,36 +247,24 @@ class MilvusVectorStore:
         return expr
 
     def _query_ids(self, expr: str) -> list[str]:
+        return [str(r["chunk_id"]) for r in self._query_rows(expr, ["chunk_id"])]
+
+    def _query_rows(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row matching ``expr`` (those ``fields`` of it), in pages."""
         self.ensure_ready()
         client = self._connect()
-        ids: list[str] = []
+        rows: list[dict[str, Any]] = []
         offset = 0
         while True:
-            rows = client.query(
-                self._collection, filter=expr, output_fields=["chunk_id"], limit=_QUERY_PAGE, offset=offset
-            )
-            ids.extend(str(r["chunk_id"]) for r in rows)
-            if len(rows) < _QUERY_PAGE:
-                return ids
+            page = client.query(self._collection, filter=expr, output_fields=fields, limit=_QUERY_PAGE, offset=offset)
+            rows.extend(page)
+            if len(page) < _QUERY_PAGE:
+                return rows
             offset += _QUERY_PAGE
 
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
-        self.ensure_ready()
-        client = self._connect()
-        found: dict[str, tuple[int, int]] = {}
-        offset = 0
-        while True:
-            rows = client.query(
-                self._collection,
-                filter=self._doc_filter(doc_id, None),
-                output_fields=["chunk_id", "epoch_from", "epoch_to"],
-                limit=_QUERY_PAGE,
-                offset=offset,
-            )
-            found.update({str(r["chunk_id"]): (int(r["epoch_from"]), int(r["epoch_to"])) for r in rows})
-            if len(rows) < _QUERY_PAGE:
-                return found
-            offset += _QUERY_PAGE
+        rows = self._query_rows(self._doc_filter(doc_id, None), ["chunk_id", "epoch_from", "epoch_to"])
+        return {str(r["chunk_id"]): (int(r["epoch_from"]), int(r["epoch_to"])) for r in rows}
 
     def retired_at(self, epoch: int) -> list[str]:
         return self._query_ids(f"epoch_to == {int(epoch)}") if epoch else []
@@ -304,14 +292,12 @@ class MilvusVectorStore:
             done += len(stamped)
         return done
 
-    def stored_chunks(
-        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
-    ) -> list[EmbeddedChunk]:
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
         expr = self._doc_filter(doc_id, None)
         if positions is not None:
             expr += f" and position >= {int(positions[0])} and position <= {int(positions[1])}"
         found: list[EmbeddedChunk] = []
-        fields = [*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD] if vectors else [*OUTPUT_FIELDS, SPARSE_FIELD]
+        fields = [*OUTPUT_FIELDS, DENSE_FIELD, SPARSE_FIELD]
         for batch in self._iterate(expr, fields, 1000):
             for item in batch:
                 chunk = item.chunk

@@ -36,10 +36,8 @@ class StoreWrapper:
     def stored_terms(self, chunk_ids: Sequence[str]) -> dict[str, StoredTerms]:
         return self._inner.stored_terms(chunk_ids)
 
-    def stored_chunks(
-        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
-    ) -> list[EmbeddedChunk]:
-        return self._inner.stored_chunks(doc_id, positions=positions, vectors=vectors)
+    def stored_chunks(self, doc_id: str, *, positions: tuple[int, int] | None = None) -> list[EmbeddedChunk]:
+        return self._inner.stored_chunks(doc_id, positions=positions)
 
     def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:
         return self._inner.chunks_at(spans, snapshot=snapshot)
