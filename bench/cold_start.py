@@ -53,6 +53,11 @@ EVENTS = {
     "embed": {"request": {"question": "What causes ocean tides?", "generate": False}},
     "route": {"request": REQUEST, "vector": [0.05] * 384},
     "shard_search": {"shard": 0, "request": REQUEST, "vector": [0.05] * 384},
+    "feedback": {
+        "request": {**REQUEST, "mode": "hybrid", "feedback": True},
+        "vector": [0.05] * 384,
+        "shards": [{"shard": 0, "status": "ok", "hits": []}],
+    },
     "fuse_generate": {
         "request": {**REQUEST, "generate": True},
         "shards": [{"shard": 0, "status": "ok", "hits": []}],

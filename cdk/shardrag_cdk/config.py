@@ -76,6 +76,9 @@ class FunctionsConfig(_Model):
     embed: FunctionConfig = FunctionConfig(memory_mb=2048, timeout_s=15)
     route: FunctionConfig = FunctionConfig(memory_mb=512, timeout_s=10)
     shard_search: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=10)
+    #: Sized like ShardSearch: the same driver and searches (from threads, one per shard), within the Feedback
+    #: Task's 10 s.
+    feedback: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=10)
     fuse_generate: FunctionConfig = FunctionConfig(memory_mb=1024, timeout_s=25)
     ingest: FunctionConfig = FunctionConfig(memory_mb=3008, timeout_s=300)
     #: The chat front streams for as long as the answer takes: within API Gateway's 15 minutes per stream.

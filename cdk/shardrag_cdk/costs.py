@@ -6,10 +6,15 @@ hard-codes a price. ``python -m shardrag_cdk.costs`` prints the README's table (
 Idle is what runs with no traffic: the store (instance, volumes, cluster, load balancer), the network (interface
 endpoints, NAT gateways, the host's public IPv4 address) and the secrets. Per million queries is API Gateway, the
 EXPRESS workflow's executions, the Lambda requests and GB-seconds of one query (Embed, Route, one ShardSearch per
-shard, FuseAndGenerate), Embed's read of the epoch clock (``shardrag.visibility``: one strongly consistent DynamoDB
-read), the Bedrock tokens, the logs and, where the answer cache is on, its DynamoDB requests counted as if every
-query missed (an upper bound: a hit skips the put, the shard searches and generation). Not
-counted: S3 and DynamoDB requests of ingestion, data transfer, and the external cluster itself.
+shard, Feedback where a query of the default mode gets a second dense round, FuseAndGenerate), Embed's read of the
+epoch clock (``shardrag.visibility``: one strongly consistent DynamoDB read), the Bedrock tokens, the logs and,
+where the answer cache is on, its DynamoDB requests counted as if every query missed (an upper bound: a hit skips
+the put, the shard searches and generation). Not counted: the EXPRESS duration charge, S3 and DynamoDB requests of
+ingestion, data transfer, and the external cluster itself.
+
+An EXPRESS workflow is billed per execution and for its duration and memory, never per state transition: the
+states a query passes through (Feedback's Choice and Task included) add nothing to the execution charge; the
+time they take falls under the duration charge, which is not counted.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shardrag_cdk.config import EnvironmentConfig, load_environment
-from shardrag_cdk.layout import ROOT, vpc_endpoint_services
+from shardrag_cdk.layout import ROOT, FunctionName, vpc_endpoint_services
 from shardrag_cdk.store_config import (
     DistributedStoreConfig,
     ExternalEndpoint,
@@ -112,14 +117,28 @@ def estimate(config: EnvironmentConfig, kind: str, prices: Prices) -> Estimate:
     )
 
 
+def invocations_per_query(config: EnvironmentConfig) -> dict[FunctionName, int]:
+    """Lambda invocations of one query that misses the answer cache, as a request that sets neither ``mode`` nor
+    ``feedback`` runs, with every shard searched (routing may select fewer: an upper bound)."""
+    settings = config.settings
+    # Embed marks a hybrid query for the Feedback state unless the request or retrieval.feedback says otherwise
+    # (shardrag.workflow).
+    feedback = settings.retrieval.mode == "hybrid" and settings.retrieval.feedback.enabled
+    return {
+        "embed": 1,
+        "route": 1,
+        "shard_search": settings.store.shard_count,
+        "feedback": int(feedback),
+        "fuse_generate": 1,
+    }
+
+
 def _per_million_queries(config: EnvironmentConfig, prices: Prices) -> float:
-    shards = config.settings.store.shard_count
     functions = config.deployment.functions
-    duration = prices.assumptions["duration_s"]
-    invocations = {"embed": 1, "route": 1, "shard_search": shards, "fuse_generate": 1}
+    duration: dict[str, float] = prices.assumptions["duration_s"]
+    invocations = invocations_per_query(config)
     gb_seconds = sum(
-        count * functions.of(name).memory_mb / 1024 * duration[name]  # type: ignore[arg-type]
-        for name, count in invocations.items()
+        count * functions.of(name).memory_mb / 1024 * duration[name] for name, count in invocations.items()
     )
     million = 1_000_000
     cost: float = prices.price("api_gateway_rest_million") + prices.price("step_functions_express_million")

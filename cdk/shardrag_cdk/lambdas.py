@@ -1,4 +1,4 @@
-"""The ShardRAG Lambda functions: one configuration path for all five, so they cannot drift apart."""
+"""The ShardRAG Lambda functions: one configuration path for all of them, so they cannot drift apart."""
 
 from __future__ import annotations
 
@@ -206,7 +206,8 @@ class ShardRagFunction(Construct):
 
 
 class QueryFunctions(Construct):
-    """The four query-path functions (Embed, Route, ShardSearch, FuseAndGenerate)."""
+    """The query-path functions (``layout.QUERY_FUNCTION_NAMES``: Embed, Route, ShardSearch, Feedback,
+    FuseAndGenerate)."""
 
     def __init__(
         self,

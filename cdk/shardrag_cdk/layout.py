@@ -28,11 +28,16 @@ HEADROOM_BYTES: Final = 20 * 1024 * 1024
 #: Lambda allows at most five layers per function.
 MAX_LAYERS: Final = 5
 
-FunctionName = Literal["embed", "route", "shard_search", "fuse_generate", "ingest", "answer"]
+FunctionName = Literal["embed", "route", "shard_search", "feedback", "fuse_generate", "ingest", "answer"]
 LayerName = Literal["core", "base", "onnx", "milvus", "model"]
 
-QUERY_FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = ("embed", "route", "shard_search", "fuse_generate")
+#: The query workflow's functions, in the order an execution runs them (Feedback: hybrid queries only).
+QUERY_FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = ("embed", "route", "shard_search", "feedback", "fuse_generate")
 FUNCTION_NAMES: Final[tuple[FunctionName, ...]] = (*QUERY_FUNCTION_NAMES, "ingest", "answer")
+#: The functions that talk to Milvus: they carry the ``milvus`` layer, may read the store's secrets (token, CA
+#: certificate) and are placed in the store's VPC. Feedback reads opening-chunk vectors and searches every shard
+#: again, so it needs exactly what ShardSearch needs.
+STORE_FUNCTIONS: Final[tuple[FunctionName, ...]] = ("shard_search", "feedback", "ingest")
 
 #: The AWS APIs each function calls through boto3 (the core library's clients; a test checks this table against
 #: every ``boto3.client(...)`` in the code). The VPC endpoints and the botocore service models the base layer
@@ -42,6 +47,8 @@ FUNCTION_AWS_SERVICES: Final[dict[FunctionName, tuple[str, ...]]] = {
     "embed": ("s3", "dynamodb"),
     "route": ("s3",),
     "shard_search": ("secretsmanager",),
+    # The Milvus token and CA certificate, like ShardSearch.
+    "feedback": ("secretsmanager",),
     "fuse_generate": ("bedrock-runtime", "bedrock-agent-runtime", "secretsmanager", "dynamodb"),
     # SQS: the rest of a large object is handed to a fresh invocation through the ingest queue.
     "ingest": ("s3", "dynamodb", "secretsmanager", "sqs"),
@@ -69,6 +76,7 @@ FUNCTION_LAYERS: Final[dict[FunctionName, tuple[LayerName, ...]]] = {
     "embed": ("core", "base", "onnx", "model"),
     "route": ("core", "base"),
     "shard_search": ("core", "base", "milvus"),
+    "feedback": ("core", "base", "milvus"),
     "fuse_generate": ("core", "base"),
     "ingest": ("core", "base", "onnx", "milvus"),
     "answer": ("core", "base"),

@@ -1,5 +1,5 @@
-"""Dashboard and alarms: per-stage latency and errors, degraded answers and failed reranks, the API, ingestion,
-the DLQ."""
+"""Dashboard and alarms: per-stage latency and errors, degraded answers, failed reranks and feedback rounds that
+fell back to the first pass, the API, ingestion, the DLQ."""
 
 from __future__ import annotations
 
@@ -19,9 +19,13 @@ from constructs import Construct
 
 from shardrag_cdk.config import AlarmConfig, DeploymentConfig
 
-#: Powertools ``service`` dimension of the query-path business metrics (``DegradedAnswers``,
-#: ``ShardFailures``): functions/fuse_generate/handler.py sets it explicitly.
+#: Powertools ``service`` dimension of the query-path business metrics (``DegradedAnswers``, ``ShardFailures``,
+#: ``FeedbackFallbacks``): functions/fuse_generate/handler.py and functions/feedback/handler.py set it explicitly.
 QUERY_METRICS_SERVICE: Final = "query"
+#: Published by the Feedback function when its second, dense round failed and the first pass answers instead (a
+#: failed *invocation* of Feedback, throttled or timed out, is caught by the workflow and counts in Lambda's own
+#: metrics instead).
+FEEDBACK_FALLBACKS_METRIC: Final = "FeedbackFallbacks"
 #: Counted from FuseAndGenerate's log: ``shardrag.workflow`` warns ``rerank failed (<reason>): ...`` and keeps the
 #: fused order, so the failure shows in no error metric.
 RERANK_FAILURES_METRIC: Final = "RerankFailures"
@@ -75,8 +79,8 @@ class Observability(Construct):
             name: fn.metric_invocations(statistic="Sum", period=period) for name, fn in functions.items()
         }
 
-        answer_quality = [business("ShardFailures"), business("DegradedAnswers")]
-        answer_title = "Shard failures and degraded answers"
+        answer_quality = [business("ShardFailures"), business("DegradedAnswers"), business(FEEDBACK_FALLBACKS_METRIC)]
+        answer_title = "Shard failures, degraded answers, feedback fallbacks"
         if rerank_logs is not None:
             logs.MetricFilter(
                 self,

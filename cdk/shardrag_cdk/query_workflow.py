@@ -18,7 +18,8 @@ from shardrag_cdk.nag import acknowledge
 
 
 class QueryWorkflow(Construct):
-    """Embed → Route → one Parallel branch per shard → FuseAndGenerate, run synchronously by the API.
+    """Embed → Route → one Parallel branch per shard → (hybrid: Feedback) → FuseAndGenerate, run synchronously by
+    the API.
 
     The definition stays inline (``DefinitionBody.from_string``) so that template checks and cfn-lint see it;
     function ARNs enter through ``definition_substitutions``, which grant nothing: invoke rights are granted

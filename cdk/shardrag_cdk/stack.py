@@ -19,6 +19,7 @@ from shardrag_cdk.chat import ChatFront
 from shardrag_cdk.config import EnvironmentConfig
 from shardrag_cdk.ingestion import Ingestion
 from shardrag_cdk.lambdas import QueryFunctions, log_retention, removal_policy
+from shardrag_cdk.layout import STORE_FUNCTIONS
 from shardrag_cdk.network import FunctionNetwork
 from shardrag_cdk.observability import Observability
 from shardrag_cdk.packaging import AssetMode, LambdaPackaging
@@ -65,7 +66,10 @@ class ShardRagStack(Stack):
             self,
             "MilvusSecrets",
             secrets=store.secrets,
-            readers=[query.by_name["shard_search"].function, ingestion.ingest.function],
+            readers=[
+                *(fn.function for name, fn in query.by_name.items() if name in STORE_FUNCTIONS),
+                ingestion.ingest.function,
+            ],
         )
         artifacts = IndexArtifacts(self, "IndexArtifacts", deployment=deployment, access_logs=access_logs)
         artifacts.grant_read_write(ingestion.ingest)

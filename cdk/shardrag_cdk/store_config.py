@@ -21,7 +21,7 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shardrag.config import ShardEndpoint
 
-from shardrag_cdk.layout import FunctionName
+from shardrag_cdk.layout import STORE_FUNCTIONS, FunctionName
 
 #: Milvus release run by ``standalone`` and ``distributed`` (the server the pinned pymilvus 3.0.x is released for:
 #: Milvus 3.0.1 release notes, 2026-09-09, list PyMilvus 3.0.1 as its Python SDK).
@@ -160,12 +160,13 @@ class NetworkConfig(_Model):
     nat_gateways: int = Field(default=0, ge=0, le=3)
     #: Interface endpoints even with a NAT (private traffic; without a NAT they are always created).
     interface_endpoints_with_nat: bool = False
-    #: Functions placed in the VPC: those that reach Milvus. The others keep Lambda's own networking.
-    functions: tuple[FunctionName, ...] = ("shard_search", "ingest")
+    #: Functions placed in the VPC: those that reach Milvus (``layout.STORE_FUNCTIONS``). The others keep Lambda's
+    #: own networking.
+    functions: tuple[FunctionName, ...] = STORE_FUNCTIONS
 
     @model_validator(mode="after")
     def _milvus_functions_inside(self) -> NetworkConfig:
-        missing = {"shard_search", "ingest"} - set(self.functions)
+        missing = set(STORE_FUNCTIONS) - set(self.functions)
         if missing:
             raise ValueError(f"network.functions must include {sorted(missing)}: they reach Milvus in the VPC")
         if self.availability_zones is not None and len(self.availability_zones) != self.max_azs:

@@ -82,3 +82,18 @@ def test_a_shed_execution_answers_429_with_retry_after_like_the_stage() -> None:
         branch = template.split(f'($error == "{name}")', 1)[1].split("#elseif", 1)[0]
         assert "responseOverride.status = 429" in branch
         assert f'responseOverride.header.Retry-After = "{RETRY_AFTER_S}"' in branch
+
+
+def test_feedback_is_sized_against_the_throttle_like_the_other_query_functions() -> None:
+    """The workflow answers a throttled Feedback from the first pass: no error shows, the second round is just lost,
+    so its reserved concurrency must hold what the stage admits too."""
+    environments: dict[str, Any] = copy.deepcopy(CDK_CONTEXT["environments"])
+    prod = environments["prod"]
+    rate, burst = prod["deployment"]["api"]["throttle_rate_limit"], prod["deployment"]["api"]["throttle_burst_limit"]
+    # One invocation per query: it searches the shards again from threads, not through ShardSearch.
+    needed = concurrency_needed(rate=rate, burst=burst, p99_s=DEFAULT_P99_MS["feedback"] / 1000, parallel=1)
+    assert DEFAULT_P99_MS["feedback"] > DEFAULT_P99_MS["shard_search"]  # a read, then a search
+    prod["deployment"]["functions"]["feedback"]["reserved_concurrency"] = needed - 1
+
+    with pytest.raises(DeploymentConfigError, match=rf"feedback: 1 x \({burst} \+ {rate:g}/s x 1000 ms\) = {needed}"):
+        load_environment(environments, "prod")

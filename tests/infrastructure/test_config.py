@@ -136,7 +136,13 @@ def test_every_environment_validates() -> None:
         (
             _environments(deployment={"network": {"functions": ["ingest"]}}),
             "dev",
-            "network.functions must include ['shard_search']",
+            "network.functions must include ['feedback', 'shard_search']",
+        ),
+        # Feedback reads and searches the shards like ShardSearch: outside the VPC it could not reach the store.
+        (
+            _environments(deployment={"network": {"functions": ["shard_search", "ingest"]}}),
+            "dev",
+            "network.functions must include ['feedback']",
         ),
         (
             _environments(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cdk_synthesis import CDK_CONTEXT, ROOT
 from shardrag_cdk.config import load_environment
-from shardrag_cdk.costs import KINDS, PRICES_FILE, Prices, estimate, table
+from shardrag_cdk.costs import KINDS, PRICES_FILE, Prices, estimate, invocations_per_query, table
 
 
 def _entries(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -71,3 +71,31 @@ def test_the_answer_cache_adds_its_dynamodb_requests_to_the_per_query_cost() -> 
     # A 3 KB answer: 1 strongly consistent read (version) + 0.5 eventually consistent (lookup), 3 write units (put).
     expected = 1.5 * prices.price("dynamodb_read_request_million") + 3 * prices.price("dynamodb_write_request_million")
     assert added == pytest.approx(expected)
+
+
+def test_feedback_adds_one_invocation_and_its_gb_seconds_per_query_and_nothing_per_transition() -> None:
+    """Hybrid with dense feedback (both environments' default) runs the Feedback state once per query: one more
+    Lambda request and its GB-seconds. Its Choice and Task are two more state transitions, which an EXPRESS
+    workflow does not bill (per execution and duration only): nothing else may change."""
+    prices = Prices()
+    environments = json.loads(json.dumps(CDK_CONTEXT["environments"]))
+    for name in environments:
+        on = load_environment(environments, name)
+        assert invocations_per_query(on)["feedback"] == 1
+        retrieval = environments[name]["settings"].setdefault("retrieval", {})
+        retrieval["feedback"] = {"enabled": False}
+        off = load_environment(environments, name)
+        retrieval.pop("feedback")
+        retrieval["mode"] = "dense"  # feedback on, but the default mode never runs the Feedback state
+        dense = load_environment(environments, name)
+        assert invocations_per_query(off)["feedback"] == invocations_per_query(dense)["feedback"] == 0
+        memory_gb = on.deployment.functions.feedback.memory_mb / 1024
+        expected = prices.price("lambda_request_million") + (
+            memory_gb * prices.assumptions["duration_s"]["feedback"] * 1_000_000 * prices.price("lambda_gb_second_x86")
+        )
+        for without in (off, dense):
+            added = (
+                estimate(on, "standalone", prices).per_million_queries
+                - estimate(without, "standalone", prices).per_million_queries
+            )
+            assert added == pytest.approx(expected), name

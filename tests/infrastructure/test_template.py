@@ -14,7 +14,7 @@ from shardrag.ingestion.registry import table_definition
 from shardrag.statemachine import PLACEHOLDER, QUERY_FUNCTIONS
 from shardrag.visibility import CLOCK_KEY
 from shardrag_cdk import api_mapping
-from shardrag_cdk.layout import MAX_LAYERS, STATE_MACHINE_FILE
+from shardrag_cdk.layout import MAX_LAYERS, STATE_MACHINE_FILE, STORE_FUNCTIONS
 
 QUERY_HANDLER = "handler.handler"
 
@@ -110,7 +110,12 @@ def test_workflow_logs_and_traces(synth: Synthesis) -> None:
 def test_function_timeouts_fit_their_task_timeouts(synth: Synthesis) -> None:
     """A Lambda outliving its Task's TimeoutSeconds would keep running (and billing) for an abandoned call."""
     states = json.loads(STATE_MACHINE_FILE.read_text())["States"]
-    by_function = {"embed": states["Embed"], "route": states["Route"], "fuse_generate": states["FuseAndGenerate"]}
+    by_function = {
+        "embed": states["Embed"],
+        "route": states["Route"],
+        "feedback": states["Feedback"],
+        "fuse_generate": states["FuseAndGenerate"],
+    }
     branch = states["SearchShards"]["Branches"][0]["States"]
     by_function["shard_search"] = next(s for s in branch.values() if s["Type"] == "Task")
     for name, state in by_function.items():
@@ -273,7 +278,7 @@ def test_registry_table_matches_the_schema_the_code_uses(synth: Synthesis) -> No
 
 def test_functions_run_python312_with_active_tracing(synth: Synthesis) -> None:
     functions = _project_functions(synth)
-    assert len(functions) == 6  # embed, route, shard_search, fuse_generate, ingest, answer
+    assert len(functions) == 7  # embed, route, shard_search, feedback, fuse_generate, ingest, answer
     for function in functions.values():
         props = function["Properties"]
         assert props["Runtime"] == "python3.12"
@@ -371,8 +376,9 @@ def test_the_stack_wires_every_shard_to_its_store(synth: Synthesis) -> None:
     assert all(s.token_secret == "<ref>" and s.ca_secret == "<ref>" for s in shards)
     assert {s.server_name for s in shards} == {"milvus.shardrag.internal"}
     assert "example.internal" not in json.dumps(synth.template)
-    # Every function gets the same wiring (ingest writes where shard_search reads).
+    # Every function gets the same wiring (ingest writes where shard_search and feedback read).
     assert _settings(synth, "ingest")["store"] == _settings(synth)["store"]
+    assert _settings(synth, "feedback")["store"] == _settings(synth)["store"]
 
 
 def test_store_secrets_readable_only_by_the_milvus_functions(synth: Synthesis) -> None:
@@ -385,7 +391,8 @@ def test_store_secrets_readable_only_by_the_milvus_functions(synth: Synthesis) -
             if "secretsmanager:GetSecretValue" in statement["Action"]:
                 for role in _refs(policy["Roles"]) & set(roles):
                     readers.setdefault(roles[role], set()).update(_refs(statement["Resource"]))
-    assert set(readers) == {"ShardRAG shard_search", "ShardRAG ingest"}
+    assert set(readers) == {f"ShardRAG {name}" for name in STORE_FUNCTIONS}
+    assert set(STORE_FUNCTIONS) == {"shard_search", "feedback", "ingest"}
     for resources in readers.values():
         assert resources == secrets  # the root password and the CA certificate, nothing else
 

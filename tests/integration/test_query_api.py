@@ -60,7 +60,7 @@ def test_results_are_independent_of_the_shard_that_holds_them(api_url: str, loca
     from shardrag.records import SearchRequest
 
     question = "volcanic eruptions and tectonic plates"
-    _, body = _post(api_url + "/query", {"question": question, "generate": False, "top_k": 5})
+    _, body = _post(api_url + "/query", {"question": question, "generate": False, "top_k": 5, "mode": "dense"})
     vector = services.embed_one(question)
     everything = []
     for store in services.shard_stores().all():
@@ -160,3 +160,40 @@ def test_rebuilt_term_statistics_equal_what_ingestion_kept(api_url: str, local_r
     # for nothing), so there are at least as many rows as units.
     assert sum(body["chunks_per_shard"].values()) >= kept.documents > 0
     assert services.term_stats_store().merged() == kept
+
+
+def test_a_hybrid_query_runs_the_dense_feedback_round_unless_it_asks_not_to(api_url: str) -> None:
+    question = {"question": "Why do honeybees dance?", "mode": "hybrid", "generate": False}
+    status, body = _post(api_url + "/query", question)
+    assert status == 200, body
+    assert body["feedback"] == {"status": "ok", "documents": 2, "reason": ""}
+    assert "feedback" in body["timings_ms"] and body["hits"][0]["doc_id"] == "sample/honeybees.txt"
+    status, first_pass = _post(api_url + "/query", {**question, "feedback": False})
+    assert status == 200 and first_pass["feedback"] is None and "feedback" not in first_pass["timings_ms"]
+    status, dense = _post(api_url + "/query", {**question, "mode": "dense"})
+    assert status == 200 and dense["feedback"] is None
+    status, body = _post(api_url + "/query", {**question, "mode": "bm25", "feedback": True})
+    assert status == 400 and "hybrid mode only" in body["error"]["message"]
+
+
+def test_a_failed_feedback_invocation_is_caught_and_the_first_pass_answers(
+    api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardrag.workflow import QueryWorkflow
+
+    question = {"question": "What causes ocean tides?", "mode": "hybrid"}
+    status, first_pass = _post(api_url + "/query", {**question, "generate": False, "feedback": False})
+    assert status == 200
+
+    def crash(self: QueryWorkflow, payload: Any) -> dict[str, Any]:
+        raise RuntimeError("the Feedback function crashed")
+
+    # The Feedback Lambda itself fails (not a shard: that the step handles itself): the state machine's Catch
+    # goes on to FuseAndGenerate with the first pass, and the answer says what happened.
+    monkeypatch.setattr(QueryWorkflow, "feedback", crash)
+    status, body = _post(api_url + "/query", question)
+    assert status == 200, body
+    assert body["feedback"]["status"] == "failed" and body["feedback"]["reason"]
+    assert body["citations"] and body["degraded"] is False
+    status, ranked = _post(api_url + "/query", {**question, "generate": False})
+    assert status == 200 and [h["chunk_id"] for h in ranked["hits"]] == [h["chunk_id"] for h in first_pass["hits"]]

@@ -232,3 +232,42 @@ def test_retire_stamps_rows_and_leaves_everything_else_as_stored(store: VectorSt
         assert row.chunk.model_copy(update={"epoch_to": old.chunk.epoch_to}) == old.chunk
         assert row.sparse == old.sparse and np.allclose(row.vector, old.vector, atol=1e-6)
     assert store.retire(["d::0"], 0) == 1 and store.row_epochs("d")["d::0"] == (1, 0)
+
+
+def test_opening_vectors_are_each_documents_position_zero_row_as_the_snapshot_sees_it(store: VectorStore) -> None:
+    def placed(doc: str, version: str, n: int, seed: int, epoch_from: int, epoch_to: int = 0) -> list[EmbeddedChunk]:
+        return [
+            item.model_copy(
+                update={
+                    "chunk": item.chunk.model_copy(
+                        update={"position": i, "epoch_from": epoch_from, "epoch_to": epoch_to}
+                    )
+                }
+            )
+            for i, item in enumerate(_items(doc, version, n, seed))
+        ]
+
+    hostile = 'q" or doc_id != "'
+    # a: v1 committed at epoch 1 and retired at 4, v2 written at 4; b: one version; the hostile id: one row
+    old, new = placed("a", "v1", 3, seed=1, epoch_from=1, epoch_to=4), placed("a", "v2", 2, seed=2, epoch_from=4)
+    b = placed("b", "v1", 2, seed=3, epoch_from=2)
+    store.upsert(old + new + b + placed(hostile, "v1", 1, seed=4, epoch_from=1))
+    store.flush()
+
+    def unit(vector: list[float]) -> np.ndarray:
+        return np.asarray(vector) / np.linalg.norm(vector)
+
+    def read(snapshot: Snapshot | None, *docs: str) -> dict[str, np.ndarray]:
+        return {d: unit(v) for d, v in store.opening_vectors(list(docs), snapshot=snapshot).items()}
+
+    before = read(Snapshot(upto=4, open=[4]), "a", "b", "missing")
+    after = read(Snapshot(upto=4), "a", "b")
+    assert set(before) == set(after) == {"a", "b"}
+    # Epoch 4 open: a's opening is v1's position 0; committed: v2's. Never a later position.
+    assert np.allclose(before["a"], unit(old[0].vector), atol=1e-5)
+    assert np.allclose(after["a"], unit(new[0].vector), atol=1e-5)
+    assert np.allclose(before["b"], unit(b[0].vector), atol=1e-5)
+    assert set(read(Snapshot(upto=1), "a", "b")) == {"a"}  # b's only version is not committed yet
+    assert store.opening_vectors([]) == {}
+    assert set(read(None, hostile, "b")) == {hostile, "b"}
+    assert set(read(None, 'q" or doc_id != "x')) == set()

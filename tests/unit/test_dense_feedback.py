@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import cast
 
 import pytest
+from shardrag.errors import BadRequest
 from shardrag.feedback import DenseFeedback, opening_vectors, with_dense
 from shardrag.fusion import ConvexFuser
-from shardrag.records import Chunk, EmbeddedChunk, Hit, ShardResult
+from shardrag.records import Hit, ShardResult, Snapshot, whole_chunk_ids
 from shardrag.store.base import VectorStore
 
 
@@ -57,28 +59,25 @@ class _OpeningsStore:
 
     def __init__(self, openings: dict[str, list[float]]) -> None:
         self.openings = openings
-        self.asked: list[tuple[str, tuple[int, int] | None]] = []
+        self.asked: list[tuple[list[str], Snapshot | None]] = []
 
-    def stored_chunks(
-        self, doc_id: str, *, positions: tuple[int, int] | None = None, vectors: bool = True
-    ) -> list[EmbeddedChunk]:
-        self.asked.append((doc_id, positions))
-        if doc_id not in self.openings:
-            return []
-        chunk = Chunk(chunk_id=f"{doc_id}::v0::00000", doc_id=doc_id, text="t", position=0)
-        return [EmbeddedChunk(chunk=chunk, vector=self.openings[doc_id] if vectors else [])]
+    def opening_vectors(self, doc_ids: list[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
+        self.asked.append((list(doc_ids), snapshot))
+        return {d: self.openings[d] for d in doc_ids if d in self.openings}
 
 
 def test_each_document_feeds_back_its_opening_chunk_from_its_shard() -> None:
     # GIVEN two shards, and fused hits that are later chunks of their documents
     shards = {0: _OpeningsStore({"a": [1.0, 0.0]}), 1: _OpeningsStore({"b": [0.0, 1.0]})}
     hits = [_hit("a:3", 2.0, 0), _hit("b:1", 1.0, 1), _hit("gone:0", 0.5, 0)]
+    snapshot = Snapshot(upto=7, open=[5])
     # WHEN their vectors are read
-    vectors = opening_vectors(hits, lambda shard: cast(VectorStore, shards[shard]))
-    # THEN each document's position-0 chunk is asked of the hit's shard; a document not found feeds nothing
+    vectors = opening_vectors(hits, lambda shard: cast(VectorStore, shards[shard]), snapshot)
+    # THEN each shard is asked once for its documents' openings as the query's snapshot sees them, the vectors
+    # come back in the hits' order, and a document not found feeds nothing
     assert vectors == [[1.0, 0.0], [0.0, 1.0]]
-    assert shards[0].asked == [("a", (0, 0)), ("gone", (0, 0))]
-    assert shards[1].asked == [("b", (0, 0))]
+    assert shards[0].asked == [(["a", "gone"], snapshot)]
+    assert shards[1].asked == [(["b"], snapshot)]
 
 
 def _result(shard: int, dense: list[Hit], lexical: list[Hit], status: str = "ok") -> ShardResult:
@@ -113,3 +112,226 @@ def test_a_shard_that_failed_the_first_pass_stays_failed() -> None:
     combined = with_dense(first, second)
     assert [r.status for r in combined] == ["ok", "failed"]
     assert [h.chunk_id for h in combined[0].hits] == ["e:0"]
+
+
+# --- The Feedback step of the query workflow (in-memory shards, hashing embedder) ---------------------------------
+
+_TOPICS = {
+    "tides": "Ocean tides rise and fall with the pull of the Moon. Spring tides follow the full and new Moon.",
+    "bees": "Honeybees dance to show where food is. The waggle dance gives the direction of the flowers.",
+    "coffee": "Espresso needs a fine grind. Pressure pushes hot water through the coffee for about 25 seconds.",
+    "volcano": "Volcanoes erupt where plates meet. Magma rises through the crust and cools into new rock.",
+    "bread": "Bread rises because yeast makes gas. Kneading builds gluten that traps the gas in the dough.",
+    "comets": "Comets are ice and dust. Near the Sun their ice turns to gas and a long tail streams away.",
+}
+
+
+def _feedback_setup(hashing_embedder, enabled: bool = True, timeout_s: float = 8.0):  # type: ignore[no-untyped-def]
+    from shardrag.bm25 import Bm25Encoder, CorpusStats
+    from shardrag.chunking import Chunker, Document
+    from shardrag.config import Settings
+    from shardrag.generation.extractive import ExtractiveGenerator
+    from shardrag.indexing import DocumentIndexer
+    from shardrag.services import build_query_workflow
+    from shardrag.store.memory import InMemoryVectorStore
+
+    settings = Settings(
+        store={"shard_count": 3, "dimension": hashing_embedder.dimension, "search_timeout_s": timeout_s},
+        retrieval={"feedback": {"enabled": enabled, "documents": 2, "weight": 1.0}},
+    )
+    stores = [_Switchable(InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension)) for i in range(3)]
+    # Small chunks, so that a document's opening chunk is not the chunk that matched.
+    indexer = DocumentIndexer(
+        chunker=Chunker(size=12, overlap=2), embedder=hashing_embedder, store_for=stores.__getitem__, shard_count=3
+    )
+    indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}", version="1") for k, v in _TOPICS.items()])
+    stats = CorpusStats()
+    for store in stores:
+        ids = [cid for doc in _TOPICS for cid in store.chunk_ids(doc)]
+        stats.count((t.sparse for t in store.stored_terms(ids).values()), +1)
+    workflow = build_query_workflow(
+        settings,
+        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
+        lexical=lambda text: Bm25Encoder().query(text, stats),
+        stores=stores.__getitem__,
+        make_generator=ExtractiveGenerator,
+    )
+    return workflow, stores, settings
+
+
+class _Switchable:
+    """An in-memory shard whose dense search or opening read can be made to fail (a shard down mid-query)."""
+
+    def __init__(self, inner):  # type: ignore[no-untyped-def]
+        self._inner = inner
+        self.fail_search = False
+        self.fail_openings = False
+        self.stall = threading.Event()
+        self.stalled = False
+
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+    def search(self, request):  # type: ignore[no-untyped-def]
+        if self.stalled:
+            self.stall.wait(30)
+        if self.fail_search:
+            raise ConnectionError("shard down")
+        return self._inner.search(request)
+
+    def opening_vectors(self, doc_ids, *, snapshot=None):  # type: ignore[no-untyped-def]
+        if self.fail_openings:
+            raise ConnectionError("shard down")
+        return self._inner.opening_vectors(doc_ids, snapshot=snapshot)
+
+
+def _payload(state, name: str):  # type: ignore[no-untyped-def]
+    """What the definition's state ``name`` hands its Lambda from ``state`` (its ``Parameters.Payload`` paths)."""
+    import json
+    from pathlib import Path
+
+    definition = json.loads((Path(__file__).resolve().parents[2] / "statemachines" / "query.asl.json").read_text())
+    template = definition["States"][name]["Parameters"]["Payload"]
+    return json.loads(json.dumps({k.removesuffix(".$"): state[v.removeprefix("$.")] for k, v in template.items()}))
+
+
+def _first_pass(workflow, body):  # type: ignore[no-untyped-def]
+    """Embed, Route and the Parallel state's shard searches, as JSON crosses the state machine."""
+    import json
+
+    embedded = json.loads(json.dumps(workflow.embed({"request": body, "started_at": "2026-01-01T00:00:00Z"})))
+    route = workflow.route({"request": embedded["request"], "vector": embedded["vector"]})
+    shards = []
+    for shard in route["shards"]:
+        payload = {"shard": shard, "request": embedded["request"], "vector": embedded["vector"]}
+        out = workflow.search({**payload, "sparse": embedded["sparse"]})
+        shards.append({"shard": shard, "status": "ok", **out})
+    state = {
+        "request": embedded["request"],
+        "vector": embedded["vector"],
+        "shards": shards,
+        "route": route,
+        "started_at": embedded["started_at"],
+        "timings_ms": embedded["timings_ms"],
+        "feedback": embedded["feedback"],
+    }
+    return json.loads(json.dumps(state))
+
+
+def test_hybrid_queries_run_feedback_as_configured_unless_the_request_says_otherwise(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    workflow, _, _ = _feedback_setup(hashing_embedder)
+    marked = {m: workflow.resolve({"question": "moon", "mode": m}).feedback for m in ("dense", "bm25", "hybrid")}
+    assert marked == {"dense": False, "bm25": False, "hybrid": True}
+    assert workflow.resolve({"question": "moon", "feedback": False}).feedback is False
+    off, _, _ = _feedback_setup(hashing_embedder, enabled=False)
+    assert off.resolve({"question": "moon", "mode": "hybrid"}).feedback is False
+    assert off.resolve({"question": "moon", "mode": "hybrid", "feedback": True}).feedback is True
+    for mode in ("dense", "bm25"):
+        with pytest.raises(BadRequest, match="hybrid mode only"):
+            workflow.resolve({"question": "moon", "mode": mode, "feedback": True})
+    with pytest.raises(BadRequest):
+        workflow.resolve({"question": "moon", "feedback": "yes"})
+
+
+def test_the_second_round_searches_every_shard_with_the_query_moved_towards_the_top_documents_openings(
+    hashing_embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    from shardrag.records import SearchRequest
+    from shardrag.services import build_fusers
+    from shardrag.vector_codec import unpack_vector
+
+    workflow, stores, settings = _feedback_setup(hashing_embedder)
+    state = _first_pass(workflow, {"question": "why do tides follow the moon", "mode": "hybrid"})
+    assert state["request"]["feedback"] is True
+    first = [ShardResult.model_validate(r) for r in whole_chunk_ids(json.loads(json.dumps(state["shards"])))]
+    # The expected second round, computed here from the stores directly.
+    fused = build_fusers(settings)["hybrid"].run(first, settings.retrieval.fusion.depth).hits
+    top_docs: list[tuple[str, int]] = []
+    for hit in fused:
+        if hit.doc_id not in {d for d, _ in top_docs}:
+            top_docs.append((hit.doc_id, hit.shard))
+    top_docs = top_docs[:2]
+    openings = []
+    for doc, shard in top_docs:
+        (row,) = [r for r in stores[shard].stored_chunks(doc) if r.chunk.position == 0]
+        openings.append(row.vector)
+    q = unpack_vector(state["vector"])
+    moved = [a + b for a, b in zip(q, [sum(col) / 2 for col in zip(*openings, strict=True)], strict=True)]
+    norm = math.sqrt(sum(v * v for v in moved))
+    moved = [v / norm for v in moved]
+    # WHEN the Feedback step runs
+    out = workflow.feedback(_payload(state, "Feedback"))
+    # THEN it reports two documents fed back, and every shard's dense list is the search with the moved vector
+    assert out["feedback"]["status"] == "ok" and out["feedback"]["documents"] == 2
+    assert set(out) == {"request", "route", "started_at", "shards", "timings_ms", "feedback"}
+    assert "feedback" in out["timings_ms"]
+    for before, after in zip(state["shards"], out["shards"], strict=True):
+        shard = after["shard"]
+        expected = stores[shard].search(SearchRequest(vector=moved, top_k=len(after["hits"])))
+        got = [(h["doc_id"], h["score"]) for h in after["hits"]]
+        assert [d for d, _ in got] == [h.doc_id for h in expected]
+        assert [s for _, s in got] == pytest.approx([h.score for h in expected], abs=1e-6)
+        assert after["lexical"] == before["lexical"]  # BM25 is not searched again
+    assert [r["hits"] for r in out["shards"]] != [r["hits"] for r in state["shards"]]
+    # AND FuseAndGenerate answers from it and says so
+    response = workflow.fuse_generate(_payload(out, "FuseAndGenerate"))
+    assert response["feedback"] == {"status": "ok", "documents": 2, "reason": ""}
+    assert response["hits"] and response["degraded"] is False
+
+
+@pytest.mark.parametrize("failing", ["search", "openings"])
+def test_a_shard_failing_in_the_second_round_keeps_the_first_pass_whole(hashing_embedder, failing: str) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    workflow, stores, _ = _feedback_setup(hashing_embedder)
+    state = _first_pass(workflow, {"question": "yeast makes bread rise", "mode": "hybrid"})
+    first = json.loads(json.dumps(state["shards"]))
+    for store in stores:
+        setattr(store, f"fail_{failing}", True)
+    out = workflow.feedback(_payload(state, "Feedback"))
+    assert out["feedback"]["status"] == "failed" and "ConnectionError" in out["feedback"]["reason"]
+    assert [(r["hits"], r["lexical"]) for r in out["shards"]] == [(r["hits"], r["lexical"]) for r in first]
+    # The answer is the first pass's, not degraded: every shard did answer it.
+    response = workflow.fuse_generate(_payload(out, "FuseAndGenerate"))
+    assert response["degraded"] is False and response["feedback"]["status"] == "failed"
+
+
+def test_a_snapshot_too_old_to_search_again_keeps_the_first_pass(hashing_embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shardrag.workflow as workflow_module
+    from shardrag.visibility import MemoryEpochClock
+
+    workflow, _, _ = _feedback_setup(hashing_embedder)
+    workflow._snapshot = MemoryEpochClock().snapshot  # type: ignore[attr-defined]
+    workflow._snapshot_max_age_s = 45.0  # type: ignore[attr-defined]
+    state = _first_pass(workflow, {"question": "comets near the sun", "mode": "hybrid"})
+    real = workflow_module.time.time
+    monkeypatch.setattr(workflow_module.time, "time", lambda: real() + 60)
+    out = workflow.feedback(_payload(state, "Feedback"))
+    assert out["feedback"]["status"] == "failed" and "snapshot" in out["feedback"]["reason"]
+    assert [r["hits"] for r in out["shards"]] == [r["hits"] for r in state["shards"]]
+
+
+def test_an_invocation_failure_caught_by_the_state_machine_is_reported_and_the_first_pass_answers(
+    hashing_embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    workflow, _, _ = _feedback_setup(hashing_embedder)
+    state = _first_pass(workflow, {"question": "espresso grind pressure", "mode": "hybrid"})
+    # What the Catch of the Feedback state leaves: the state it was given, the error in $.feedback.
+    state["feedback"] = {"Error": "States.Timeout", "Cause": "Task timed out"}
+    response = workflow.fuse_generate(_payload(state, "FuseAndGenerate"))
+    assert response["feedback"] == {"status": "failed", "documents": 0, "reason": "States.Timeout"}
+    assert response["hits"][0]["doc_id"] == "coffee"
+
+
+def test_a_second_round_past_its_deadline_keeps_the_first_pass(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    workflow, stores, _ = _feedback_setup(hashing_embedder, timeout_s=0.3)
+    state = _first_pass(workflow, {"question": "magma rises through the crust", "mode": "hybrid"})
+    stores[1].stalled = True  # a shard that does not answer (the store's own deadline not reached)
+    try:
+        out = workflow.feedback(_payload(state, "Feedback"))
+    finally:
+        stores[1].stall.set()
+    assert out["feedback"]["status"] == "failed" and "longer than 0.3 s" in out["feedback"]["reason"]
+    assert [r["hits"] for r in out["shards"]] == [r["hits"] for r in state["shards"]]

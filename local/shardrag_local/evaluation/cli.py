@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes",
         type=_modes,
         default=None,
-        help="retrieval modes to evaluate through the API, comma-separated (default: dense,bm25,hybrid)",
+        help=(
+            "retrieval modes to evaluate through the API, comma-separated (default: dense,bm25,hybrid; also "
+            "hybrid-no-feedback: hybrid without its dense feedback round, side by side)"
+        ),
     )
     parser.add_argument(
         "--compare-shards",

@@ -27,8 +27,12 @@ from shardrag_local.evaluation.targets import DatasetTargets, find_targets
 
 log = logging.getLogger("shardrag.eval")
 
-#: Retrieval modes of ``POST /query``, in the order a run evaluates them.
+#: Retrieval modes of ``POST /query``, in the order a run evaluates them (the default ``--modes``).
 MODES: tuple[str, ...] = get_args(Mode)
+#: What ``--modes`` may also name: the hybrid first pass alone (``"feedback": false``), to measure dense feedback
+#: against it side by side in one runtime.
+HYBRID_FIRST_PASS = "hybrid-no-feedback"
+EVAL_MODES: tuple[str, ...] = (*MODES, HYBRID_FIRST_PASS)
 #: Cut-offs every system is scored at (the API reaches 100 documents with its ids-only top_k, see :func:`api_top_k`).
 BASELINE_CUTOFFS = (10, 50, 100)
 #: Hybrid on N hash shards must score within this of hybrid on another shard count (issue 7: 4 vs 1).
@@ -47,16 +51,16 @@ def api_top_k(mode: str, shards: int) -> int:
 
     200 chunk hits give enough distinct documents for document-level recall@100 (SciFact: ~2.2 chunks a document).
     """
-    lists = 2 if mode == "hybrid" else 1
+    lists = 2 if mode.startswith("hybrid") else 1
     return min(MAX_TOP_K_IDS_ONLY, IDS_ONLY_MAX_HITS // (shards * lists))
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
     """``dense,bm25`` -> ``("dense", "bm25")``: known modes, each once, in the order given."""
     modes = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in EVAL_MODES]
     if unknown or not modes:
-        raise ValueError(f"modes must be a comma-separated subset of {','.join(MODES)} (got {text!r})")
+        raise ValueError(f"modes must be a comma-separated subset of {','.join(EVAL_MODES)} (got {text!r})")
     return modes
 
 
@@ -113,6 +117,10 @@ def _query_mode(system: LocalSystem, dataset: BeirDataset, mode: str, top_k: int
     degraded = sum(o.degraded for o in run.observations)
     if degraded:
         raise RuntimeError(f"{degraded} {mode} queries came back degraded: a shard failed during the run")
+    fell_back = sum(o.feedback == "failed" for o in run.observations)
+    if fell_back:
+        # The first pass answered those: the figure would not be the feedback's.
+        raise RuntimeError(f"{fell_back} {mode} queries lost their dense feedback round (status failed)")
     return run
 
 
@@ -177,7 +185,17 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
             "bm25": f"BM25 (k1={retrieval.bm25.k1}, b={retrieval.bm25.b}, sparse vectors)",
             "hybrid": (
                 f"hybrid ({retrieval.fusion.kind} {retrieval.fusion.normalisation} fusion, "
-                f"alpha {retrieval.fusion.alpha}, top {retrieval.fusion.depth} per modality)"
+                f"alpha {retrieval.fusion.alpha}, top {retrieval.fusion.depth} per modality"
+                + (
+                    f"; dense feedback from the top {retrieval.feedback.documents} documents, weight "
+                    f"{retrieval.feedback.weight})"
+                    if retrieval.feedback.enabled
+                    else ")"
+                )
+            ),
+            HYBRID_FIRST_PASS: (
+                f"hybrid, first pass only (request feedback:false; {retrieval.fusion.kind} "
+                f"{retrieval.fusion.normalisation} fusion, alpha {retrieval.fusion.alpha})"
             ),
         }
         for mode in options.modes:
@@ -262,7 +280,7 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
 def ratios(systems: Mapping[str, MetricSummary]) -> dict[str, dict[str, float]]:
     """Each API system's figure over each baseline's, metric by metric (only metrics both report)."""
     out: dict[str, dict[str, float]] = {}
-    for mode in MODES:
+    for mode in EVAL_MODES:
         if system_name(mode) not in systems:
             continue
         api = systems[system_name(mode)].as_dict()

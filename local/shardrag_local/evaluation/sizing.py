@@ -5,7 +5,8 @@ reader can change one and re-run::
     python -m shardrag_local.evaluation.sizing bench/results/eval-scifact.json
 
 Measured (from the evaluation JSON, the hybrid mode's run): the Embed, Route and FuseAndGenerate handlers' own
-times (p50, p95).
+times (p50, p95). A hybrid query's dense feedback round (the Feedback state) is modelled as one opening-chunk read
+and one shard search in sequence, at the assumed Milvus server time.
 Assumed (not measurable here): a Milvus server's search time, Lambda / Step Functions / API Gateway overheads,
 and the Milvus cluster size. Prices: us-east-1 on-demand list prices, x86 Lambda, no free tier.
 """
@@ -34,7 +35,7 @@ EC2_HOURLY = {"r6i.xlarge": 0.252, "r6i.2xlarge": 0.504, "m6i.large": 0.096}  # 
 
 # -- assumptions ---------------------------------------------------------------------------------------------
 #: Lambda memory per function (MB). Embed gets 1,769 MB = one full vCPU (the one-thread embedding figure applies).
-MEMORY_MB = {"embed": 1769, "route": 256, "shard_search": 512, "fuse": 256}
+MEMORY_MB = {"embed": 1769, "route": 256, "shard_search": 512, "feedback": 1024, "fuse": 256}
 #: Added to each handler's measured time: runtime + Powertools wrapper, billed per ms.
 HANDLER_OVERHEAD_MS = 2.0
 #: ShardSearch on a Milvus server: HNSW (M 16, ef 64) search of one shard of <= 12.5M 384-d vectors plus the
@@ -42,10 +43,13 @@ HANDLER_OVERHEAD_MS = 2.0
 #: in-memory HNSW at 1-5 ms per query at these sizes.
 SHARD_SEARCH_MS = {"p50": 8.0, "p95": 20.0}
 #: Per Lambda task state in a synchronous Express execution (state transition + warm invoke), and API Gateway's
-#: own added latency. Sequential tasks on the critical path: Embed, Route, ShardSearch (parallel), Fuse.
+#: own added latency. Sequential tasks on the critical path: Embed, Route, ShardSearch (parallel), Feedback, Fuse.
 SFN_TASK_OVERHEAD_MS = {"p50": 8.0, "p95": 20.0}
 APIGW_OVERHEAD_MS = {"p50": 10.0, "p95": 25.0}
-SEQUENTIAL_TASKS = 4
+SEQUENTIAL_TASKS = 5
+#: The Feedback state: reads the top documents' opening chunks, then searches every shard (concurrently): two
+#: Milvus round trips in sequence, the second as slow as the slowest shard.
+FEEDBACK_MS = {q: 2 * SHARD_SEARCH_MS[q] for q in ("p50", "p95")}
 #: Bytes per chunk in memory on the Milvus nodes: 384 float32 (1,536 B) + HNSW links (M 16: ~256 B) + scalar
 #: fields kept in memory (ids, doc id, metadata: ~300 B). Chunk text is memory-mapped from local disk.
 BYTES_PER_CHUNK_IN_MEMORY = 1536 + 256 + 300
@@ -88,9 +92,10 @@ def project(measured: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         "embed": measured["embed"],
         "route": measured["route"],
         "shard_search": SHARD_SEARCH_MS,
+        "feedback": FEEDBACK_MS,
         "fuse": measured["fuse"],
     }
-    invocations = {"embed": 1, "route": 1, "shard_search": scenario.shards, "fuse": 1}
+    invocations = {"embed": 1, "route": 1, "shard_search": scenario.shards, "feedback": 1, "fuse": 1}
     gb_s = sum(
         invocations[s] * MEMORY_MB[s] / 1024 * math.ceil(stage_ms[s]["p50"] + HANDLER_OVERHEAD_MS) / 1000
         for s in stage_ms

@@ -62,6 +62,8 @@ class QueryObservation:
     timings_ms: dict[str, float]
     shard_ms: dict[str, float] = field(default_factory=dict)
     degraded: bool = False
+    #: The response's dense feedback status (``ok``, ``empty``, ``failed``), or ``None`` when none ran.
+    feedback: str | None = None
 
     @property
     def documents(self) -> list[str]:
@@ -160,10 +162,13 @@ class LocalSystem:
         """``POST /query`` with ``generate: false``; the client clock covers the whole HTTP round trip.
 
         ``mode`` (``dense``, ``bm25``, ``hybrid``) is sent when given; without it the runtime's default applies.
+        ``hybrid-no-feedback`` is hybrid with ``"feedback": false`` (the first pass alone).
         """
         # Rankings deeper than 50 come back as ids and scores only (the API's payload-bounded evaluation mode).
         fields: dict[str, Any] = {"question": question, "generate": False, "top_k": top_k, "include_text": top_k <= 50}
-        if mode is not None:
+        if mode == "hybrid-no-feedback":
+            fields.update(mode="hybrid", feedback=False)
+        elif mode is not None:
             fields["mode"] = mode
         body = json.dumps(fields).encode()
         request = urllib.request.Request(
@@ -187,6 +192,7 @@ class LocalSystem:
             timings_ms={k: float(v) for k, v in timings.items() if isinstance(v, int | float)},
             shard_ms={str(k): float(v) for k, v in (timings.get("shards") or {}).items()},
             degraded=bool(payload.get("degraded")),
+            feedback=(payload.get("feedback") or {}).get("status"),
         )
 
     def _require_runtime(self) -> LocalRuntime:

@@ -182,11 +182,23 @@ class FusionSettings(_Model):
     rrf_k: int = Field(default=60, ge=1, le=1000)
 
 
+class FeedbackSettings(_Model):
+    """Dense pseudo-relevance feedback for hybrid queries (``shardrag.feedback``): after the first pass, the query
+    vector moves towards the opening chunks of the first ``documents`` fused documents (``weight`` against the
+    unit query vector) and the dense side is searched again (the Feedback state)."""
+
+    #: Whether a hybrid query runs the second round when its request does not say (``feedback`` in the request).
+    enabled: bool = True
+    documents: int = Field(default=2, ge=1, le=10)
+    weight: float = Field(default=1.0, gt=0.0, le=10.0)
+
+
 class RetrievalSettings(_Model):
     #: Default mode of a query without ``mode``.
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
     bm25: Bm25Settings = Bm25Settings()
     fusion: FusionSettings = FusionSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     top_k: int = Field(default=8, ge=1, le=50)
     #: Hits each shard returns: at least the requested top_k so that the merge is exact.
     min_candidates_per_shard: int = Field(default=10, ge=1, le=200)

@@ -1,28 +1,42 @@
 """Dense pseudo-relevance feedback: a second dense search with the query moved towards what the first hybrid pass
-ranked best (Rocchio, positive feedback only). Not in the query path yet (issue 14: it needs a second round of
-shard searches in the state machine); ``bench/fusion_variants_study.py`` measures it offline through these classes.
+ranked best (Rocchio, positive feedback only). In the query path it is the ``Feedback`` state of
+``statemachines/query.asl.json``, between the shard searches and FuseAndGenerate, for hybrid queries when
+``retrieval.feedback.documents`` is above 0.
 
 The first pass is the ordinary hybrid one (dense and BM25 per shard, merged and fused). Each of the first few
 documents of that fused ranking feeds back its *opening* chunk (position 0: the title and the start of the text,
 what the document is about) rather than the chunk that matched, which only restates the query: measured, the
 opening gives the better worst case. Their vectors are averaged and added to the query vector,
-``q' = normalise(q + weight · mean(v_1..v_m))``; the dense side is searched again with ``q'`` on every shard and
-fused with the first pass's BM25 lists, which feedback does not change.
+``q' = normalise(q + weight · mean(v_1..v_m))``; the dense side is searched again with ``q'`` on every shard that
+answered and fused with the first pass's BM25 lists, which feedback does not change.
+
+Feedback only ever improves an answer that the first pass already has: if any part of the second round fails
+(a shard down or busy, an opening chunk unreadable), the first pass is kept whole and the query is answered
+from it (:class:`FeedbackPass` reports why).
 
 Chosen offline by the worst case over SciFact test, NFCorpus dev and mtrag-mini (``bench/fusion_variants_study.py``
-``prf-grid``, BENCHMARKS.md "Retrieval defaults"): with the shipped ``ConvexFuser`` on both passes it is the one
+``prf-shipped``, BENCHMARKS.md "Retrieval defaults"): with the shipped ``ConvexFuser`` on both passes it is the one
 change measured that lifts NFCorpus dev above the README's reference fusion without losing on the other two.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Literal, TypeVar
 
 import numpy as np
-from shardrag.records import Hit, ShardResult
+from shardrag.fusion import Fuser
+from shardrag.records import Hit, Record, SearchRequest, ShardResult, Snapshot
+from shardrag.search import ShardSearcher
 from shardrag.store.base import VectorStore
 
-__all__ = ["DenseFeedback", "opening_vectors", "with_dense"]
+__all__ = ["DenseFeedback", "FeedbackOutcome", "FeedbackPass", "opening_vectors", "with_dense"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class DenseFeedback:
@@ -68,16 +82,21 @@ class DenseFeedback:
         return [float(v) for v in moved / norm]
 
 
-def opening_vectors(hits: Sequence[Hit], store_for: Callable[[int], VectorStore]) -> list[list[float]]:
-    """The dense vector of each hit's document's opening chunk (position 0), read from the hit's shard; a
-    document whose opening the store cannot give back with its vector feeds back nothing."""
-    vectors: list[list[float]] = []
+def opening_vectors(
+    hits: Sequence[Hit], store_for: Callable[[int], VectorStore], snapshot: Snapshot | None = None
+) -> list[list[float]]:
+    """The dense vector of each hit's document's opening chunk (position 0) as ``snapshot`` sees it, read from the
+    hit's shard (one call per shard), in the hits' order; a document whose opening is not found feeds back
+    nothing."""
+    by_shard: dict[int, list[str]] = {}
     for hit in hits:
-        rows = store_for(hit.shard).stored_chunks(hit.doc_id, positions=(0, 0))
-        found = next((row.vector for row in rows if row.vector), None)
-        if found is not None:
-            vectors.append(found)
-    return vectors
+        by_shard.setdefault(hit.shard, []).append(hit.doc_id)
+    found = {
+        (shard, doc_id): vector
+        for shard, doc_ids in by_shard.items()
+        for doc_id, vector in store_for(shard).opening_vectors(doc_ids, snapshot=snapshot).items()
+    }
+    return [found[(hit.shard, hit.doc_id)] for hit in hits if (hit.shard, hit.doc_id) in found]
 
 
 def with_dense(first: Sequence[ShardResult], second: Sequence[ShardResult]) -> list[ShardResult]:
@@ -91,3 +110,88 @@ def with_dense(first: Sequence[ShardResult], second: Sequence[ShardResult]) -> l
     if any(r.status == "ok" and r.shard not in answered for r in first):
         return list(first)
     return [r.model_copy(update={"hits": answered[r.shard].hits}) if r.status == "ok" else r for r in first]
+
+
+class FeedbackOutcome(Record):
+    """The shard results FuseAndGenerate fuses, and what the second round did."""
+
+    results: list[ShardResult]
+    #: ``ok``: dense lists from the expanded query; ``empty``: nothing to feed back; ``failed``: the first pass
+    #: kept whole (``reason`` says why).
+    status: Literal["ok", "empty", "failed"]
+    documents: int = 0
+    reason: str = ""
+    took_ms: float = 0.0
+
+
+class FeedbackPass:
+    """The second round of a hybrid query: fuse the first pass, expand the query vector from its top documents'
+    openings, search the dense side of every shard that answered again (concurrently), swap the dense lists.
+
+    ``request`` (of :meth:`run`) is the first pass's shard request (depth, filter, snapshot) without its BM25
+    side; only its vector is replaced. ``timeout_s`` bounds the whole round (the opening read and the searches):
+    past it the first pass answers, so a slow shard costs the query at most that much more, well inside the
+    Feedback state's own timeout.
+    """
+
+    def __init__(
+        self,
+        feedback: DenseFeedback,
+        *,
+        fuser: Fuser,
+        searcher: ShardSearcher,
+        store_for: Callable[[int], VectorStore],
+        fusion_depth: int,
+        workers: int,
+        timeout_s: float | None = None,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._feedback = feedback
+        self._fuser = fuser
+        self._searcher = searcher
+        self._store_for = store_for
+        self._fusion_depth = fusion_depth
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="feedback")
+
+    def run(self, vector: Sequence[float], first: Sequence[ShardResult], request: SearchRequest) -> FeedbackOutcome:
+        started = time.perf_counter()
+
+        def outcome(
+            status: Literal["ok", "empty", "failed"],
+            results: Sequence[ShardResult],
+            documents: int = 0,
+            reason: str = "",
+        ) -> FeedbackOutcome:
+            took = round((time.perf_counter() - started) * 1000, 3)
+            return FeedbackOutcome(
+                results=list(results), status=status, documents=documents, reason=reason, took_ms=took
+            )
+
+        answered = [r.shard for r in first if r.status == "ok"]
+        if not answered:
+            # FuseAndGenerate reports the query's shards as unavailable; nothing here can help.
+            return outcome("empty", first)
+        fused = self._fuser.run(first, self._fusion_depth).hits
+        chosen = self._feedback.feedback_hits(fused)
+        deadline = None if self._timeout_s is None else started + self._timeout_s
+
+        def within_deadline(futures: list[Future[_T]]) -> list[_T]:
+            remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            _, pending = wait(futures, timeout=remaining)
+            if pending:
+                raise TimeoutError(f"the feedback round took longer than {self._timeout_s} s")
+            return [f.result() for f in futures]
+
+        try:
+            (vectors,) = within_deadline(
+                [self._pool.submit(opening_vectors, chosen, self._store_for, request.snapshot)]
+            )
+            if not vectors:
+                return outcome("empty", first)
+            moved = request.model_copy(update={"vector": self._feedback.run(vector, vectors), "sparse": None})
+            second = within_deadline([self._pool.submit(self._searcher.run, s, moved, dense=True) for s in answered])
+        except Exception as exc:  # the first pass stands on its own: feedback may add to it, never fail it
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("dense feedback skipped, the first pass answers: %s", reason)
+            return outcome("failed", first, documents=len(chosen), reason=reason[:500])
+        return outcome("ok", with_dense(first, second), documents=len(vectors))

@@ -83,6 +83,17 @@ _RESPONSE = {
                 "reason": {"type": "string"},
             },
         },
+        "feedback": {
+            "type": ["object", "null"],
+            "description": "null when the query had no dense feedback round (retrieval.feedback off, or not hybrid); "
+            "status 'ok': the dense side was searched again with the query moved towards the first pass's top "
+            "documents; 'empty': nothing to feed back; 'failed': the first pass answers, reason says why",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "empty", "failed"]},
+                "documents": {"type": "integer"},
+                "reason": {"type": "string"},
+            },
+        },
     },
 }
 

@@ -50,6 +50,9 @@ class QueryRequest(BaseModel):
     #: deployment's shard count when the request is resolved). Unset: the configured default or adaptive probing.
     #: Hash routing always searches every shard and ignores it.
     probe: int | None = Field(default=None, ge=1, le=64, strict=True)
+    #: Hybrid only: ``false`` skips the dense feedback round (one shard-search round less), ``true`` runs it.
+    #: Unset: the deployment's default (``retrieval.feedback.enabled``).
+    feedback: bool | None = Field(default=None, strict=True)
 
     @model_validator(mode="after")
     def _deep_rankings_are_ids_only(self) -> QueryRequest:

@@ -27,6 +27,7 @@ from shardrag.caching import (
 )
 from shardrag.caching.answers import config_fingerprint
 from shardrag.config import Settings, cached_settings
+from shardrag.feedback import DenseFeedback, FeedbackPass
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import ConvexFuser, Fuser, RrfFuser, ScoreMergeFuser
 from shardrag.generation.base import Generator
@@ -369,12 +370,14 @@ def build_query_workflow(
     ``answers``: the answer cache (default: as ``settings.cache`` says). ``clock``: the epochs each query takes
     its snapshot of (default: :func:`build_epoch_clock`)."""
     shard_count = settings.store.shard_count
+    searcher = ShardSearcher(stores or shard_stores(), shard_count, timeout_s=settings.store.search_timeout_s)
+    fusers = build_fusers(settings)
     return QueryWorkflow(
         embed=embed,
         lexical_query=lexical,
         router=build_router(settings, centroids),
-        searcher=ShardSearcher(stores or shard_stores(), shard_count, timeout_s=settings.store.search_timeout_s),
-        fusers=build_fusers(settings),
+        searcher=searcher,
+        fusers=fusers,
         default_mode=settings.retrieval.mode,
         fusion_depth=settings.retrieval.fusion.depth,
         generator=make_generator,
@@ -394,6 +397,25 @@ def build_query_workflow(
         ),
         snapshot=(clock if clock is not None else build_epoch_clock(settings)).snapshot,
         snapshot_max_age_s=settings.ingestion.retire_grace_s * 0.75 if settings.ingestion.retire_grace_s else None,
+        feedback=build_feedback(settings, searcher, fusers["hybrid"], stores or shard_stores()),
+        feedback_default=settings.retrieval.feedback.enabled,
+    )
+
+
+def build_feedback(
+    settings: Settings, searcher: ShardSearcher, fuser: Fuser, stores: Callable[[int], VectorStore]
+) -> FeedbackPass:
+    """The hybrid query's dense feedback round (``retrieval.feedback``)."""
+    feedback = settings.retrieval.feedback
+    return FeedbackPass(
+        DenseFeedback(documents=feedback.documents, weight=feedback.weight),
+        fuser=fuser,
+        searcher=searcher,
+        store_for=stores,
+        fusion_depth=settings.retrieval.fusion.depth,
+        workers=settings.store.shard_count,
+        # One shard search's deadline for the whole round, at most 8 s: the Feedback state allows 10 s.
+        timeout_s=min(settings.store.search_timeout_s, 8.0),
     )
 
 

@@ -22,6 +22,7 @@ QUERY_FUNCTIONS: Final[Mapping[str, str]] = {
     "EmbedFunctionArn": "embed",
     "RouteFunctionArn": "route",
     "ShardSearchFunctionArn": "shard_search",
+    "FeedbackFunctionArn": "feedback",
     "FuseGenerateFunctionArn": "fuse_generate",
 }
 

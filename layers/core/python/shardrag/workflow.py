@@ -20,6 +20,7 @@ from pydantic import BeforeValidator, Field, ValidationError
 from shardrag.caching.answers import AnswerCaching
 from shardrag.config import TENANT_PATTERN
 from shardrag.errors import BadRequest, Forbidden, ShardBusy, WiringError
+from shardrag.feedback import FeedbackPass
 from shardrag.filters import FilterCompiler
 from shardrag.fusion import FusedHits, Fuser
 from shardrag.generation.base import Generator
@@ -83,6 +84,9 @@ class ResolvedQuery(Record):
     #: What every search and passage read of this query sees, read once at Embed (``shardrag.visibility``):
     #: one version of each document, whatever commits while the shards are searched. ``None``: every row.
     snapshot: Snapshot | None = None
+    #: Hybrid with dense feedback on: the state machine runs the Feedback state (a second dense round) before
+    #: FuseAndGenerate.
+    feedback: bool = False
 
 
 class Caller(Record):
@@ -111,12 +115,39 @@ class SearchInput(Record):
     searched: list[int] | None = None
 
 
+class FeedbackInput(Record):
+    request: ResolvedQuery
+    vector: PackedVector
+    shards: Annotated[list[ShardResult], BeforeValidator(whole_chunk_ids)]
+    route: dict[str, Any] = Field(default_factory=dict)
+    started_at: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
 class FuseInput(Record):
     request: ResolvedQuery
     shards: Annotated[list[ShardResult], BeforeValidator(whole_chunk_ids)]
     route: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    #: What the Feedback state did (its ``FeedbackOutcome`` without the results), the error Step Functions caught
+    #: when its invocation failed (``Error``, ``Cause``), or ``None`` when it did not run.
+    feedback: dict[str, Any] | None = None
+
+
+def _feedback_report(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The response's ``feedback``: ``None`` when the query had no second round."""
+    if state is None:
+        return None
+    if "Error" in state:
+        # The invocation itself failed (timeout, crash): the state machine went on with the first pass.
+        log.warning("dense feedback failed (%s): the first pass answers", state.get("Error"))
+        return {"status": "failed", "documents": 0, "reason": str(state.get("Error", ""))[:200]}
+    return {
+        "status": str(state.get("status", "")),
+        "documents": int(state.get("documents", 0)),
+        "reason": str(state.get("reason", ""))[:500],
+    }
 
 
 def _ms(since: float) -> float:
@@ -169,12 +200,17 @@ class QueryWorkflow:
         passages: UnitPassages | None = None,
         snapshot: Callable[[], Snapshot] | None = None,
         snapshot_max_age_s: float | None = None,
+        feedback: FeedbackPass | None = None,
+        feedback_default: bool = True,
     ) -> None:
         """``answers``: the answer cache (``None``: off). ``passages``: moves ``bm25`` hits onto the chunk of their
         lexical unit that matches best (``None``: a hit shows the unit's first chunk). ``snapshot``: the epoch
         clock's current snapshot, read once per query (``None``: queries see every row). ``snapshot_max_age_s``:
         a shard search refuses a snapshot older than this (:class:`ShardBusy`, a 429): rows it may see are deleted
-        ``ingestion.retire_grace_s`` after the commit that retired them."""
+        ``ingestion.retire_grace_s`` after the commit that retired them. ``feedback``: the second, dense round of
+        hybrid queries (``None``: off), run when the request asks or, if it does not say, ``feedback_default``."""
+        self._feedback = feedback
+        self._feedback_default = feedback_default
         self._snapshot = snapshot
         self._snapshot_max_age_s = snapshot_max_age_s
         self._answers = answers
@@ -224,6 +260,9 @@ class QueryWorkflow:
                 f"top_k {top_k} in {mode} mode over {self._shard_count} shards exceeds the state payload limit; "
                 f"use top_k <= {IDS_ONLY_MAX_HITS // (self._shard_count * lists)}"
             )
+        if request.feedback and mode != "hybrid":
+            raise BadRequest(f"feedback applies to hybrid mode only, not {mode}")
+        wants_feedback = request.feedback if request.feedback is not None else self._feedback_default
         filter_expr = self._filters.run(request.filters, tenant=tenant or None)
         if len(filter_expr.encode("utf-8")) > MAX_FILTER_EXPR_BYTES:
             raise BadRequest(f"filters are too large: they compile to more than {MAX_FILTER_EXPR_BYTES} bytes")
@@ -238,6 +277,7 @@ class QueryWorkflow:
             probe=request.probe,
             tenant=tenant,
             filter_expr=filter_expr,
+            feedback=mode == "hybrid" and wants_feedback and self._feedback is not None,
         )
 
     @property
@@ -264,6 +304,7 @@ class QueryWorkflow:
                     "started_at": started_at,
                     "timings_ms": {"cache": lookup_ms},
                     "cached": {**cached, "cache": "hit", "timings_ms": timings},
+                    "feedback": None,
                 }
             query = query.model_copy(update={"cache_key": key})
         if self._snapshot is not None:
@@ -286,6 +327,7 @@ class QueryWorkflow:
             "started_at": started_at,
             "timings_ms": {"embed": _ms(started)},
             "cached": None,
+            "feedback": None,
         }
 
     def route(self, payload: Any) -> dict[str, Any]:
@@ -299,21 +341,33 @@ class QueryWorkflow:
             "took_ms": _ms(started),
         }
 
-    def search(self, payload: Any) -> dict[str, Any]:
-        step = _parse(SearchInput, payload)
-        query = step.request
-        if query.snapshot is not None and self._snapshot_max_age_s is not None:
-            age = time.time() - query.snapshot.taken_at
-            if age > self._snapshot_max_age_s:
-                # Rows this snapshot sees may be deleted by now: an answer could miss them. Retry afresh.
-                raise ShardBusy(f"the query's snapshot is {age:.0f} s old (limit {self._snapshot_max_age_s:.0f} s)")
-        searched = len(step.searched) if step.searched else self._shard_count
+    def _snapshot_too_old(self, query: ResolvedQuery) -> str | None:
+        """Why the query's snapshot may no longer be searched, if so: rows it sees may be deleted by now."""
+        if query.snapshot is None or self._snapshot_max_age_s is None:
+            return None
+        age = time.time() - query.snapshot.taken_at
+        if age <= self._snapshot_max_age_s:
+            return None
+        return f"the query's snapshot is {age:.0f} s old (limit {self._snapshot_max_age_s:.0f} s)"
+
+    def _depth(self, query: ResolvedQuery, searched: int) -> int:
+        """Hits each shard returns per modality."""
         depth = max(query.depth, query.candidates)
         if query.mode == "hybrid" and searched < self._shard_count:
             # Routing chose fewer shards: each holds a larger share of the fused candidates.
             depth = max(
                 depth, min(self._fusion_depth, math.ceil(self._fusion_depth * HYBRID_SHARD_OVERFETCH / searched))
             )
+        return depth
+
+    def search(self, payload: Any) -> dict[str, Any]:
+        step = _parse(SearchInput, payload)
+        query = step.request
+        if (too_old := self._snapshot_too_old(query)) is not None:
+            # An answer could miss rows this snapshot sees: retry afresh.
+            raise ShardBusy(too_old)
+        searched = len(step.searched) if step.searched else self._shard_count
+        depth = self._depth(query, searched)
         result = self._searcher.run(
             step.shard,
             SearchRequest(
@@ -326,12 +380,20 @@ class QueryWorkflow:
             dense=query.mode != "bm25",
             lexical=query.mode != "dense",
         )
-        lists = (query.mode == "hybrid") + 1
         if query.mode == "bm25" and query.include_text and self._passages is not None and step.sparse is not None:
             shown_first = self._passages.run(
                 step.shard, result.lexical[: query.candidates], step.sparse, query.snapshot
             )
             result = result.model_copy(update={"lexical": shown_first + result.lexical[query.candidates :]})
+        hits, lexical = self._fit(query, searched, depth, result)
+        return {"hits": hits, "lexical": lexical, "took_ms": result.took_ms}
+
+    def _fit(
+        self, query: ResolvedQuery, searched: int, depth: int, result: ShardResult
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A shard's hits as the state carries them: text on the first ``candidates`` of each list, cut to the
+        shard's share of the payload budget; ids and scores only below (or everywhere without ``include_text``)."""
+        lists = (query.mode == "hybrid") + 1
         if query.include_text:
             tail = max(0, depth - query.candidates) * lists
             budget = hit_text_budget(searched, query.candidates * lists, tail)
@@ -354,11 +416,46 @@ class QueryWorkflow:
         if len(hits) + len(lexical) < len(result.hits) + len(result.lexical):
             log.warning(
                 "shard %d: hits cut to %d + %d to fit the state payload limit",
-                step.shard,
+                result.shard,
                 len(hits),
                 len(lexical),
             )
-        return {"hits": hits, "lexical": lexical, "took_ms": result.took_ms}
+        return hits, lexical
+
+    def feedback(self, payload: Any) -> dict[str, Any]:
+        """The Feedback state: a hybrid query's second, dense round (``shardrag.feedback``). Returns the state
+        FuseAndGenerate reads, with the shard results replaced; whatever goes wrong keeps the first pass."""
+        step = _parse(FeedbackInput, payload)
+        query = step.request
+        out = {
+            "request": query.model_dump(),
+            "route": step.route,
+            "started_at": step.started_at,
+        }
+        searched = [r.shard for r in step.shards if r.status != "skipped"]
+        reason = self._snapshot_too_old(query)
+        if self._feedback is None or query.mode != "hybrid" or reason is not None:
+            # Off here (a configuration that differs from Embed's), or too late to search this snapshot again.
+            skipped = reason or "dense feedback is not configured here, or the query is not hybrid"
+            log.warning("dense feedback skipped, the first pass answers: %s", skipped)
+            return {
+                **out,
+                "shards": [_compact_result(r) for r in step.shards],
+                "timings_ms": step.timings_ms,
+                "feedback": {"status": "failed", "documents": 0, "reason": skipped, "took_ms": 0.0},
+            }
+        depth = self._depth(query, len(searched) or self._shard_count)
+        request = SearchRequest(vector=step.vector, top_k=depth, filter_expr=query.filter_expr, snapshot=query.snapshot)
+        outcome = self._feedback.run(step.vector, step.shards, request)
+        shards: list[dict[str, Any]] = []
+        for result in outcome.results:
+            if outcome.status == "ok" and result.status == "ok":
+                hits, lexical = self._fit(query, len(searched), depth, result)
+                shards.append({**_compact_result(result, hits=False), "hits": hits, "lexical": lexical})
+            else:
+                shards.append(_compact_result(result))
+        timings = {**step.timings_ms, "feedback": outcome.took_ms}
+        return {**out, "shards": shards, "timings_ms": timings, "feedback": outcome.model_dump(exclude={"results"})}
 
     def _rerank(
         self, reranker: Reranker, query: ResolvedQuery, pool: list[Hit], fused: list[Hit]
@@ -413,6 +510,7 @@ class QueryWorkflow:
             "hits": [_public_hit(rank, hit) for rank, hit in enumerate(hits, start=1)],
             "degraded": fused.degraded,
             "rerank": rerank,
+            "feedback": _feedback_report(step.feedback),
             "shards": {"searched": fused.searched, "failed": fused.failed, "skipped": fused.skipped},
             "timings_ms": {**timings, "shards": shard_ms},
             "model": answer.model if answer else None,
@@ -437,6 +535,15 @@ def _within_budget(
         keep[which] -= 1
         total -= sizes[which][keep[which]]
     return first[: keep[0]], second[: keep[1]]
+
+
+def _compact_result(result: ShardResult, *, hits: bool = True) -> dict[str, Any]:
+    """A shard result as the Parallel state carries it (:meth:`Hit.compact` hits, defaults left out)."""
+    out = result.model_dump(exclude={"hits", "lexical"}, exclude_defaults=True)
+    if hits:
+        out["hits"] = [h.compact() for h in result.hits]
+        out["lexical"] = [h.compact() for h in result.lexical]
+    return out
 
 
 def _ids_only(hit: Hit) -> Hit:

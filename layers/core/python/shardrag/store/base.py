@@ -47,6 +47,11 @@ class VectorStore(Protocol):
         may show instead of the row that matched (:mod:`shardrag.passages`); only those ``snapshot`` sees."""
         ...
 
+    def opening_vectors(self, doc_ids: Sequence[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
+        """The dense vector of each of ``doc_ids``' opening chunk (position 0) that ``snapshot`` sees, by document
+        id; a document without one here is left out (dense feedback, :mod:`shardrag.feedback`)."""
+        ...
+
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         """Each stored row of ``doc_id`` (any version, cut or not) with the epochs that wrote and retired it."""
         ...

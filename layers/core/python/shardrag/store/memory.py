@@ -99,6 +99,16 @@ class InMemoryVectorStore:
                 and _sees(snapshot, chunk)
             ]
 
+    def opening_vectors(self, doc_ids: Sequence[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
+        self._check()
+        wanted = set(doc_ids)
+        with self._lock:
+            return {
+                chunk.doc_id: [float(x) for x in vector]
+                for chunk, vector in self._rows.values()
+                if chunk.doc_id in wanted and chunk.position == 0 and _sees(snapshot, chunk)
+            }
+
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         self._check()
         with self._lock:

@@ -319,6 +319,19 @@ class MilvusVectorStore:
         rows = self._connect().query(self._collection, filter=expr, output_fields=list(OUTPUT_FIELDS), limit=limit)
         return [_chunk_from_milvus(row) for row in rows]
 
+    def opening_vectors(self, doc_ids: Sequence[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
+        wanted = sorted(set(doc_ids))
+        if not wanted:
+            return {}
+        self.ensure_ready()
+        expr = f"doc_id in [{', '.join(escape_string(d) for d in wanted)}] and position == 0"
+        if snapshot is not None:
+            expr = f"({expr}) and {snapshot.expr()}"
+        # One visible opening row per document; a limit above that only guards against a schema surprise.
+        limit = min(_QUERY_PAGE, 4 * len(wanted))
+        rows = self._connect().query(self._collection, filter=expr, output_fields=["doc_id", DENSE_FIELD], limit=limit)
+        return {str(row["doc_id"]): [float(x) for x in row[DENSE_FIELD]] for row in rows}
+
     def _iterate(self, expr: str, fields: list[str], batch_size: int) -> Iterator[list[EmbeddedChunk]]:
         self.ensure_ready()
         # A query iterator pages by primary key, so it neither skips nor repeats rows while it runs (and has no

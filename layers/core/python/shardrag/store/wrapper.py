@@ -42,6 +42,9 @@ class StoreWrapper:
     def chunks_at(self, spans: Sequence[tuple[str, int, int]], *, snapshot: Snapshot | None = None) -> list[Chunk]:
         return self._inner.chunks_at(spans, snapshot=snapshot)
 
+    def opening_vectors(self, doc_ids: Sequence[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
+        return self._inner.opening_vectors(doc_ids, snapshot=snapshot)
+
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         return self._inner.row_epochs(doc_id)
 
