@@ -21,7 +21,11 @@ def local_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     data_dir: Path = tmp_path_factory.mktemp("shardrag-data")
     previous = {k: os.environ.get(k) for k in ("SHARDRAG_SETTINGS", "SHARDRAG_DATA_DIR")}
-    os.environ["SHARDRAG_SETTINGS"] = json.dumps({"store": {"shard_count": INTEGRATION_SHARDS}})
+    # No time budget for dense feedback: how loaded the test machine is must not decide whether a query gets its
+    # second round (the budget is tested in tests/unit/test_dense_feedback.py).
+    os.environ["SHARDRAG_SETTINGS"] = json.dumps(
+        {"store": {"shard_count": INTEGRATION_SHARDS}, "retrieval": {"feedback": {"budget_ms": 0}}}
+    )
     os.environ["SHARDRAG_DATA_DIR"] = str(data_dir)
     services.reset_caches()
     runtime = LocalRuntime(serve_aws=False)

@@ -271,3 +271,19 @@ def test_opening_vectors_are_each_documents_position_zero_row_as_the_snapshot_se
     assert store.opening_vectors([]) == {}
     assert set(read(None, hostile, "b")) == {hostile, "b"}
     assert set(read(None, 'q" or doc_id != "x')) == set()
+
+
+def test_dense_vectors_are_read_back_by_chunk_id(store: VectorStore) -> None:
+    rows = _items("a", "v1", 3, seed=5)
+    hostile = _items('q" or doc_id != "', "v1", 1, seed=6)
+    store.upsert(rows + hostile)
+    store.flush()
+    wanted = [rows[2].chunk.chunk_id, "missing", rows[0].chunk.chunk_id, hostile[0].chunk.chunk_id]
+    got = store.dense_vectors(wanted)
+    assert set(got) == {rows[2].chunk.chunk_id, rows[0].chunk.chunk_id, hostile[0].chunk.chunk_id}
+    for row in (rows[0], rows[2], hostile[0]):
+        vector = np.asarray(got[row.chunk.chunk_id])
+        assert np.allclose(
+            vector / np.linalg.norm(vector), np.asarray(row.vector) / np.linalg.norm(row.vector), atol=1e-5
+        )
+    assert store.dense_vectors([]) == {}

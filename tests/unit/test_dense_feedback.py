@@ -7,6 +7,8 @@ import threading
 from typing import cast
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from shardrag.errors import BadRequest
 from shardrag.feedback import DenseFeedback, opening_vectors, with_dense
 from shardrag.fusion import ConvexFuser
@@ -60,10 +62,15 @@ class _OpeningsStore:
     def __init__(self, openings: dict[str, list[float]]) -> None:
         self.openings = openings
         self.asked: list[tuple[list[str], Snapshot | None]] = []
+        self.by_id: list[list[str]] = []
 
     def opening_vectors(self, doc_ids: list[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
         self.asked.append((list(doc_ids), snapshot))
         return {d: self.openings[d] for d in doc_ids if d in self.openings}
+
+    def dense_vectors(self, chunk_ids: list[str]) -> dict[str, list[float]]:
+        self.by_id.append(list(chunk_ids))
+        return {c: self.openings[c.split(":")[0]] for c in chunk_ids if c.split(":")[0] in self.openings}
 
 
 def test_each_document_feeds_back_its_opening_chunk_from_its_shard() -> None:
@@ -78,6 +85,21 @@ def test_each_document_feeds_back_its_opening_chunk_from_its_shard() -> None:
     assert vectors == [[1.0, 0.0], [0.0, 1.0]]
     assert shards[0].asked == [(["a", "gone"], snapshot)]
     assert shards[1].asked == [(["b"], snapshot)]
+
+
+def test_an_opening_row_among_the_first_pass_hits_is_read_by_its_id() -> None:
+    def at(chunk_id: str, score: float, position: int) -> Hit:
+        return _hit(chunk_id, score).model_copy(update={"position": position})
+
+    # GIVEN a first pass whose BM25 list holds document a's opening row (position 0) but not b's
+    shards = {0: _OpeningsStore({"a": [1.0, 0.0], "b": [0.0, 1.0]})}
+    chosen = [at("a:3", 0.9, 3), at("b:2", 0.8, 2)]
+    first = [_result(0, chosen, [at("a:0", 7.0, 0), at("b:1", 5.0, 1)])]
+    # WHEN the openings are read
+    vectors = opening_vectors(chosen, lambda shard: cast(VectorStore, shards[shard]), None, first)
+    # THEN a's by its id (a point read), b's by document and position
+    assert vectors == [[1.0, 0.0], [0.0, 1.0]]
+    assert shards[0].by_id == [["a:0"]] and shards[0].asked == [(["b"], None)]
 
 
 def _result(shard: int, dense: list[Hit], lexical: list[Hit], status: str = "ok") -> ShardResult:
@@ -126,7 +148,7 @@ _TOPICS = {
 }
 
 
-def _feedback_setup(hashing_embedder, enabled: bool = True, timeout_s: float = 8.0):  # type: ignore[no-untyped-def]
+def _feedback_setup(hashing_embedder, enabled: bool = True, timeout_s: float = 8.0, budget_ms: float = 300.0):  # type: ignore[no-untyped-def]
     from shardrag.bm25 import Bm25Encoder, CorpusStats
     from shardrag.chunking import Chunker, Document
     from shardrag.config import Settings
@@ -137,7 +159,7 @@ def _feedback_setup(hashing_embedder, enabled: bool = True, timeout_s: float = 8
 
     settings = Settings(
         store={"shard_count": 3, "dimension": hashing_embedder.dimension, "search_timeout_s": timeout_s},
-        retrieval={"feedback": {"enabled": enabled, "documents": 2, "weight": 1.0}},
+        retrieval={"feedback": {"enabled": enabled, "documents": 2, "weight": 1.0, "budget_ms": budget_ms}},
     )
     stores = [_Switchable(InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension)) for i in range(3)]
     # Small chunks, so that a document's opening chunk is not the chunk that matched.
@@ -184,6 +206,11 @@ class _Switchable:
             raise ConnectionError("shard down")
         return self._inner.opening_vectors(doc_ids, snapshot=snapshot)
 
+    def dense_vectors(self, chunk_ids):  # type: ignore[no-untyped-def]
+        if self.fail_openings:
+            raise ConnectionError("shard down")
+        return self._inner.dense_vectors(chunk_ids)
+
 
 def _payload(state, name: str):  # type: ignore[no-untyped-def]
     """What the definition's state ``name`` hands its Lambda from ``state`` (its ``Parameters.Payload`` paths)."""
@@ -198,8 +225,10 @@ def _payload(state, name: str):  # type: ignore[no-untyped-def]
 def _first_pass(workflow, body):  # type: ignore[no-untyped-def]
     """Embed, Route and the Parallel state's shard searches, as JSON crosses the state machine."""
     import json
+    from datetime import UTC, datetime
 
-    embedded = json.loads(json.dumps(workflow.embed({"request": body, "started_at": "2026-01-01T00:00:00Z"})))
+    started_at = datetime.now(UTC).isoformat()
+    embedded = json.loads(json.dumps(workflow.embed({"request": body, "started_at": started_at})))
     route = workflow.route({"request": embedded["request"], "vector": embedded["vector"]})
     shards = []
     for shard in route["shards"]:
@@ -335,3 +364,65 @@ def test_a_second_round_past_its_deadline_keeps_the_first_pass(hashing_embedder)
         stores[1].stall.set()
     assert out["feedback"]["status"] == "failed" and "longer than 0.3 s" in out["feedback"]["reason"]
     assert [r["hits"] for r in out["shards"]] == [r["hits"] for r in state["shards"]]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    down_first=st.sets(st.integers(0, 2), max_size=2),
+    fail_second=st.sets(st.integers(0, 2)),
+    fail_openings=st.sets(st.integers(0, 2)),
+    question=st.sampled_from(["tides and the moon", "waggle dance", "yeast gas gluten", "ice tail sun"]),
+)
+def test_whatever_fails_in_either_round_the_answer_keeps_every_first_pass_list_or_replaces_exactly_the_dense_ones(
+    hashing_embedder,  # type: ignore[no-untyped-def]
+    down_first: set[int],
+    fail_second: set[int],
+    fail_openings: set[int],
+    question: str,
+) -> None:
+    import json
+
+    workflow, stores, _ = _feedback_setup(hashing_embedder)
+    state = _first_pass(workflow, {"question": question, "mode": "hybrid", "generate": False})
+    for r in state["shards"]:
+        if r["shard"] in down_first:  # the Parallel state's Catch turned this branch into a failed result
+            state["shards"][r["shard"]] = {"shard": r["shard"], "status": "failed", "error": "ShardSearchFailed"}
+    first = json.loads(json.dumps(state["shards"]))
+    for i, store in enumerate(stores):
+        store.fail_search = i in fail_second
+        store.fail_openings = i in fail_openings
+    out = workflow.feedback(_payload(state, "Feedback"))
+    answered = {r["shard"] for r in first if r["status"] == "ok"}
+    status = out["feedback"]["status"]
+    # Every shard keeps its status and its BM25 list; dense lists are all the second round's or all the first's.
+    assert [(r["shard"], r["status"], r.get("lexical") or []) for r in out["shards"]] == [
+        (r["shard"], r["status"], r.get("lexical") or []) for r in first
+    ]
+    if status == "ok":
+        assert not (answered & fail_second)
+    else:
+        assert [r.get("hits") or [] for r in out["shards"]] == [r.get("hits") or [] for r in first]
+        assert status == "empty" or answered & fail_second or fail_openings
+    response = workflow.fuse_generate(_payload(out, "FuseAndGenerate"))
+    assert response["degraded"] is bool(down_first)
+    assert response["shards"]["failed"] == sorted(down_first)
+
+
+@pytest.mark.parametrize("budget_ms", [300.0, 0.0])
+def test_a_query_already_past_its_budget_skips_the_round_and_the_first_pass_answers(
+    hashing_embedder,
+    budget_ms: float,  # type: ignore[no-untyped-def]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    workflow, _, _ = _feedback_setup(hashing_embedder, budget_ms=budget_ms)
+    state = _first_pass(workflow, {"question": "hot water through coffee", "mode": "hybrid"})
+    # The execution started 2 s ago: the shards were queueing.
+    state["started_at"] = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
+    out = workflow.feedback(_payload(state, "Feedback"))
+    if budget_ms:
+        assert out["feedback"]["status"] == "skipped" and "budget 300 ms" in out["feedback"]["reason"]
+        assert [r["hits"] for r in out["shards"]] == [r["hits"] for r in state["shards"]]
+        assert workflow.fuse_generate(_payload(out, "FuseAndGenerate"))["feedback"]["status"] == "skipped"
+    else:  # 0: no budget
+        assert out["feedback"]["status"] == "ok"

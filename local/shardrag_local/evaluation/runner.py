@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,12 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
             )
             _progress(f"{name}: nDCG@10 {systems[name].ndcg_at_10:.4f}")
         result["latency_ms"] = {system_name(m): summarize(r.observations) for m, r in runs.items()}
+        # How many answers had their dense feedback round (``ok``), and how many did not (``skipped``: past the
+        # feedback's time budget; ``empty``: nothing to feed back); ``none``: no round (not hybrid, or opted out).
+        result["feedback"] = {
+            system_name(m): dict(sorted(Counter(o.feedback or "none" for o in r.observations).items()))
+            for m, r in runs.items()
+        }
         result["load_average_1min"] = {
             system_name(m): {"before_queries": r.load_before, "after_queries": r.load_after} for m, r in runs.items()
         }
@@ -272,6 +279,12 @@ def run_evaluation(options: EvalOptions) -> dict[str, Any]:
         "are exactly the top 100 by best chunk. Queries that returned fewer than 100 distinct documents (scored on "
         "what came back): " + ", ".join(f"{m} {short[m]}/{len(r.observations)}" for m, r in runs.items()) + ".",
     ]
+    for mode, counts in result.get("feedback", {}).items():
+        if counts.get("skipped"):
+            result["notes"].append(
+                f"{mode}: {counts['skipped']} queries skipped their dense feedback round (past "
+                "retrieval.feedback.budget_ms: a loaded machine); their answers are the first pass's."
+            )
     if "dense" not in runs and options.sharding_check:
         result["notes"].append("No sharding check: it compares the dense ranking, and dense was not evaluated.")
     return result

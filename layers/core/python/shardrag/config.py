@@ -191,6 +191,11 @@ class FeedbackSettings(_Model):
     enabled: bool = True
     documents: int = Field(default=2, ge=1, le=10)
     weight: float = Field(default=1.0, gt=0.0, le=10.0)
+    #: A query that has already taken longer than this (from the start of its execution to the Feedback state)
+    #: skips the round and answers from the first pass: the round is a second set of shard searches, and a
+    #: query this slow means the shards are queueing. On a quiet machine a query reaches the state in ~60-160 ms
+    #: (BENCHMARKS.md, "Dense feedback"). 0: never skip.
+    budget_ms: float = Field(default=300.0, ge=0.0, le=20_000.0)
 
 
 class RetrievalSettings(_Model):

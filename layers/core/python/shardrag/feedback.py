@@ -83,19 +83,43 @@ class DenseFeedback:
 
 
 def opening_vectors(
-    hits: Sequence[Hit], store_for: Callable[[int], VectorStore], snapshot: Snapshot | None = None
+    hits: Sequence[Hit],
+    store_for: Callable[[int], VectorStore],
+    snapshot: Snapshot | None = None,
+    known: Sequence[ShardResult] = (),
 ) -> list[list[float]]:
     """The dense vector of each hit's document's opening chunk (position 0) as ``snapshot`` sees it, read from the
-    hit's shard (one call per shard), in the hits' order; a document whose opening is not found feeds back
-    nothing."""
-    by_shard: dict[int, list[str]] = {}
-    for hit in hits:
-        by_shard.setdefault(hit.shard, []).append(hit.doc_id)
-    found = {
-        (shard, doc_id): vector
-        for shard, doc_ids in by_shard.items()
-        for doc_id, vector in store_for(shard).opening_vectors(doc_ids, snapshot=snapshot).items()
+    hit's shard, in the hits' order; a document whose opening is not found feeds back nothing.
+
+    ``known``: the first pass's results. An opening row among their hits was found under the same snapshot, so it
+    is read by its id, a point read; often it is there (a document of one lexical unit has its opening row as its
+    BM25 hit). The others are found by document and position, a filtered query (one per shard).
+    """
+    openings = {
+        (h.shard, h.doc_id): h.chunk_id
+        for result in known
+        if result.status == "ok"
+        for h in (*result.hits, *result.lexical)
+        if h.position == 0
     }
+    found: dict[tuple[int, str], list[float]] = {}
+    by_id: dict[int, list[str]] = {}
+    for hit in hits:
+        if (chunk_id := openings.get((hit.shard, hit.doc_id))) is not None:
+            by_id.setdefault(hit.shard, []).append(chunk_id)
+    for shard, chunk_ids in by_id.items():
+        vectors = store_for(shard).dense_vectors(chunk_ids)
+        for hit in hits:
+            chunk_id = openings.get((hit.shard, hit.doc_id))
+            if hit.shard == shard and chunk_id in vectors:
+                found[(shard, hit.doc_id)] = vectors[chunk_id]
+    by_document: dict[int, list[str]] = {}
+    for hit in hits:
+        if (hit.shard, hit.doc_id) not in found:
+            by_document.setdefault(hit.shard, []).append(hit.doc_id)
+    for shard, doc_ids in by_document.items():
+        for doc_id, vector in store_for(shard).opening_vectors(doc_ids, snapshot=snapshot).items():
+            found[(shard, doc_id)] = vector
     return [found[(hit.shard, hit.doc_id)] for hit in hits if (hit.shard, hit.doc_id) in found]
 
 
@@ -117,8 +141,8 @@ class FeedbackOutcome(Record):
 
     results: list[ShardResult]
     #: ``ok``: dense lists from the expanded query; ``empty``: nothing to feed back; ``failed``: the first pass
-    #: kept whole (``reason`` says why).
-    status: Literal["ok", "empty", "failed"]
+    #: kept whole (``reason`` says why); ``skipped``: not tried (the query was already past its time budget).
+    status: Literal["ok", "empty", "failed", "skipped"]
     documents: int = 0
     reason: str = ""
     took_ms: float = 0.0
@@ -184,7 +208,7 @@ class FeedbackPass:
 
         try:
             (vectors,) = within_deadline(
-                [self._pool.submit(opening_vectors, chosen, self._store_for, request.snapshot)]
+                [self._pool.submit(opening_vectors, chosen, self._store_for, request.snapshot, first)]
             )
             if not vectors:
                 return outcome("empty", first)

@@ -87,9 +87,10 @@ _RESPONSE = {
             "type": ["object", "null"],
             "description": "null when the query had no dense feedback round (retrieval.feedback off, or not hybrid); "
             "status 'ok': the dense side was searched again with the query moved towards the first pass's top "
-            "documents; 'empty': nothing to feed back; 'failed': the first pass answers, reason says why",
+            "documents; 'empty': nothing to feed back; 'failed': the first pass answers, reason says why; 'skipped': "
+            "the query was already past retrieval.feedback.budget_ms (the shards are queueing), the first pass answers",
             "properties": {
-                "status": {"type": "string", "enum": ["ok", "empty", "failed"]},
+                "status": {"type": "string", "enum": ["ok", "empty", "failed", "skipped"]},
                 "documents": {"type": "integer"},
                 "reason": {"type": "string"},
             },

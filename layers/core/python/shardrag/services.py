@@ -399,6 +399,7 @@ def build_query_workflow(
         snapshot_max_age_s=settings.ingestion.retire_grace_s * 0.75 if settings.ingestion.retire_grace_s else None,
         feedback=build_feedback(settings, searcher, fusers["hybrid"], stores or shard_stores()),
         feedback_default=settings.retrieval.feedback.enabled,
+        feedback_budget_ms=settings.retrieval.feedback.budget_ms,
     )
 
 

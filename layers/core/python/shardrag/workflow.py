@@ -202,6 +202,7 @@ class QueryWorkflow:
         snapshot_max_age_s: float | None = None,
         feedback: FeedbackPass | None = None,
         feedback_default: bool = True,
+        feedback_budget_ms: float = 0.0,
     ) -> None:
         """``answers``: the answer cache (``None``: off). ``passages``: moves ``bm25`` hits onto the chunk of their
         lexical unit that matches best (``None``: a hit shows the unit's first chunk). ``snapshot``: the epoch
@@ -211,6 +212,7 @@ class QueryWorkflow:
         hybrid queries (``None``: off), run when the request asks or, if it does not say, ``feedback_default``."""
         self._feedback = feedback
         self._feedback_default = feedback_default
+        self._feedback_budget_ms = feedback_budget_ms
         self._snapshot = snapshot
         self._snapshot_max_age_s = snapshot_max_age_s
         self._answers = answers
@@ -433,6 +435,17 @@ class QueryWorkflow:
             "started_at": step.started_at,
         }
         searched = [r.shard for r in step.shards if r.status != "skipped"]
+        elapsed_ms = _elapsed_since(step.started_at) if step.started_at else 0.0
+        if self._feedback_budget_ms and elapsed_ms > self._feedback_budget_ms:
+            # Load shedding of optional work: the shards are queueing, and this round would add to the queue.
+            why = f"the query had taken {elapsed_ms:.0f} ms (feedback budget {self._feedback_budget_ms:.0f} ms)"
+            log.info("dense feedback skipped, the first pass answers: %s", why)
+            return {
+                **out,
+                "shards": [_compact_result(r) for r in step.shards],
+                "timings_ms": step.timings_ms,
+                "feedback": {"status": "skipped", "documents": 0, "reason": why, "took_ms": 0.0},
+            }
         reason = self._snapshot_too_old(query)
         if self._feedback is None or query.mode != "hybrid" or reason is not None:
             # Off here (a configuration that differs from Embed's), or too late to search this snapshot again.

@@ -52,6 +52,10 @@ class VectorStore(Protocol):
         id; a document without one here is left out (dense feedback, :mod:`shardrag.feedback`)."""
         ...
 
+    def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        """The dense vector of each of ``chunk_ids`` that is stored, by chunk id (a point read by primary key)."""
+        ...
+
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         """Each stored row of ``doc_id`` (any version, cut or not) with the epochs that wrote and retired it."""
         ...

@@ -109,6 +109,11 @@ class InMemoryVectorStore:
                 if chunk.doc_id in wanted and chunk.position == 0 and _sees(snapshot, chunk)
             }
 
+    def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        self._check()
+        with self._lock:
+            return {cid: [float(x) for x in self._rows[cid][1]] for cid in chunk_ids if cid in self._rows}
+
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         self._check()
         with self._lock:

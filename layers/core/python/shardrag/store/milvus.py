@@ -332,6 +332,15 @@ class MilvusVectorStore:
         rows = self._connect().query(self._collection, filter=expr, output_fields=["doc_id", DENSE_FIELD], limit=limit)
         return {str(row["doc_id"]): [float(x) for x in row[DENSE_FIELD]] for row in rows}
 
+    def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        wanted = list(dict.fromkeys(chunk_ids))
+        if not wanted:
+            return {}
+        self.ensure_ready()
+        # By primary key: a point read (Milvus Lite: ~0.8 ms where a filtered query scans every row, ~8 ms).
+        rows = self._connect().get(self._collection, ids=wanted, output_fields=["chunk_id", DENSE_FIELD])
+        return {str(row["chunk_id"]): [float(x) for x in row[DENSE_FIELD]] for row in rows}
+
     def _iterate(self, expr: str, fields: list[str], batch_size: int) -> Iterator[list[EmbeddedChunk]]:
         self.ensure_ready()
         # A query iterator pages by primary key, so it neither skips nor repeats rows while it runs (and has no

@@ -45,6 +45,9 @@ class StoreWrapper:
     def opening_vectors(self, doc_ids: Sequence[str], *, snapshot: Snapshot | None = None) -> dict[str, list[float]]:
         return self._inner.opening_vectors(doc_ids, snapshot=snapshot)
 
+    def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        return self._inner.dense_vectors(chunk_ids)
+
     def row_epochs(self, doc_id: str) -> dict[str, tuple[int, int]]:
         return self._inner.row_epochs(doc_id)
 
