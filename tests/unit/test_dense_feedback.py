@@ -426,3 +426,12 @@ def test_a_query_already_past_its_budget_skips_the_round_and_the_first_pass_answ
         assert workflow.fuse_generate(_payload(out, "FuseAndGenerate"))["feedback"]["status"] == "skipped"
     else:  # 0: no budget
         assert out["feedback"]["status"] == "ok"
+
+
+def test_a_request_that_asks_for_feedback_gets_it_past_the_budget(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    workflow, _, _ = _feedback_setup(hashing_embedder)
+    state = _first_pass(workflow, {"question": "hot water through coffee", "mode": "hybrid", "feedback": True})
+    state["started_at"] = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
+    assert workflow.feedback(_payload(state, "Feedback"))["feedback"]["status"] == "ok"

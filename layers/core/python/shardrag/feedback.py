@@ -1,7 +1,7 @@
 """Dense pseudo-relevance feedback: a second dense search with the query moved towards what the first hybrid pass
 ranked best (Rocchio, positive feedback only). In the query path it is the ``Feedback`` state of
-``statemachines/query.asl.json``, between the shard searches and FuseAndGenerate, for hybrid queries when
-``retrieval.feedback.documents`` is above 0.
+``statemachines/query.asl.json``, between the shard searches and FuseAndGenerate, for hybrid queries unless the
+request or ``retrieval.feedback.enabled`` says otherwise.
 
 The first pass is the ordinary hybrid one (dense and BM25 per shard, merged and fused). Each of the first few
 documents of that fused ranking feeds back its *opening* chunk (position 0: the title and the start of the text,
@@ -11,8 +11,9 @@ opening gives the better worst case. Their vectors are averaged and added to the
 answered and fused with the first pass's BM25 lists, which feedback does not change.
 
 Feedback only ever improves an answer that the first pass already has: if any part of the second round fails
-(a shard down or busy, an opening chunk unreadable), the first pass is kept whole and the query is answered
-from it (:class:`FeedbackPass` reports why).
+(a shard down or busy, an opening chunk unreadable) the first pass is kept whole and the query is answered from
+it (:class:`FeedbackPass` reports why), and a query that reaches the round already past its time budget skips it
+(``QueryWorkflow.feedback``: optional work shed under load).
 
 Chosen offline by the worst case over SciFact test, NFCorpus dev and mtrag-mini (``bench/fusion_variants_study.py``
 ``prf-shipped``, BENCHMARKS.md "Retrieval defaults"): with the shipped ``ConvexFuser`` on both passes it is the one
@@ -103,16 +104,13 @@ def opening_vectors(
         if h.position == 0
     }
     found: dict[tuple[int, str], list[float]] = {}
-    by_id: dict[int, list[str]] = {}
+    by_id: dict[int, dict[str, str]] = {}  # shard -> opening chunk id -> document
     for hit in hits:
         if (chunk_id := openings.get((hit.shard, hit.doc_id))) is not None:
-            by_id.setdefault(hit.shard, []).append(chunk_id)
-    for shard, chunk_ids in by_id.items():
-        vectors = store_for(shard).dense_vectors(chunk_ids)
-        for hit in hits:
-            chunk_id = openings.get((hit.shard, hit.doc_id))
-            if hit.shard == shard and chunk_id in vectors:
-                found[(shard, hit.doc_id)] = vectors[chunk_id]
+            by_id.setdefault(hit.shard, {})[chunk_id] = hit.doc_id
+    for shard, documents in by_id.items():
+        for chunk_id, vector in store_for(shard).dense_vectors(list(documents)).items():
+            found[(shard, documents[chunk_id])] = vector
     by_document: dict[int, list[str]] = {}
     for hit in hits:
         if (hit.shard, hit.doc_id) not in found:

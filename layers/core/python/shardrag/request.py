@@ -50,8 +50,9 @@ class QueryRequest(BaseModel):
     #: deployment's shard count when the request is resolved). Unset: the configured default or adaptive probing.
     #: Hash routing always searches every shard and ignores it.
     probe: int | None = Field(default=None, ge=1, le=64, strict=True)
-    #: Hybrid only: ``false`` skips the dense feedback round (one shard-search round less), ``true`` runs it.
-    #: Unset: the deployment's default (``retrieval.feedback.enabled``).
+    #: Hybrid only: ``false`` skips the dense feedback round (one shard-search round less), ``true`` runs it even
+    #: when the query is past ``retrieval.feedback.budget_ms``. Unset: the deployment's default
+    #: (``retrieval.feedback.enabled``), shed under load.
     feedback: bool | None = Field(default=None, strict=True)
 
     @model_validator(mode="after")

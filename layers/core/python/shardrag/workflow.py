@@ -87,6 +87,8 @@ class ResolvedQuery(Record):
     #: Hybrid with dense feedback on: the state machine runs the Feedback state (a second dense round) before
     #: FuseAndGenerate.
     feedback: bool = False
+    #: The request asked for feedback itself (``"feedback": true``): it runs whatever time the query has taken.
+    feedback_asked: bool = False
 
 
 class Caller(Record):
@@ -280,6 +282,7 @@ class QueryWorkflow:
             tenant=tenant,
             filter_expr=filter_expr,
             feedback=mode == "hybrid" and wants_feedback and self._feedback is not None,
+            feedback_asked=bool(request.feedback),
         )
 
     @property
@@ -435,28 +438,26 @@ class QueryWorkflow:
             "started_at": step.started_at,
         }
         searched = [r.shard for r in step.shards if r.status != "skipped"]
+
+        def first_pass_only(status: str, reason: str) -> dict[str, Any]:
+            log.log(logging.WARNING if status == "failed" else logging.INFO, "dense feedback %s: %s", status, reason)
+            return {
+                **out,
+                "shards": [_compact_result(r) for r in step.shards],
+                "timings_ms": step.timings_ms,
+                "feedback": {"status": status, "documents": 0, "reason": reason, "took_ms": 0.0},
+            }
+
         elapsed_ms = _elapsed_since(step.started_at) if step.started_at else 0.0
-        if self._feedback_budget_ms and elapsed_ms > self._feedback_budget_ms:
-            # Load shedding of optional work: the shards are queueing, and this round would add to the queue.
+        if self._feedback_budget_ms and elapsed_ms > self._feedback_budget_ms and not query.feedback_asked:
+            # Optional work shed under load: the shards are queueing, and this round would queue behind them.
             why = f"the query had taken {elapsed_ms:.0f} ms (feedback budget {self._feedback_budget_ms:.0f} ms)"
-            log.info("dense feedback skipped, the first pass answers: %s", why)
-            return {
-                **out,
-                "shards": [_compact_result(r) for r in step.shards],
-                "timings_ms": step.timings_ms,
-                "feedback": {"status": "skipped", "documents": 0, "reason": why, "took_ms": 0.0},
-            }
-        reason = self._snapshot_too_old(query)
-        if self._feedback is None or query.mode != "hybrid" or reason is not None:
-            # Off here (a configuration that differs from Embed's), or too late to search this snapshot again.
-            skipped = reason or "dense feedback is not configured here, or the query is not hybrid"
-            log.warning("dense feedback skipped, the first pass answers: %s", skipped)
-            return {
-                **out,
-                "shards": [_compact_result(r) for r in step.shards],
-                "timings_ms": step.timings_ms,
-                "feedback": {"status": "failed", "documents": 0, "reason": skipped, "took_ms": 0.0},
-            }
+            return first_pass_only("skipped", why)
+        if (too_old := self._snapshot_too_old(query)) is not None:
+            return first_pass_only("failed", too_old)
+        if self._feedback is None or query.mode != "hybrid":
+            # A configuration that differs from Embed's, or a hand-made event.
+            return first_pass_only("failed", "dense feedback is not configured here, or the query is not hybrid")
         depth = self._depth(query, len(searched) or self._shard_count)
         request = SearchRequest(vector=step.vector, top_k=depth, filter_expr=query.filter_expr, snapshot=query.snapshot)
         outcome = self._feedback.run(step.vector, step.shards, request)
