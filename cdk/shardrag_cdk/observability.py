@@ -26,6 +26,9 @@ QUERY_METRICS_SERVICE: Final = "query"
 #: failed *invocation* of Feedback, throttled or timed out, is caught by the workflow and counts in Lambda's own
 #: metrics instead).
 FEEDBACK_FALLBACKS_METRIC: Final = "FeedbackFallbacks"
+#: Published by the Feedback function when a query reached it past ``retrieval.feedback.budget_ms`` and skipped the
+#: round (load shedding: a rising count means the shards queue).
+FEEDBACK_SKIPPED_METRIC: Final = "FeedbackSkipped"
 #: Counted from FuseAndGenerate's log: ``shardrag.workflow`` warns ``rerank failed (<reason>): ...`` and keeps the
 #: fused order, so the failure shows in no error metric.
 RERANK_FAILURES_METRIC: Final = "RerankFailures"
@@ -79,8 +82,13 @@ class Observability(Construct):
             name: fn.metric_invocations(statistic="Sum", period=period) for name, fn in functions.items()
         }
 
-        answer_quality = [business("ShardFailures"), business("DegradedAnswers"), business(FEEDBACK_FALLBACKS_METRIC)]
-        answer_title = "Shard failures, degraded answers, feedback fallbacks"
+        answer_quality = [
+            business("ShardFailures"),
+            business("DegradedAnswers"),
+            business(FEEDBACK_FALLBACKS_METRIC),
+            business(FEEDBACK_SKIPPED_METRIC),
+        ]
+        answer_title = "Shard failures, degraded answers, feedback fallbacks and skips"
         if rerank_logs is not None:
             logs.MetricFilter(
                 self,

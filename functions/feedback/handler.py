@@ -20,6 +20,9 @@ services.load_store_driver()
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     state = services.query_workflow().feedback(event)
-    if state["feedback"]["status"] == "failed":
+    status = state["feedback"]["status"]
+    if status == "failed":
         metrics.add_metric(name="FeedbackFallbacks", unit=MetricUnit.Count, value=1)
+    elif status == "skipped":  # past retrieval.feedback.budget_ms: shed under load
+        metrics.add_metric(name="FeedbackSkipped", unit=MetricUnit.Count, value=1)
     return state

@@ -11,7 +11,7 @@ from typing import Any
 from cdk_synthesis import Synthesis
 from shardrag.statemachine import PLACEHOLDER
 from shardrag_cdk.layout import FUNCTION_AWS_SERVICES, FUNCTION_LAYERS, STORE_FUNCTIONS
-from shardrag_cdk.observability import FEEDBACK_FALLBACKS_METRIC
+from shardrag_cdk.observability import FEEDBACK_FALLBACKS_METRIC, FEEDBACK_SKIPPED_METRIC
 from test_template import _actions, _alias_function, _definition, _project_functions, _refs, _role_statements
 
 FEEDBACK_PLACEHOLDER = "FeedbackFunctionArn"
@@ -134,6 +134,7 @@ def test_feedback_and_its_fallbacks_are_on_the_dashboard(synth: Synthesis) -> No
     (dashboard,) = synth.properties("AWS::CloudWatch::Dashboard")
     assert feedback_id in _refs(dashboard["DashboardBody"])  # its duration and errors
     assert f'\\"{FEEDBACK_FALLBACKS_METRIC}\\"' in json.dumps(dashboard["DashboardBody"])
+    assert f'\\"{FEEDBACK_SKIPPED_METRIC}\\"' in json.dumps(dashboard["DashboardBody"])
 
 
 def test_feedback_counts_in_the_query_function_error_rate_alarm(synth: Synthesis) -> None:
