@@ -23,8 +23,17 @@ def local_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     previous = {k: os.environ.get(k) for k in ("SHARDRAG_SETTINGS", "SHARDRAG_DATA_DIR")}
     # No time budget for dense feedback: how loaded the test machine is must not decide whether a query gets its
     # second round (the budget is tested in tests/unit/test_dense_feedback.py).
+    # No grace before retired rows are deleted: with one, an overwrite here queues a deletion that SQS delays by a
+    # minute, and this runtime (alive for the whole package) would hand it to whatever ingest service a later
+    # module has installed in ``services`` (the fault-injection harness does). Once, in a full run, a harness test's
+    # armed crash went unreached while this runtime's ingest poller was invoking the handler. The grace is tested
+    # through the harness (test_integrity_faults, test_overwrite_visibility).
     os.environ["SHARDRAG_SETTINGS"] = json.dumps(
-        {"store": {"shard_count": INTEGRATION_SHARDS}, "retrieval": {"feedback": {"budget_ms": 0}}}
+        {
+            "store": {"shard_count": INTEGRATION_SHARDS},
+            "retrieval": {"feedback": {"budget_ms": 0}},
+            "ingestion": {"retire_grace_s": 0},
+        }
     )
     os.environ["SHARDRAG_DATA_DIR"] = str(data_dir)
     services.reset_caches()
