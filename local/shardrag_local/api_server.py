@@ -30,6 +30,7 @@ from shardrag.errors import RETRY_AFTER_S, BadRequest, ConfigurationError, Overl
 from shardrag.openapi import openapi_document
 from shardrag.request import MAX_BODY_BYTES, parse_query_body
 
+from shardrag_local.query_workers import WorkersUnavailable
 from shardrag_local.runtime import LocalRuntime
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         started = time.perf_counter()
+        headers: dict[str, str] = {}
         try:
             body = self._read_body()
             if self.path == "/query":
@@ -184,11 +186,15 @@ class ApiHandler(BaseHTTPRequestHandler):
                 status, response = 404, error_body("not_found", f"no route for POST {self.path}")
         except BadRequest as exc:
             status, response = 400, error_body(exc.code, exc.message)
+        except WorkersUnavailable as exc:  # stopping, or the workers died: nothing the caller did wrong
+            log.warning("%s %s: %s", self.command, self.path, exc)
+            status, response = 503, error_body("unavailable", f"{exc}; retry after {RETRY_AFTER_S} s")
+            headers["Retry-After"] = str(RETRY_AFTER_S)
         except Exception:  # never a stack trace to the caller
             log.exception("unhandled error for %s", self.path)
             status, response = 500, error_body("internal_error", "internal error; see the server log")
         elapsed = (time.perf_counter() - started) * 1000
-        self._send(status, response, {"Server-Timing": f"total;dur={elapsed:.1f}"})
+        self._send(status, response, {**headers, "Server-Timing": f"total;dur={elapsed:.1f}"})
 
     def _query(self, body: bytes) -> tuple[int, dict[str, Any]]:
         admission = self.server.admission

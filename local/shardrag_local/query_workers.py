@@ -31,6 +31,11 @@ from typing import Any
 
 log = logging.getLogger("shardrag.local.workers")
 
+
+class WorkersUnavailable(RuntimeError):
+    """No query worker can run the execution (the runtime is stopping, or its workers died): a 503, retry later."""
+
+
 #: Executions one worker runs at once; the API's admission bound keeps the total lower anyway.
 WORKER_THREADS = 32
 _WATCHDOG_INTERVAL_S = 0.5
@@ -38,7 +43,12 @@ _WATCHDOG_INTERVAL_S = 0.5
 
 def _serve(connection: Connection, parent_pid: int, project_root: str) -> None:
     """A worker process: deploy the query workflow in its own emulation, then run what the front sends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when a worker stops (a closed pipe)
+    # The front decides when a worker stops (``None`` or a closed pipe, after it has stopped taking requests; a
+    # kill past its grace). A terminal's Ctrl-C or a SIGTERM to the whole process group (``kill -- -PGID``, a
+    # service manager) reaches the workers too, and would otherwise end them under the queries in flight, each
+    # then answered 500 by a front that was still serving.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Parallelism comes from the executions a worker runs at once and from the other processes: a second BLAS or
     # onnxruntime thread per query would only spin on the same cores (set before numpy or onnxruntime load).
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -154,7 +164,7 @@ class QueryWorkers:
                 future.set_result((status, body))
         # The worker is gone: whatever it held will not be answered.
         for future in list(worker.pending.values()):
-            future.set_exception(RuntimeError("query worker exited"))
+            future.set_exception(WorkersUnavailable("query worker exited"))
         worker.pending.clear()
 
     def execute(self, execution_input: dict[str, Any], timeout_s: float = 60.0) -> tuple[int, dict[str, Any]]:
@@ -162,7 +172,7 @@ class QueryWorkers:
             # A worker that died (its reader saw the pipe close) gets nothing more; the others carry on.
             alive = [w for w in self._workers if w.reader is not None and w.reader.is_alive()]
             if not alive:
-                raise RuntimeError("no query worker is running")
+                raise WorkersUnavailable("no query worker is running")
             worker = min(alive, key=lambda w: len(w.pending))
             request_id = next(self._ids)
             future: Future[tuple[int, dict[str, Any]]] = Future()

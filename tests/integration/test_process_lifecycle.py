@@ -157,3 +157,46 @@ def test_a_killed_runtime_leaves_no_shard_process(served: tuple[subprocess.Popen
     assert _wait(lambda: not any(_alive(pid) for pid in children), 60), {
         pid: cmd for pid, cmd in children.items() if _alive(pid)
     }
+
+
+def test_a_sigterm_to_the_process_group_under_load_answers_every_query_in_flight(
+    served: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    """``kill -- -PGID`` (how a service manager or ``devserver.sh stop`` ends the job) reaches the query workers too.
+    The queries in flight must still be answered (the workers stop after the front stops taking requests), then
+    everything stops. Before, the workers died with the signal and each query in flight got a 500."""
+    import threading
+    import urllib.error
+
+    process, api = served
+    children = _shard_processes(process)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        body = json.dumps({"question": "anything at all", "generate": False}).encode()
+        while not stop.is_set():
+            try:
+                request = urllib.request.Request(api + "/query", data=body, method="POST")
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            except OSError:  # the listener is closed: the runtime has stopped taking requests
+                return
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    assert _wait(lambda: len(statuses) >= 20, 120), f"the load never got going: {statuses}"
+
+    os.killpg(process.pid, signal.SIGTERM)
+
+    assert process.wait(timeout=120) == 0
+    stop.set()
+    for thread in clients:
+        thread.join(timeout=70)
+    assert set(statuses) <= {200, 429}, {code: statuses.count(code) for code in set(statuses)}
+    assert _wait(lambda: not any(_alive(pid) for pid in children), 30), {
+        pid: cmd for pid, cmd in children.items() if _alive(pid)
+    }
