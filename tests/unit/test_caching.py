@@ -159,6 +159,10 @@ def test_degraded_and_rerank_failed_answers_are_never_cached() -> None:
     assert cacheable({"degraded": False, "rerank": {"status": "ok"}})
     assert not cacheable({"degraded": True, "rerank": None})
     assert not cacheable({"degraded": False, "rerank": {"status": "failed", "reason": "timeout"}})
+    # Dense feedback: an answer without its round (failed, or shed under load) is below what the request gets.
+    for status, stored in (("ok", True), ("empty", True), ("failed", False), ("skipped", False)):
+        assert cacheable({"degraded": False, "rerank": None, "feedback": {"status": status}}) is stored
+    assert cacheable({"degraded": False, "rerank": None, "feedback": None})
     store = MemoryAnswerCache(max_entries=8, ttl_s=60)
     caching = AnswerCaching(store, MemoryIndexVersion(), fingerprint="c")
     assert not caching.put("k", {"degraded": True})

@@ -6,7 +6,9 @@ probe), the configuration fingerprint (generator and its model, prompt version, 
 embedding model) and the **index version** read before the search. Every ingest, delete and rebalance advances
 that version (``shardrag.caching.index_version``), so a cached answer can never cite a document that changed.
 
-Degraded answers (a shard failed), answers whose reranking failed and failed queries are never stored. The
+Degraded answers (a shard failed), answers whose reranking failed, answers that lost their dense feedback round
+(failed, or skipped under load: the same question would get the round a moment later) and failed queries are
+never stored. The
 cache is off by default (``cache.answers``); when on it lives in memory locally and in DynamoDB deployed (one
 item per answer, expired by the table's TTL). A cache that fails is a miss, never a failed query.
 """
@@ -114,11 +116,15 @@ class DynamoDbAnswerCache:
 
 
 def cacheable(response: Mapping[str, Any]) -> bool:
-    """Whether an answer may be served again: not degraded, and not one whose reranking failed."""
+    """Whether an answer may be served again: not degraded, and not one whose reranking failed or whose dense
+    feedback round failed or was skipped (an answer below what the same request normally gets)."""
     if response.get("degraded"):
         return False
     rerank = response.get("rerank")
-    return not (isinstance(rerank, Mapping) and rerank.get("status") != "ok")
+    if isinstance(rerank, Mapping) and rerank.get("status") != "ok":
+        return False
+    feedback = response.get("feedback")
+    return not (isinstance(feedback, Mapping) and feedback.get("status") in ("failed", "skipped"))
 
 
 class AnswerCaching:
