@@ -148,37 +148,29 @@ _TOPICS = {
 }
 
 
-def _feedback_setup(hashing_embedder, enabled: bool = True, timeout_s: float = 8.0, budget_ms: float = 300.0):  # type: ignore[no-untyped-def]
-    from shardrag.bm25 import Bm25Encoder, CorpusStats
-    from shardrag.chunking import Chunker, Document
-    from shardrag.config import Settings
-    from shardrag.generation.extractive import ExtractiveGenerator
-    from shardrag.indexing import DocumentIndexer
-    from shardrag.services import build_query_workflow
-    from shardrag.store.memory import InMemoryVectorStore
+@pytest.fixture
+def feedback_setup(hashing_embedder, workflow_over):  # type: ignore[no-untyped-def]
+    """Builds three in-memory shards holding ``_TOPICS`` and the workflow over them, with dense feedback on."""
 
-    settings = Settings(
-        store={"shard_count": 3, "dimension": hashing_embedder.dimension, "search_timeout_s": timeout_s},
-        retrieval={"feedback": {"enabled": enabled, "documents": 2, "weight": 1.0, "budget_ms": budget_ms}},
-    )
-    stores = [_Switchable(InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension)) for i in range(3)]
-    # Small chunks, so that a document's opening chunk is not the chunk that matched.
-    indexer = DocumentIndexer(
-        chunker=Chunker(size=12, overlap=2), embedder=hashing_embedder, store_for=stores.__getitem__, shard_count=3
-    )
-    indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}", version="1") for k, v in _TOPICS.items()])
-    stats = CorpusStats()
-    for store in stores:
-        ids = [cid for doc in _TOPICS for cid in store.chunk_ids(doc)]
-        stats.count((t.sparse for t in store.stored_terms(ids).values()), +1)
-    workflow = build_query_workflow(
-        settings,
-        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
-        lexical=lambda text: Bm25Encoder().query(text, stats),
-        stores=stores.__getitem__,
-        make_generator=ExtractiveGenerator,
-    )
-    return workflow, stores, settings
+    def build(enabled: bool = True, timeout_s: float = 8.0, budget_ms: float = 300.0):  # type: ignore[no-untyped-def]
+        from shardrag.chunking import Chunker, Document
+        from shardrag.config import Settings
+        from shardrag.indexing import DocumentIndexer
+        from shardrag.store.memory import InMemoryVectorStore
+
+        settings = Settings(
+            store={"shard_count": 3, "dimension": hashing_embedder.dimension, "search_timeout_s": timeout_s},
+            retrieval={"feedback": {"enabled": enabled, "documents": 2, "weight": 1.0, "budget_ms": budget_ms}},
+        )
+        stores = [_Switchable(InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension)) for i in range(3)]
+        # Small chunks, so that a document's opening chunk is not the chunk that matched.
+        indexer = DocumentIndexer(
+            chunker=Chunker(size=12, overlap=2), embedder=hashing_embedder, store_for=stores.__getitem__, shard_count=3
+        )
+        indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}", version="1") for k, v in _TOPICS.items()])
+        return workflow_over(settings, stores, _TOPICS), stores, settings
+
+    return build
 
 
 class _Switchable:
@@ -247,12 +239,12 @@ def _first_pass(workflow, body):  # type: ignore[no-untyped-def]
     return json.loads(json.dumps(state))
 
 
-def test_hybrid_queries_run_feedback_as_configured_unless_the_request_says_otherwise(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
-    workflow, _, _ = _feedback_setup(hashing_embedder)
+def test_hybrid_queries_run_feedback_as_configured_unless_the_request_says_otherwise(feedback_setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, _, _ = feedback_setup()
     marked = {m: workflow.resolve({"question": "moon", "mode": m}).feedback for m in ("dense", "bm25", "hybrid")}
     assert marked == {"dense": False, "bm25": False, "hybrid": True}
     assert workflow.resolve({"question": "moon", "feedback": False}).feedback is False
-    off, _, _ = _feedback_setup(hashing_embedder, enabled=False)
+    off, _, _ = feedback_setup(enabled=False)
     assert off.resolve({"question": "moon", "mode": "hybrid"}).feedback is False
     assert off.resolve({"question": "moon", "mode": "hybrid", "feedback": True}).feedback is True
     for mode in ("dense", "bm25"):
@@ -263,7 +255,7 @@ def test_hybrid_queries_run_feedback_as_configured_unless_the_request_says_other
 
 
 def test_the_second_round_searches_every_shard_with_the_query_moved_towards_the_top_documents_openings(
-    hashing_embedder,  # type: ignore[no-untyped-def]
+    feedback_setup,  # type: ignore[no-untyped-def]
 ) -> None:
     import json
 
@@ -271,7 +263,7 @@ def test_the_second_round_searches_every_shard_with_the_query_moved_towards_the_
     from shardrag.services import build_fusers
     from shardrag.vector_codec import unpack_vector
 
-    workflow, stores, settings = _feedback_setup(hashing_embedder)
+    workflow, stores, settings = feedback_setup()
     state = _first_pass(workflow, {"question": "why do tides follow the moon", "mode": "hybrid"})
     assert state["request"]["feedback"] is True
     first = [ShardResult.model_validate(r) for r in whole_chunk_ids(json.loads(json.dumps(state["shards"])))]
@@ -311,10 +303,10 @@ def test_the_second_round_searches_every_shard_with_the_query_moved_towards_the_
 
 
 @pytest.mark.parametrize("failing", ["search", "openings"])
-def test_a_shard_failing_in_the_second_round_keeps_the_first_pass_whole(hashing_embedder, failing: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_shard_failing_in_the_second_round_keeps_the_first_pass_whole(feedback_setup, failing: str) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    workflow, stores, _ = _feedback_setup(hashing_embedder)
+    workflow, stores, _ = feedback_setup()
     state = _first_pass(workflow, {"question": "yeast makes bread rise", "mode": "hybrid"})
     first = json.loads(json.dumps(state["shards"]))
     for store in stores:
@@ -327,11 +319,11 @@ def test_a_shard_failing_in_the_second_round_keeps_the_first_pass_whole(hashing_
     assert response["degraded"] is False and response["feedback"]["status"] == "failed"
 
 
-def test_a_snapshot_too_old_to_search_again_keeps_the_first_pass(hashing_embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_snapshot_too_old_to_search_again_keeps_the_first_pass(feedback_setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import shardrag.workflow as workflow_module
     from shardrag.visibility import MemoryEpochClock
 
-    workflow, _, _ = _feedback_setup(hashing_embedder)
+    workflow, _, _ = feedback_setup()
     workflow._snapshot = MemoryEpochClock().snapshot  # type: ignore[attr-defined]
     workflow._snapshot_max_age_s = 45.0  # type: ignore[attr-defined]
     state = _first_pass(workflow, {"question": "comets near the sun", "mode": "hybrid"})
@@ -343,9 +335,9 @@ def test_a_snapshot_too_old_to_search_again_keeps_the_first_pass(hashing_embedde
 
 
 def test_an_invocation_failure_caught_by_the_state_machine_is_reported_and_the_first_pass_answers(
-    hashing_embedder,  # type: ignore[no-untyped-def]
+    feedback_setup,  # type: ignore[no-untyped-def]
 ) -> None:
-    workflow, _, _ = _feedback_setup(hashing_embedder)
+    workflow, _, _ = feedback_setup()
     state = _first_pass(workflow, {"question": "espresso grind pressure", "mode": "hybrid"})
     # What the Catch of the Feedback state leaves: the state it was given, the error in $.feedback.
     state["feedback"] = {"Error": "States.Timeout", "Cause": "Task timed out"}
@@ -354,8 +346,8 @@ def test_an_invocation_failure_caught_by_the_state_machine_is_reported_and_the_f
     assert response["hits"][0]["doc_id"] == "coffee"
 
 
-def test_a_second_round_past_its_deadline_keeps_the_first_pass(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
-    workflow, stores, _ = _feedback_setup(hashing_embedder, timeout_s=0.3)
+def test_a_second_round_past_its_deadline_keeps_the_first_pass(feedback_setup) -> None:  # type: ignore[no-untyped-def]
+    workflow, stores, _ = feedback_setup(timeout_s=0.3)
     state = _first_pass(workflow, {"question": "magma rises through the crust", "mode": "hybrid"})
     stores[1].stalled = True  # a shard that does not answer (the store's own deadline not reached)
     try:
@@ -374,7 +366,7 @@ def test_a_second_round_past_its_deadline_keeps_the_first_pass(hashing_embedder)
     question=st.sampled_from(["tides and the moon", "waggle dance", "yeast gas gluten", "ice tail sun"]),
 )
 def test_whatever_fails_in_either_round_the_answer_keeps_every_first_pass_list_or_replaces_exactly_the_dense_ones(
-    hashing_embedder,  # type: ignore[no-untyped-def]
+    feedback_setup,  # type: ignore[no-untyped-def]
     down_first: set[int],
     fail_second: set[int],
     fail_openings: set[int],
@@ -382,7 +374,7 @@ def test_whatever_fails_in_either_round_the_answer_keeps_every_first_pass_list_o
 ) -> None:
     import json
 
-    workflow, stores, _ = _feedback_setup(hashing_embedder)
+    workflow, stores, _ = feedback_setup()
     state = _first_pass(workflow, {"question": question, "mode": "hybrid", "generate": False})
     for r in state["shards"]:
         if r["shard"] in down_first:  # the Parallel state's Catch turned this branch into a failed result
@@ -410,12 +402,12 @@ def test_whatever_fails_in_either_round_the_answer_keeps_every_first_pass_list_o
 
 @pytest.mark.parametrize("budget_ms", [300.0, 0.0])
 def test_a_query_already_past_its_budget_skips_the_round_and_the_first_pass_answers(
-    hashing_embedder,
+    feedback_setup,
     budget_ms: float,  # type: ignore[no-untyped-def]
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    workflow, _, _ = _feedback_setup(hashing_embedder, budget_ms=budget_ms)
+    workflow, _, _ = feedback_setup(budget_ms=budget_ms)
     state = _first_pass(workflow, {"question": "hot water through coffee", "mode": "hybrid"})
     # The execution started 2 s ago: the shards were queueing.
     state["started_at"] = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
@@ -428,10 +420,10 @@ def test_a_query_already_past_its_budget_skips_the_round_and_the_first_pass_answ
         assert out["feedback"]["status"] == "ok"
 
 
-def test_a_request_that_asks_for_feedback_gets_it_past_the_budget(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+def test_a_request_that_asks_for_feedback_gets_it_past_the_budget(feedback_setup) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 
-    workflow, _, _ = _feedback_setup(hashing_embedder)
+    workflow, _, _ = feedback_setup()
     state = _first_pass(workflow, {"question": "hot water through coffee", "mode": "hybrid", "feedback": True})
     state["started_at"] = (datetime.now(UTC) - timedelta(seconds=2)).isoformat()
     assert workflow.feedback(_payload(state, "Feedback"))["feedback"]["status"] == "ok"

@@ -26,7 +26,7 @@ DOCS = {
 
 
 @pytest.fixture
-def setup(hashing_embedder):  # type: ignore[no-untyped-def]
+def setup(hashing_embedder, workflow_over):  # type: ignore[no-untyped-def]
     settings = Settings(store={"shard_count": 3, "dimension": hashing_embedder.dimension})
     stores = [InMemoryVectorStore(shard=i, dimension=hashing_embedder.dimension) for i in range(3)]
     indexer = DocumentIndexer(
@@ -36,18 +36,7 @@ def setup(hashing_embedder):  # type: ignore[no-untyped-def]
         shard_count=3,
     )
     indexer.run([Document(doc_id=k, text=v, source=f"s3://b/{k}.txt", version="1") for k, v in DOCS.items()])
-    stats = CorpusStats()
-    for store in stores:
-        stats.count(
-            (t.sparse for t in store.stored_terms([cid for doc in DOCS for cid in store.chunk_ids(doc)]).values()), +1
-        )
-    workflow = build_query_workflow(
-        settings,
-        embed=lambda text: [float(x) for x in hashing_embedder.embed([text])[0]],
-        lexical=lambda text: Bm25Encoder().query(text, stats),
-        stores=stores.__getitem__,
-        make_generator=ExtractiveGenerator,
-    )
+    workflow = workflow_over(settings, stores, DOCS)
     return workflow, stores
 
 
