@@ -337,7 +337,8 @@ class MilvusVectorStore:
         if not wanted:
             return {}
         self.ensure_ready()
-        # By primary key: a point read (Milvus Lite: ~0.8 ms where a filtered query scans every row, ~8 ms).
+        # By primary key: a point read, where a filtered query scans every row (Milvus Lite, 4,500 rows: 0.8 against
+        # 4.2 ms, ``python -m bench.opening_read``).
         rows = self._connect().get(self._collection, ids=wanted, output_fields=["chunk_id", DENSE_FIELD])
         return {str(row["chunk_id"]): [float(x) for x in row[DENSE_FIELD]] for row in rows}
 
